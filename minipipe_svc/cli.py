@@ -1,0 +1,442 @@
+"""The `minipipe` command. Each verb parses, calls one store/daemon function, renders.
+
+Exit statuses (also in `minipipe --help` and the README):
+  0  success
+  1  something outside your input failed (DB unreadable, permission, run ended badly
+     for `wait`)
+  2  your input is wrong: usage, invalid plan or config, unknown run, a request the
+     run's state does not allow
+  124  `wait --timeout` expired
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import click
+
+from .config import Config, ConfigError, load_config
+from .model import RunState
+from .store import ConflictError, NoSuchRun, Store, StoreError
+
+EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_TIMEOUT = 1, 2, 124
+
+EPILOG = """\b
+Exit status: 0 ok; 1 failure (DB, permission, a run that did not succeed for
+`wait`); 2 bad input (usage, plan, config, unknown run, not allowed in the
+run's state); 124 `wait --timeout` expired.
+\b
+Config: --config, else $MINIPIPE_CONFIG, else /etc/minipipe/config.json.
+"""
+
+
+class UserError(click.ClickException):
+    """Bad input from the user: exit status 2, no traceback."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class Failure(click.ClickException):
+    exit_code = EXIT_FAILURE
+
+
+class RunIdType(click.ParamType):
+    name = "RUN"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip()
+        if not text.isascii() or not text.isdigit() or int(text) < 1 or len(text) > 18:
+            self.fail(f"{value!r} is not a run id; run ids are positive numbers like 42 "
+                      "(see `minipipe ls`)", param, ctx)
+        return int(text)
+
+
+RUN_ID = RunIdType()
+
+
+class Context:
+    """What every verb needs: the config, a store opened on demand, colour choice."""
+
+    def __init__(self, config_path: str | None) -> None:
+        self.config_path = config_path
+        self._config: Config | None = None
+        self.colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+    @property
+    def config(self) -> Config:
+        if self._config is None:
+            try:
+                self._config = load_config(self.config_path)
+            except ConfigError as exc:
+                raise UserError(str(exc)) from None
+        return self._config
+
+    @contextmanager
+    def store(self, *, create: bool = False, readonly: bool = False) -> Iterator[Store]:
+        try:
+            store = Store.open(self.config.db_path, create=create, readonly=readonly)
+        except StoreError as exc:
+            raise Failure(str(exc)) from None
+        try:
+            yield store
+        except NoSuchRun as exc:
+            raise UserError(str(exc)) from None
+        except ConflictError as exc:
+            raise UserError(str(exc)) from None
+        except StoreError as exc:
+            raise Failure(str(exc)) from None
+        finally:
+            store.close()
+
+    def style(self, text: str, state: str | None = None, **kwargs: Any) -> str:
+        if not self.colour:
+            return text
+        if state is not None:
+            from .render import STATE_COLOURS
+
+            colour, bold = STATE_COLOURS.get(state, ("white", False))
+            return click.style(text, fg=colour, bold=bold)
+        return click.style(text, **kwargs)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def _user() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2))
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="PATH", envvar="MINIPIPE_CONFIG",
+              help="Config file (default: $MINIPIPE_CONFIG or /etc/minipipe/config.json).")
+@click.version_option(package_name="minipipe", prog_name="minipipe")
+@click.pass_context
+def cli(click_ctx: click.Context, config_path: str | None) -> None:
+    """Queue and run pipeline runs: ordered, phased steps of commands.
+
+    \b
+    Quick start:
+      minipipe daemon &                  # the scheduler (systemd runs it for you)
+      minipipe submit examples/hello.toml
+      minipipe ls
+      minipipe logs -f 1
+    """
+    click_ctx.obj = Context(config_path)
+
+
+@cli.command()
+@pass_ctx
+def daemon(ctx: Context) -> None:
+    """Run the scheduler in the foreground (what minipipe.service runs).
+
+    Starts PENDING runs up to max_concurrent_runs, adopts live runs after a
+    restart and marks vanished ones INTERRUPTED. SIGTERM/SIGINT stop it without
+    stopping any run; SIGHUP reloads the config.
+    """
+    from .daemon import serve
+
+    sys.exit(serve(ctx.config, ctx.config_path))
+
+
+@cli.command()
+@click.argument("plan", metavar="PLAN")
+@click.option("--priority", type=click.IntRange(-1000, 1000),
+              help="Override the plan's priority (higher starts first).")
+@click.option("--format", "fmt", type=click.Choice(["toml", "json"]),
+              help="Plan format (default: by extension; TOML unless .json).")
+@click.option("--json", "as_json", is_flag=True, help="Print the new run as JSON.")
+@pass_ctx
+def submit(ctx: Context, plan: str, priority: int | None, fmt: str | None,
+           as_json: bool) -> None:
+    """Validate PLAN (a .toml or .json file, or - for stdin) and queue it as a run.
+
+    Prints the new run's id. An invalid plan is reported with its file, line and
+    key, and nothing is queued (exit status 2).
+    """
+    from .plan import PlanError, load_plan
+    from .wake import ping
+
+    try:
+        parsed = load_plan(plan, fmt=fmt,
+                           stdin=sys.stdin.buffer.read() if plan == "-" else None)
+    except PlanError as exc:
+        raise UserError(str(exc)) from None
+    source = None if plan == "-" else os.path.abspath(plan)
+    with ctx.store(create=True) as store:
+        run_id = store.submit(parsed.to_dict(), source=source, submitted_by=_user(),
+                              priority=priority)
+        run = store.get_run(run_id) if as_json else None
+    woke = ping(ctx.config.socket_path)
+    if as_json and run is not None:
+        from .render import run_json
+
+        _echo_json({**run_json(run), "daemon_running": woke})
+    else:
+        click.echo(run_id)
+    if not woke:
+        click.echo(f"minipipe: queued run {run_id}, but the daemon is not running; it starts "
+                   "when the daemon does (`minipipe daemon` or `systemctl start minipipe`)",
+                   err=True)
+
+
+@cli.command(name="ls")
+@click.option("--all", "show_all", is_flag=True, help="List every run, not only recent ones.")
+@click.option("--limit", type=click.IntRange(1), default=20, show_default=True,
+              help="How many recent runs to list.")
+@click.option("--state", "states", multiple=True, metavar="STATE",
+              type=click.Choice([s.value for s in RunState], case_sensitive=False),
+              help="Only runs in this state (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@pass_ctx
+def list_runs(ctx: Context, show_all: bool, limit: int, states: tuple[str, ...],
+              as_json: bool) -> None:
+    """List runs, newest first: id, name, state, phase, steps done/total, duration."""
+    from .render import run_json, runs_table
+
+    with ctx.store() as store:
+        runs = store.list_runs(limit=None if show_all else limit,
+                               states=tuple(RunState(s.upper()) for s in states) or None)
+    if as_json:
+        _echo_json([run_json(r) for r in runs])
+        return
+    if not runs:
+        click.echo("no runs yet; submit one with `minipipe submit PLAN`", err=True)
+        return
+    lines, row_states = runs_table(runs)
+    click.echo(ctx.style(lines[0], bold=True))
+    for line, state in zip(lines[1:], row_states, strict=True):
+        click.echo(_colour_state_cell(ctx, line, state))
+
+
+def _colour_state_cell(ctx: Context, line: str, state: str) -> str:
+    return line.replace(state, ctx.style(state, state), 1) if ctx.colour else line
+
+
+@cli.command()
+@click.argument("run_id", type=RUN_ID)
+@click.option("--events", "event_count", type=click.IntRange(0), default=10,
+              show_default=True, help="How many of the latest events to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print run, steps and events as JSON.")
+@pass_ctx
+def show(ctx: Context, run_id: int, event_count: int, as_json: bool) -> None:
+    """Show one run: its state, its steps and its latest events."""
+    from .render import event_json, event_text, run_json, step_json, steps_table
+
+    with ctx.store() as store:
+        run = store.get_run(run_id)
+        steps = store.get_steps(run_id)
+        events = store.last_events(run_id, event_count)
+        lost = sum(e.detail.get("lines", 0) for e in store.events(run_id=run_id)
+                   if e.kind == "log_lines_lost")
+    if as_json:
+        _echo_json({**run_json(run), "steps": [step_json(s) for s in steps],
+                    "events": [event_json(e) for e in events], "log_lines_lost": lost})
+        return
+    from .render import elapsed
+
+    click.echo(f"{ctx.style(f'run {run.id}', bold=True)}  {run.name}  "
+               f"{ctx.style(run.state.value, run.state.value)}")
+    facts = [("phase", run.phase or "-"), ("steps", f"{run.steps_done}/{run.steps_total}"),
+             ("attempt", str(run.attempt)), ("priority", str(run.priority)),
+             ("duration", elapsed(run.started_at, run.finished_at)),
+             ("created", run.created_at), ("started", run.started_at or "-"),
+             ("finished", run.finished_at or "-"),
+             ("exit code", "-" if run.exit_code is None else str(run.exit_code))]
+    if run.reason:
+        facts.append(("reason", run.reason))
+    if run.cancel_requested:
+        facts.append(("cancel", "requested"))
+    if run.plan_source:
+        facts.append(("plan", run.plan_source))
+    if lost:
+        facts.append(("output", f"{lost} line(s) could not be stored"))
+    for key, value in facts:
+        click.echo(f"  {key + ':':<11}{value}")
+    click.echo()
+    lines = steps_table(steps)
+    click.echo(ctx.style(lines[0], bold=True))
+    for line, step in zip(lines[1:], steps, strict=True):
+        click.echo(_colour_state_cell(ctx, line, step.state.value))
+    if events:
+        click.echo()
+        click.echo(ctx.style("events", bold=True))
+        for event in events:
+            click.echo(f"  {event_text(event)}")
+
+
+@cli.command()
+@click.argument("run_id", type=RUN_ID)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the run ends.")
+@click.option("--step", "step_id", metavar="STEP", help="Only this step's output.")
+@click.option("--raw", is_flag=True, help="Print only the output text, without step prefixes.")
+@pass_ctx
+def logs(ctx: Context, run_id: int, follow: bool, step_id: str | None, raw: bool) -> None:
+    """Print a run's output (stdout and stderr of every step, in order)."""
+    from .logs import log_path, read_log
+    from .render import log_line_text
+
+    with ctx.store() as store:
+        run = store.get_run(run_id)
+        if step_id is not None and step_id not in {s.step_id for s in store.get_steps(run_id)}:
+            raise UserError(f"run {run_id} has no step {step_id!r}")
+        path = log_path(ctx.config.log_dir, run_id)
+        offset, printed = 0, 0
+        while True:
+            lines, offset = read_log(path, offset)
+            for line in lines:
+                if step_id is not None and line.step_id != step_id:
+                    continue
+                if raw and line.stream == "minipipe":
+                    continue
+                text = log_line_text(line, show_step=not raw)
+                if line.stream == "stderr":
+                    text = ctx.style(text, fg="red")
+                elif line.stream == "minipipe":
+                    text = ctx.style(text, dim=True)
+                click.echo(text)
+                printed += 1
+            if not follow:
+                break
+            if run.state.is_terminal and not lines:
+                break
+            if not lines:
+                time.sleep(0.2)
+                run = store.get_run(run_id)
+    if printed == 0 and run.state.is_terminal and not os.path.exists(path):
+        click.echo(f"run {run_id} has no recorded output ({path} does not exist)", err=True)
+
+
+@cli.command()
+@click.argument("run_ids", metavar="[RUN]...", nargs=-1, type=RUN_ID)
+@click.option("--all", "cancel_all", is_flag=True, help="Cancel every pending and running run.")
+@pass_ctx
+def cancel(ctx: Context, run_ids: tuple[int, ...], cancel_all: bool) -> None:
+    """Cancel runs: a pending run ends at once; a running one has its step stopped.
+
+    The running step's whole process group gets SIGTERM, then SIGKILL after
+    kill_grace_seconds; the run ends CANCELLED.
+    """
+    from .wake import ping
+
+    if not run_ids and not cancel_all:
+        raise UserError("name the run(s) to cancel, or use --all")
+    with ctx.store() as store:
+        if cancel_all:
+            run_ids = tuple(r.id for r in store.list_runs(
+                limit=None, states=(RunState.PENDING, RunState.RUNNING)))
+        for run_id in run_ids:
+            was = store.request_cancel(run_id, by=_user())
+            click.echo(f"run {run_id}: " + ("cancelled" if was is RunState.PENDING
+                                            else "cancel requested"))
+    if not ping(ctx.config.socket_path) and any(True for _ in run_ids):
+        click.echo("minipipe: the daemon is not running; running runs stop when it starts",
+                   err=True)
+
+
+@cli.command()
+@click.argument("run_id", type=RUN_ID)
+@pass_ctx
+def retry(ctx: Context, run_id: int) -> None:
+    """Queue a run that did not succeed again, as a new attempt (all steps rerun)."""
+    from .wake import ping
+
+    with ctx.store() as store:
+        attempt = store.retry(run_id, by=_user())
+    click.echo(f"run {run_id}: queued again (attempt {attempt})")
+    if not ping(ctx.config.socket_path):
+        click.echo("minipipe: the daemon is not running; the run starts when it does", err=True)
+
+
+@cli.command()
+@click.argument("run_id", type=RUN_ID)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Give up after this long (exit status 124).")
+@pass_ctx
+def wait(ctx: Context, run_id: int, timeout: float | None) -> None:
+    """Block until a run ends; exit status 0 only if it SUCCEEDED."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with ctx.store() as store:
+        while True:
+            run = store.get_run(run_id)
+            if run.state.is_terminal:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                click.echo(f"run {run_id} is still {run.state.value} after {timeout:g}s",
+                           err=True)
+                sys.exit(EXIT_TIMEOUT)
+            time.sleep(0.2)
+    reason = f": {run.reason}" if run.reason else ""
+    click.echo(f"run {run_id} {ctx.style(run.state.value, run.state.value)}{reason}", err=True)
+    sys.exit(0 if run.state.value == "SUCCEEDED" else EXIT_FAILURE)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@pass_ctx
+def status(ctx: Context, as_json: bool) -> None:
+    """Is the daemon running, is the queue paused, and how many runs are in each state."""
+    from .wake import is_listening
+
+    alive = is_listening(ctx.config.socket_path)
+    with ctx.store() as store:
+        counts = store.counts()
+        paused = store.is_paused()
+    if as_json:
+        _echo_json({"daemon_running": alive, "paused": paused, "counts": counts,
+                    "db_path": ctx.config.db_path})
+        return
+    click.echo(f"daemon: {'running' if alive else ctx.style('not running', fg='red')}")
+    click.echo(f"queue:  {ctx.style('paused', fg='yellow') if paused else 'accepting'}")
+    for state, count in counts.items():
+        click.echo(f"  {ctx.style(f'{state:<12}', state)}{count}")
+
+
+@cli.command()
+@pass_ctx
+def pause(ctx: Context) -> None:
+    """Stop starting new runs (running runs finish); survives daemon restarts."""
+    with ctx.store(create=True) as store:
+        changed = store.set_paused(True, by=_user())
+    click.echo("queue paused" if changed else "queue was already paused")
+
+
+@cli.command()
+@pass_ctx
+def resume(ctx: Context) -> None:
+    """Start runs again after `minipipe pause`."""
+    from .wake import ping
+
+    with ctx.store(create=True) as store:
+        changed = store.set_paused(False, by=_user())
+    click.echo("queue resumed" if changed else "queue was not paused")
+    ping(ctx.config.socket_path)
+
+
+def main() -> NoReturn:
+    try:
+        cli.main(prog_name="minipipe")
+    except KeyboardInterrupt:
+        sys.exit(130)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

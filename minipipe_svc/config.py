@@ -1,0 +1,161 @@
+"""The JSON config: where it is, what each key means, and its validation.
+
+A config with only `db_path` and `isolation: "none"` is enough for a private
+instance: every other path is derived from the DB's directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_CONFIG_PATH = "/etc/minipipe/config.json"
+DEFAULT_DB_PATH = "/var/lib/minipipe/state.db"
+CONFIG_ENV = "MINIPIPE_CONFIG"
+ISOLATIONS = ("none",)
+
+# key -> (default, one line of documentation); README and `minipipe config` show these.
+KEYS: dict[str, tuple[Any, str]] = {
+    "db_path": (DEFAULT_DB_PATH, "SQLite state database (relative paths: to the config file)"),
+    "isolation": ("none", '"none": runs are plain process groups started by the daemon'),
+    "max_concurrent_runs": (4, "runs executing at once (1-1024)"),
+    "poll_interval_seconds": (5.0, "fallback wake-up of the scheduler; submits wake it at once"),
+    "auto_cleanup_completed_runs": (False, "delete finished runs older than the retention"),
+    "completed_run_retention_days": (7.0, "age of a finished run before auto-cleanup"),
+    "log_dir": (None, "per-run output files (null: <db dir>/logs)"),
+    "socket_path": (None, "the daemon's wake-up socket (null: <db dir>/minipipe.sock)"),
+    "minipipe_command": (None, "argv that executes one run (null: this Python's "
+                               "`-m minipipe_svc.runner`)"),
+    "kill_grace_seconds": (10.0, "SIGTERM to SIGKILL grace when a step times out or is cancelled"),
+}
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used, phrased for the operator."""
+
+
+@dataclass(frozen=True)
+class Config:
+    db_path: str = DEFAULT_DB_PATH
+    isolation: str = "none"
+    max_concurrent_runs: int = 4
+    poll_interval_seconds: float = 5.0
+    auto_cleanup_completed_runs: bool = False
+    completed_run_retention_days: float = 7.0
+    log_dir: str = ""
+    socket_path: str = ""
+    minipipe_command: tuple[str, ...] = field(default_factory=tuple)
+    kill_grace_seconds: float = 10.0
+    source: str | None = None  # the file it came from, None for built-in defaults
+
+    def runner_argv(self, run_id: int) -> list[str]:
+        """The command line that executes one run (all it needs is on the argv)."""
+        return [*self.minipipe_command, "--db-path", self.db_path, "--log-dir", self.log_dir,
+                "--kill-grace", str(self.kill_grace_seconds), str(run_id)]
+
+
+def resolve_config_path(explicit: str | None) -> tuple[str, bool]:
+    """The config path to read and whether the user asked for it explicitly."""
+    if explicit:
+        return explicit, True
+    from_env = os.environ.get(CONFIG_ENV)
+    if from_env:
+        return from_env, True
+    return DEFAULT_CONFIG_PATH, False
+
+
+def load_config(explicit: str | None = None) -> Config:
+    path, required = resolve_config_path(explicit)
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(1024 * 1024 + 1)
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{path}: no such config file") from None
+        return build_config({}, source=None)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config: {exc.strerror or exc}") from None
+    if len(raw) > 1024 * 1024:
+        raise ConfigError(f"{path}: too large for a config file (over 1 MiB)")
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} "
+                          f"(column {exc.colno})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: the config must be a JSON object")
+    return build_config(document, source=path)
+
+
+def build_config(document: dict[str, Any], *, source: str | None) -> Config:
+    label = source or "config"
+
+    def bad(key: str, expected: str) -> ConfigError:
+        return ConfigError(f"{label}: {key!r} must be {expected}, got {document[key]!r}")
+
+    for key in document:
+        if key not in KEYS:
+            raise ConfigError(f"{label}: unknown key {key!r}; valid keys: {', '.join(KEYS)}")
+    values = {key: document.get(key, default) for key, (default, _doc) in KEYS.items()}
+    base_dir = os.path.dirname(os.path.abspath(source)) if source else os.getcwd()
+
+    def path_value(key: str) -> str | None:
+        value = values[key]
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise bad(key, "a non-empty path string")
+        return os.path.normpath(os.path.join(base_dir, value))
+
+    db_path = path_value("db_path")
+    if db_path is None:
+        raise bad("db_path", "a path")
+    db_dir = os.path.dirname(db_path)
+    if values["isolation"] not in ISOLATIONS:
+        raise bad("isolation", " or ".join(f'"{i}"' for i in ISOLATIONS))
+    concurrency = values["max_concurrent_runs"]
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not (
+            1 <= concurrency <= 1024):
+        raise bad("max_concurrent_runs", "an integer from 1 to 1024")
+    numbers = {}
+    for key, low, high in (("poll_interval_seconds", 0.05, 3600.0),
+                           ("completed_run_retention_days", 0.0, 36500.0),
+                           ("kill_grace_seconds", 0.0, 3600.0)):
+        value = values[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                low <= value <= high):
+            raise bad(key, f"a number from {low:g} to {high:g}")
+        numbers[key] = float(value)
+    if not isinstance(values["auto_cleanup_completed_runs"], bool):
+        raise bad("auto_cleanup_completed_runs", "true or false")
+    command = values["minipipe_command"]
+    if command is None:
+        argv: tuple[str, ...] = (sys.executable, "-m", "minipipe_svc.runner")
+    elif isinstance(command, str) and command.strip():
+        argv = tuple(shlex.split(command))
+    elif isinstance(command, list) and command and all(
+            isinstance(a, str) and a for a in command):
+        argv = tuple(command)
+    else:
+        raise bad("minipipe_command", "a command line string or a list of strings")
+    return Config(
+        db_path=db_path,
+        isolation=values["isolation"],
+        max_concurrent_runs=concurrency,
+        poll_interval_seconds=numbers["poll_interval_seconds"],
+        auto_cleanup_completed_runs=values["auto_cleanup_completed_runs"],
+        completed_run_retention_days=numbers["completed_run_retention_days"],
+        log_dir=path_value("log_dir") or os.path.join(db_dir, "logs"),
+        socket_path=path_value("socket_path") or os.path.join(db_dir, "minipipe.sock"),
+        minipipe_command=argv,
+        kill_grace_seconds=numbers["kill_grace_seconds"],
+        source=source,
+    )

@@ -1,0 +1,354 @@
+"""The scheduler daemon: starts PENDING runs, watches runners, repairs after crashes.
+
+One loop, woken by a submit ping on the wake socket, a runner exit (pidfd), a
+signal, or the fallback poll. Each pass:
+
+    reload config if asked · collect exited runners · deliver cancel requests ·
+    start PENDING runs (priority, then age) up to max_concurrent_runs ·
+    auto-cleanup when due · report status (and the watchdog, under systemd)
+
+Runners own their runs once started, so stopping the daemon never stops a run;
+on start the daemon reconciles: live runners are adopted, dead ones' runs become
+INTERRUPTED with the reason.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from . import procs
+from .config import Config, ConfigError, load_config
+from .launcher import LaunchedRunner, Launcher, ProcessLauncher
+from .logs import log_path
+from .model import RunState
+from .store import RunRow, Store, StoreError
+from .wake import WakeSocket
+
+log = logging.getLogger("minipipe.daemon")
+
+CLEANUP_EVERY_SECONDS = 3600.0
+
+
+class Notifier:
+    """What the daemon tells its service manager. This one tells nobody (no systemd)."""
+
+    def ready(self, status: str) -> None:
+        pass
+
+    def status(self, status: str) -> None:
+        pass
+
+    def watchdog(self) -> None:
+        pass
+
+    def reloading(self) -> None:
+        pass
+
+    def stopping(self) -> None:
+        pass
+
+
+@dataclass
+class Watch:
+    """A runner the daemon waits for: its own child, or adopted after a restart."""
+
+    run_id: int
+    pid: int
+    pidfd: int
+    runner: LaunchedRunner | None
+
+
+def status_line(counts: dict[str, int], limit: int, paused: bool) -> str:
+    done = sum(counts[s.value] for s in RunState if s.is_terminal)
+    line = (f"{counts['RUNNING']}/{limit} running · {counts['PENDING']} pending · "
+            f"{done} done")
+    return line + " · paused" if paused else line
+
+
+class Daemon:
+    def __init__(self, config: Config, *, config_path: str | None,
+                 launcher: Launcher | None = None, notifier: Notifier | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.launcher = launcher or ProcessLauncher()
+        self.notifier = notifier or Notifier()
+        self.watches: dict[int, Watch] = {}
+        self.cancels_sent: set[int] = set()
+        self.stop_requested = False
+        self.reload_requested = False
+        self.next_cleanup = 0.0
+        self.last_status = ""
+        self.selector = selectors.DefaultSelector()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def run(self) -> int:
+        try:
+            self.store = Store.open(self.config.db_path)
+        except StoreError as exc:
+            log.error("cannot open the state DB: %s", exc)
+            return 1
+        try:
+            self.lock = self._take_lock()
+            self.wake = WakeSocket(self.config.socket_path)
+        except OSError as exc:
+            log.error("%s", exc)
+            return 1
+        self._install_signals()
+        self.selector.register(self.wake, selectors.EVENT_READ, "wake")
+        log.info("minipipe daemon started (pid %d, db %s, isolation %s, up to %d runs)",
+                 os.getpid(), self.config.db_path, self.config.isolation,
+                 self.config.max_concurrent_runs)
+        self.reconcile()
+        self.notifier.ready(self.current_status())
+        try:
+            while not self.stop_requested:
+                self.iterate()
+                self.wait(self.config.poll_interval_seconds)
+        finally:
+            self.notifier.stopping()
+            self.shutdown()
+        return 0
+
+    def _take_lock(self) -> int:
+        path = self.config.db_path + ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OSError(f"another minipipe daemon already runs on {self.config.db_path}") \
+                from None
+        return fd
+
+    def _install_signals(self) -> None:
+        self._signal_r, signal_w = socket.socketpair()
+        self._signal_r.setblocking(False)
+        signal_w.setblocking(False)
+        self._signal_w = signal_w  # kept referenced: the wakeup fd must stay open
+        signal.set_wakeup_fd(signal_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+        self.selector.register(self._signal_r, selectors.EVENT_READ, "signal")
+
+    def _on_stop(self, signum: int, _frame: object) -> None:
+        self.stop_requested = True
+
+    def _on_reload(self, signum: int, _frame: object) -> None:
+        self.reload_requested = True
+
+    def shutdown(self) -> None:
+        running = len(self.watches)
+        for watch in self.watches.values():
+            os.close(watch.pidfd)
+        self.watches.clear()
+        self.wake.close()
+        os.close(self.lock)
+        self.store.close()
+        log.info("daemon stopped; %d run(s) keep running and will be adopted on the next start",
+                 running)
+
+    # ------------------------------------------------------------ the loop
+
+    def iterate(self) -> None:
+        if self.reload_requested:
+            self.reload()
+        self.collect_exited()
+        self.deliver_cancels()
+        self.start_pending()
+        self.cleanup_if_due()
+        status = self.current_status()
+        if status != self.last_status:
+            self.notifier.status(status)
+            self.last_status = status
+        self.notifier.watchdog()
+
+    def wait(self, timeout: float) -> None:
+        for key, _mask in self.selector.select(timeout):
+            if key.data == "wake":
+                self.wake.drain()
+            elif key.data == "signal":
+                try:
+                    while self._signal_r.recv(64):
+                        pass
+                except BlockingIOError:
+                    pass
+            # pidfds need nothing here: collect_exited() checks them next pass.
+
+    def current_status(self) -> str:
+        return status_line(self.store.counts(), self.config.max_concurrent_runs,
+                           self.store.is_paused())
+
+    # ------------------------------------------------------------ runners
+
+    def watch(self, run_id: int, pid: int, runner: LaunchedRunner | None) -> bool:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        self.watches[run_id] = Watch(run_id, pid, pidfd, runner)
+        self.selector.register(pidfd, selectors.EVENT_READ, ("runner", run_id))
+        return True
+
+    def collect_exited(self) -> None:
+        for watch in list(self.watches.values()):
+            if watch.runner is not None and watch.runner.process is not None:
+                status = watch.runner.process.poll()
+                if status is None:
+                    continue
+            else:
+                if not _pidfd_ready(watch.pidfd):
+                    continue
+                status = None
+            self.selector.unregister(watch.pidfd)
+            os.close(watch.pidfd)
+            del self.watches[watch.run_id]
+            self.cancels_sent.discard(watch.run_id)
+            self.runner_ended(watch.run_id, status)
+
+    def runner_ended(self, run_id: int, status: int | None) -> None:
+        run = self.store.get_run(run_id)
+        if run.state is not RunState.RUNNING:
+            log.info("run %d ended %s%s", run_id, run.state.value,
+                     f" (exit {run.exit_code})" if run.exit_code not in (None, 0) else "")
+            return
+        if status is None:
+            how = "exited"
+        else:
+            code, signal_name = procs.describe_exit(status)
+            how = f"was killed by {signal_name}" if signal_name else f"exited with status {code}"
+        self.interrupt(run, f"runner (pid {run.runner_pid}) {how} before recording a result")
+
+    def interrupt(self, run: RunRow, reason: str) -> None:
+        killed = 0
+        for step in self.store.get_steps(run.id):
+            if step.state.value == "RUNNING":
+                killed += procs.kill_orphaned_group(step.pid, step.pid_start)
+        if killed:
+            reason += f"; killed {killed} leftover step process(es)"
+        self.store.finish_run(run.id, RunState.INTERRUPTED, reason=reason)
+        log.warning("run %d INTERRUPTED: %s", run.id, reason)
+
+    def reconcile(self) -> None:
+        """Adopt live runners of RUNNING runs; end the runs whose runner is gone."""
+        for run in self.store.running_runs():
+            if run.id in self.watches:
+                continue
+            if run.runner_pid and self.launcher.is_alive(run) and self.watch(
+                    run.id, run.runner_pid, None):
+                self.store.note(run.id, "run_adopted", pid=run.runner_pid)
+                log.info("run %d: adopted its live runner (pid %d)", run.id, run.runner_pid)
+            elif run.runner_pid:
+                self.interrupt(run, f"runner (pid {run.runner_pid}) was gone when the daemon "
+                                    "started (crash, kill or reboot)")
+            else:
+                self.interrupt(run, "the daemon stopped before the runner was started")
+
+    def deliver_cancels(self) -> None:
+        for run in self.store.cancel_requests():
+            if run.id in self.cancels_sent or run.id not in self.watches:
+                continue
+            try:
+                os.kill(self.watches[run.id].pid, signal.SIGTERM)
+                log.info("run %d: cancel requested, sent SIGTERM to runner %d", run.id,
+                         self.watches[run.id].pid)
+            except ProcessLookupError:
+                pass
+            self.cancels_sent.add(run.id)
+
+    def start_pending(self) -> None:
+        if self.store.is_paused():
+            return
+        free = self.config.max_concurrent_runs - self.store.count_running()
+        if free <= 0:
+            return
+        for run in self.store.pending_runs(free):
+            unit = self.launcher.unit_name(run.id)
+            if not self.store.start_run(run.id, unit=unit):
+                continue
+            try:
+                runner = self.launcher.launch(run.id, self.config.runner_argv(run.id))
+            except OSError as exc:
+                reason = f"could not start the runner: {exc.strerror or exc}"
+                self.store.finish_run(run.id, RunState.FAILED, reason=reason)
+                log.error("run %d FAILED: %s", run.id, reason)
+                continue
+            self.store.set_runner(run.id, runner.pid, runner.start_time)
+            if not self.watch(run.id, runner.pid, runner):
+                # It already exited and was reaped elsewhere: judge it by the DB.
+                self.runner_ended(run.id, None)
+            log.info("run %d (%s) started: runner pid %d%s", run.id, run.name, runner.pid,
+                     f", unit {unit}" if unit else "")
+
+    # ------------------------------------------------------------ housekeeping
+
+    def cleanup_if_due(self) -> None:
+        if not self.config.auto_cleanup_completed_runs or time.monotonic() < self.next_cleanup:
+            return
+        self.next_cleanup = time.monotonic() + CLEANUP_EVERY_SECONDS
+        cutoff = datetime.now(UTC) - timedelta(days=self.config.completed_run_retention_days)
+        ids = self.store.delete_finished_before(
+            cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+        for run_id in ids:
+            try:
+                os.unlink(log_path(self.config.log_dir, run_id))
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("cleanup: cannot remove the log of run %d: %s", run_id, exc)
+        if ids:
+            log.info("cleanup: deleted %d finished run(s) older than %g day(s)", len(ids),
+                     self.config.completed_run_retention_days)
+
+    def reload(self) -> None:
+        self.reload_requested = False
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running config: %s", exc)
+            self.notifier.ready(self.current_status())
+            return
+        for fixed in ("db_path", "socket_path", "isolation"):
+            if getattr(new, fixed) != getattr(self.config, fixed):
+                log.warning("reload: %s changed; it takes effect only after a restart", fixed)
+                new = _replace(new, fixed, getattr(self.config, fixed))
+        self.config = new
+        self.next_cleanup = 0.0
+        log.info("config reloaded: up to %d runs, poll every %gs", new.max_concurrent_runs,
+                 new.poll_interval_seconds)
+        self.notifier.ready(self.current_status())
+
+
+def _replace(config: Config, key: str, value: object) -> Config:
+    from dataclasses import replace
+
+    return replace(config, **{key: value})
+
+
+def _pidfd_ready(pidfd: int) -> bool:
+    poller = selectors.DefaultSelector()
+    try:
+        poller.register(pidfd, selectors.EVENT_READ)
+        return bool(poller.select(0))
+    finally:
+        poller.close()
+
+
+def serve(config: Config, config_path: str | None) -> int:
+    """Entry point of `minipipe daemon`."""
+    logging.basicConfig(
+        level=logging.INFO,
+        # Under systemd, journald adds its own timestamps.
+        format="%(message)s" if os.environ.get("JOURNAL_STREAM") else
+        "%(asctime)s %(levelname)s %(message)s")
+    return Daemon(config, config_path=config_path).run()

@@ -1,0 +1,110 @@
+"""Run output: the log sink interface the runner writes to, and the per-run file format.
+
+One file per run in `log_dir`, `run-<id>.log`, one record per output line:
+
+    <utc time>\\t<step id>\\t<attempt>\\t<stream>\\t<text>
+
+`stream` is stdout, stderr or minipipe (the runner's own notes: step start/end).
+Step ids cannot contain tabs, so the first four fields always split cleanly and
+the text keeps any tabs of its own. `tail -f` works on it; `minipipe logs` parses it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+from .store import utc_now
+
+STREAMS = ("stdout", "stderr", "minipipe")
+
+
+@dataclass(frozen=True)
+class LogLine:
+    ts: str
+    step_id: str
+    attempt: int
+    stream: str
+    text: str
+
+
+class LogSink(Protocol):
+    """Where a runner sends each output line. Writes must never raise."""
+
+    lines_lost: int
+    error: str | None
+
+    def write(self, step_id: str, attempt: int, stream: str, text: str) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def log_path(log_dir: str, run_id: int) -> str:
+    return os.path.join(log_dir, f"run-{run_id}.log")
+
+
+class FileLogSink:
+    """Appends records to the run's file; counts (never hides) lines it could not write."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lines_lost = 0
+        self.error: str | None = None
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            self._file = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        except OSError as exc:
+            self._file = None
+            self.error = f"cannot open {path}: {exc.strerror or exc}"
+
+    def write(self, step_id: str, attempt: int, stream: str, text: str) -> None:
+        if self._file is None:
+            self.lines_lost += 1
+            return
+        try:
+            self._file.write(f"{utc_now()}\t{step_id}\t{attempt}\t{stream}\t{text}\n")
+        except OSError as exc:
+            self.lines_lost += 1
+            self.error = f"cannot write {self.path}: {exc.strerror or exc}"
+
+    def flush(self) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
+        except OSError as exc:
+            self.error = f"cannot write {self.path}: {exc.strerror or exc}"
+
+    def close(self) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.close()
+        except OSError as exc:
+            self.error = f"cannot write {self.path}: {exc.strerror or exc}"
+        self._file = None
+
+
+def read_log(path: str, offset: int = 0) -> tuple[list[LogLine], int]:
+    """Complete records from byte `offset` on, and the offset after the last one.
+
+    A record still being written (no newline yet) is left for the next call.
+    """
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    lines = []
+    for raw in data[:end].decode("utf-8", "replace").split("\n")[:-1]:
+        parts = raw.split("\t", 4)
+        if len(parts) != 5 or not parts[2].isdigit():
+            lines.append(LogLine("", "?", 0, "stdout", raw))
+            continue
+        lines.append(LogLine(parts[0], parts[1], int(parts[2]), parts[3], parts[4]))
+    return lines, offset + end

@@ -1,0 +1,455 @@
+"""Plans: what a user submits. Loading, validation and the normalized form stored in the DB.
+
+Everything is checked at submit time and the first problem becomes one `PlanError`
+that names the file, the line (where TOML lets us find it), the step and key, and
+what to do. Nothing is queued from an invalid plan. The runner only ever sees the
+normalized dict (`Plan.to_dict`), never user files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from .quantities import parse_cpu_quota, parse_duration, parse_size
+
+MAX_PLAN_BYTES = 1024 * 1024
+MAX_STEPS = 1000
+MAX_RETRIES = 100
+MAX_NAME_CHARS = 100
+PRIORITY_RANGE = (-1000, 1000)
+
+TOP_KEYS = ("name", "description", "priority", "defaults", "limits", "steps")
+DEFAULT_KEYS = ("timeout", "retries", "cwd", "env")
+LIMIT_KEYS = ("memory_max", "cpu_quota", "runtime_max", "tasks_max")
+STEP_KEYS = ("id", "phase", "run", "cwd", "env", "timeout", "retries")
+
+STEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+STEP_ID_HELP = (
+    'use 1-64 letters, digits, "_", "-" or ".", starting with a letter or digit (no "..")'
+)
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# The runner sets these itself; letting a plan override them would confuse the
+# service manager or the step's view of which run it belongs to.
+RESERVED_ENV = re.compile(r"NOTIFY_SOCKET|WATCHDOG_(PID|USEC)|LISTEN_(FDS|PID|FDNAMES)|MINIPIPE_.*")
+DEFAULT_PHASE = "main"
+
+
+class PlanError(Exception):
+    """One problem in one plan, phrased for the person who wrote it."""
+
+    def __init__(self, source: str, message: str, *, line: int | None = None,
+                 where: str | None = None, hint: str | None = None) -> None:
+        self.source, self.line, self.where, self.message, self.hint = (
+            source, line, where, message, hint)
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        location = self.source if self.line is None else f"{self.source}:{self.line}"
+        text = f"{location}: {self.where + ': ' if self.where else ''}{self.message}"
+        return f"{text}\n  hint: {self.hint}" if self.hint else text
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory_max: int | None = None      # bytes
+    cpu_quota: float | None = None     # percent of one CPU
+    runtime_max: float | None = None   # seconds for the whole run
+    tasks_max: int | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    id: str
+    phase: str
+    argv: tuple[str, ...]
+    cwd: str
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    retries: int = 0
+    shell: bool = False
+
+    @property
+    def command(self) -> str:
+        """The command as the user wrote it, for display."""
+        return self.argv[2] if self.shell else shlex.join(self.argv)
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    steps: tuple[Step, ...]
+    priority: int = 0
+    description: str = ""
+    limits: Limits = Limits()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "description": self.description, "priority": self.priority,
+            "limits": self.limits.__dict__.copy(),
+            "steps": [
+                {"id": s.id, "phase": s.phase, "argv": list(s.argv), "shell": s.shell,
+                 "cwd": s.cwd, "env": dict(s.env), "timeout": s.timeout, "retries": s.retries,
+                 "command": s.command}
+                for s in self.steps
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        steps = tuple(
+            Step(id=s["id"], phase=s["phase"], argv=tuple(s["argv"]), cwd=s["cwd"],
+                 env=dict(s["env"]), timeout=s["timeout"], retries=s["retries"],
+                 shell=s["shell"])
+            for s in data["steps"]
+        )
+        return cls(name=data["name"], steps=steps, priority=data["priority"],
+                   description=data.get("description", ""), limits=Limits(**data["limits"]))
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_plan(path: str, *, fmt: str | None = None, stdin: bytes | None = None) -> Plan:
+    """Read and validate a plan file (`-` with `stdin` bytes reads standard input)."""
+    source = "<stdin>" if path == "-" else path
+    if path == "-":
+        data = stdin or b""
+        base_dir = os.getcwd()
+    else:
+        data = _read_plan_file(path)
+        base_dir = os.path.dirname(os.path.abspath(path))
+    if fmt is None:
+        fmt = "json" if path.lower().endswith(".json") else "toml"
+    return parse_plan(data, source=source, fmt=fmt, base_dir=base_dir,
+                      default_name=_default_name(path))
+
+
+def _default_name(path: str) -> str:
+    if path == "-":
+        return "stdin"
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return stem[:MAX_NAME_CHARS] or "plan"
+
+
+def _read_plan_file(path: str) -> bytes:
+    try:
+        if os.path.isdir(path):
+            raise PlanError(path, "is a directory", hint="give the path of a .toml or .json plan")
+        size = os.path.getsize(path)
+        if size > MAX_PLAN_BYTES:
+            raise PlanError(path, f"is too large ({size / 1e6:.1f} MB); plans are at most "
+                            f"{MAX_PLAN_BYTES // 1024} KiB",
+                            hint="a plan lists commands; keep data in files the steps read")
+        with open(path, "rb") as handle:
+            return handle.read(MAX_PLAN_BYTES + 1)
+    except FileNotFoundError:
+        raise PlanError(path, "no such file", hint="check the path and try again") from None
+    except PermissionError:
+        raise PlanError(path, "permission denied while reading the plan") from None
+    except OSError as exc:
+        raise PlanError(path, f"cannot read the plan: {exc.strerror or exc}") from None
+
+
+def parse_plan(data: bytes, *, source: str, fmt: str, base_dir: str,
+               default_name: str = "plan") -> Plan:
+    if len(data) > MAX_PLAN_BYTES:
+        raise PlanError(source, f"is too large ({len(data) / 1e6:.1f} MB); plans are at most "
+                        f"{MAX_PLAN_BYTES // 1024} KiB")
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise PlanError(source, f"looks like a binary file (NUL byte at offset {nul})",
+                        line=data.count(b"\n", 0, nul) + 1,
+                        hint="plans are UTF-8 text in TOML or JSON")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PlanError(source, f"is not valid UTF-8 (byte offset {exc.start})",
+                        line=data.count(b"\n", 0, exc.start) + 1,
+                        hint="save the file as UTF-8") from None
+    document = _decode(text, source, fmt)
+    lines = _toml_line_index(text) if fmt == "toml" else {}
+    return _Validator(source, lines, base_dir).plan(document, default_name)
+
+
+def _decode(text: str, source: str, fmt: str) -> dict[str, Any]:
+    if fmt not in ("toml", "json"):
+        raise PlanError(source, f"unknown plan format {fmt!r}", hint="use toml or json")
+    try:
+        if fmt == "toml":
+            import tomllib
+
+            try:
+                return tomllib.loads(text)
+            except tomllib.TOMLDecodeError as exc:
+                message = str(exc)
+                match = re.search(r"\(at line (\d+), column \d+\)", message)
+                line = int(match.group(1)) if match else None
+                message = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", message)
+                raise PlanError(source, f"invalid TOML: {message}", line=line,
+                                hint="see https://toml.io for the syntax") from None
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PlanError(source, f"invalid JSON: {exc.msg} (column {exc.colno})",
+                            line=exc.lineno) from None
+    except RecursionError:
+        raise PlanError(source, "is nested too deeply to be a plan") from None
+    if not isinstance(document, dict):
+        raise PlanError(source, f"the top level must be an object, not {_kind(document)}")
+    return document
+
+
+def _toml_line_index(text: str) -> dict[tuple[Any, ...], int]:
+    """Map (section, key) to the line that defines it, for error messages.
+
+    tomllib reports lines only for syntax errors, so this light scan finds where
+    `[[steps]]` number N and its keys are. Inline-table spellings are not found;
+    errors about them simply carry no line number.
+    """
+    index: dict[tuple[Any, ...], int] = {}
+    section: tuple[Any, ...] = ()
+    step = -1
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if match := re.match(r"\[\[\s*([^\]]+?)\s*\]\]", line):
+            name = re.sub(r"\s+", "", match.group(1))
+            if name == "steps":
+                step += 1
+                section = ("steps", step)
+            else:
+                section = ("?", name)
+            index.setdefault(section, number)
+            continue
+        if match := re.match(r"\[\s*([^\]]+?)\s*\]", line):
+            parts = re.sub(r"\s+", "", match.group(1)).split(".")
+            section = ("steps", step, *parts[1:]) if parts[0] == "steps" else tuple(parts)
+            index.setdefault(section, number)
+            continue
+        if match := re.match(r"""("[^"]*"|'[^']*'|[A-Za-z0-9_-]+)\s*=""", line):
+            index.setdefault((*section, match.group(1).strip("\"'")), number)
+    return index
+
+
+def _kind(value: object) -> str:
+    return {dict: "a table", list: "a list", str: "a string", bool: "a boolean",
+            int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
+
+
+class _Validator:
+    """Walks a decoded document and builds a Plan, raising the first PlanError."""
+
+    def __init__(self, source: str, lines: dict[tuple[Any, ...], int], base_dir: str) -> None:
+        self.source, self.lines, self.base_dir = source, lines, base_dir
+
+    def fail(self, path: tuple[Any, ...], where: str | None, message: str,
+             hint: str | None = None) -> PlanError:
+        line = None
+        for depth in range(len(path), 0, -1):
+            line = self.lines.get(path[:depth])
+            if line is not None:
+                break
+        return PlanError(self.source, message, line=line, where=where, hint=hint)
+
+    def unknown_keys(self, table: dict[str, Any], allowed: tuple[str, ...],
+                     path: tuple[Any, ...], where: str | None) -> None:
+        for key in table:
+            if key not in allowed:
+                close = [k for k in allowed if _similar(k, key)]
+                hint = f"did you mean {close[0]!r}?" if close else (
+                    "valid keys: " + ", ".join(allowed))
+                raise self.fail((*path, key), where, f"unknown key {key!r}", hint)
+
+    def table(self, document: dict[str, Any], key: str, path: tuple[Any, ...],
+              where: str | None) -> dict[str, Any]:
+        value = document.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail((*path, key), where, f"{key!r} must be a table, not {_kind(value)}")
+        return value
+
+    def plan(self, doc: dict[str, Any], default_name: str) -> Plan:
+        self.unknown_keys(doc, TOP_KEYS, (), None)
+        name = doc.get("name", default_name)
+        if not isinstance(name, str) or not name.strip():
+            raise self.fail(("name",), None, "'name' must be a non-empty string")
+        if len(name) > MAX_NAME_CHARS or not name.isprintable():
+            raise self.fail(("name",), None,
+                            f"'name' must be at most {MAX_NAME_CHARS} printable characters")
+        description = doc.get("description", "")
+        if not isinstance(description, str):
+            raise self.fail(("description",), None, "'description' must be a string")
+        priority = doc.get("priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int) or not (
+                PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]):
+            raise self.fail(("priority",), None,
+                            f"'priority' must be an integer from {PRIORITY_RANGE[0]} to "
+                            f"{PRIORITY_RANGE[1]}, got {priority!r}", "higher runs first")
+        defaults = self.table(doc, "defaults", (), None)
+        self.unknown_keys(defaults, DEFAULT_KEYS, ("defaults",), "[defaults]")
+        limits = self.limits(self.table(doc, "limits", (), None))
+        steps = self.steps(doc, defaults)
+        return Plan(name=name.strip(), description=description, priority=priority,
+                    limits=limits, steps=steps)
+
+    def limits(self, table: dict[str, Any]) -> Limits:
+        where = "[limits]"
+        self.unknown_keys(table, LIMIT_KEYS, ("limits",), where)
+        parsed: dict[str, Any] = {}
+        parsers = {"memory_max": parse_size, "cpu_quota": parse_cpu_quota,
+                   "runtime_max": parse_duration, "tasks_max": _parse_tasks_max}
+        for key, parse in parsers.items():
+            if key in table:
+                try:
+                    parsed[key] = parse(table[key])
+                except ValueError as exc:
+                    raise self.fail(("limits", key), where, f"{key}: {exc}") from None
+        return Limits(**parsed)
+
+    def steps(self, doc: dict[str, Any], defaults: dict[str, Any]) -> tuple[Step, ...]:
+        raw_steps = doc.get("steps")
+        if raw_steps is None:
+            raise self.fail((), None, "the plan has no steps",
+                            'add at least one [[steps]] table with an "id" and a "run"')
+        if not isinstance(raw_steps, list) or not raw_steps:
+            raise self.fail(("steps",), None, "'steps' must be a non-empty list of tables",
+                            'write each step as a [[steps]] table with an "id" and a "run"')
+        if len(raw_steps) > MAX_STEPS:
+            raise self.fail(("steps",), None, f"too many steps ({len(raw_steps)}; at most "
+                            f"{MAX_STEPS})")
+        base = self.step_settings(defaults, ("defaults",), "[defaults]",
+                                  {"cwd": self.base_dir, "env": {}, "timeout": None,
+                                   "retries": 0})
+        steps: list[Step] = []
+        seen: dict[str, int] = {}
+        phase = DEFAULT_PHASE
+        for number, raw in enumerate(raw_steps):
+            path: tuple[Any, ...] = ("steps", number)
+            where = f"steps[{number + 1}]"
+            if not isinstance(raw, dict):
+                raise self.fail(path, where, f"each step must be a table, not {_kind(raw)}")
+            if not raw:
+                raise self.fail(path, where, "the step is empty",
+                                'give it at least an "id" and a "run"')
+            self.unknown_keys(raw, STEP_KEYS, path, where)
+            step_id = raw.get("id")
+            if step_id is None:
+                raise self.fail(path, where, "the step has no 'id'", 'add id = "a-name"')
+            if not isinstance(step_id, str) or not STEP_ID.fullmatch(step_id) or ".." in step_id:
+                raise self.fail((*path, "id"), where, f"invalid step id {step_id!r}",
+                                STEP_ID_HELP)
+            where = f"step {step_id!r}"
+            if step_id in seen:
+                raise self.fail((*path, "id"), where,
+                                f"duplicate step id (also used by steps[{seen[step_id] + 1}])",
+                                "step ids must be unique within a plan")
+            seen[step_id] = number
+            if "phase" in raw:
+                phase = raw["phase"]
+                if not isinstance(phase, str) or not STEP_ID.fullmatch(phase) or ".." in phase:
+                    raise self.fail((*path, "phase"), where, f"invalid phase {phase!r}",
+                                    STEP_ID_HELP)
+            argv, shell = self.command(raw, path, where)
+            settings = self.step_settings(raw, path, where, base)
+            env = {**base["env"], **settings["env"]} if "env" in raw else base["env"]
+            steps.append(Step(id=step_id, phase=phase, argv=argv, shell=shell,
+                              cwd=settings["cwd"], env=env, timeout=settings["timeout"],
+                              retries=settings["retries"]))
+        return tuple(steps)
+
+    def command(self, raw: dict[str, Any], path: tuple[Any, ...],
+                where: str) -> tuple[tuple[str, ...], bool]:
+        if "run" not in raw:
+            raise self.fail(path, where, "the step has no 'run'",
+                            'add run = ["program", "arg"] (no shell) or run = "shell line"')
+        run = raw["run"]
+        key_path = (*path, "run")
+        if isinstance(run, str):
+            if not run.strip():
+                raise self.fail(key_path, where, "'run' is an empty command")
+            return ("/bin/sh", "-c", run), True
+        if not isinstance(run, list) or not run:
+            raise self.fail(key_path, where,
+                            f"'run' must be a list of strings or a string, not {_kind(run)}"
+                            if not isinstance(run, list) else "'run' is an empty list",
+                            'e.g. run = ["make", "-j2"] or run = "make -j2 | tee log"')
+        for position, arg in enumerate(run):
+            if not isinstance(arg, str):
+                raise self.fail(key_path, where,
+                                f"run[{position}] must be a string, not {_kind(arg)}",
+                                'quote every argument, e.g. ["sleep", "5"]')
+        if not run[0]:
+            raise self.fail(key_path, where, "run[0] (the program) is empty")
+        return tuple(run), False
+
+    def step_settings(self, raw: dict[str, Any], path: tuple[Any, ...], where: str,
+                      base: dict[str, Any]) -> dict[str, Any]:
+        """timeout, retries, cwd and env of a step or of [defaults], falling back to base."""
+        result = dict(base)
+        if "timeout" in raw:
+            try:
+                result["timeout"] = parse_duration(raw["timeout"])
+            except ValueError as exc:
+                raise self.fail((*path, "timeout"), where, f"timeout: {exc}") from None
+        if "retries" in raw:
+            retries = raw["retries"]
+            if isinstance(retries, bool) or not isinstance(retries, int) or not (
+                    0 <= retries <= MAX_RETRIES):
+                raise self.fail((*path, "retries"), where,
+                                f"'retries' must be an integer from 0 to {MAX_RETRIES}, "
+                                f"got {retries!r}")
+            result["retries"] = retries
+        if "cwd" in raw:
+            result["cwd"] = self.cwd(raw["cwd"], (*path, "cwd"), where)
+        if "env" in raw:
+            result["env"] = self.env(raw["env"], (*path, "env"), where)
+        return result
+
+    def cwd(self, cwd: object, path: tuple[Any, ...], where: str) -> str:
+        if not isinstance(cwd, str) or not cwd or "\0" in cwd:
+            raise self.fail(path, where, "'cwd' must be a non-empty path string")
+        if not os.path.isabs(cwd):
+            raise self.fail(path, where, f"'cwd' must be an absolute path, got {cwd!r}",
+                            "write the full path, e.g. /srv/app")
+        if not os.path.isdir(cwd):
+            raise self.fail(path, where, f"'cwd' {cwd!r} is not an existing directory",
+                            "create it first or fix the path")
+        return os.path.normpath(cwd)
+
+    def env(self, env: object, path: tuple[Any, ...], where: str) -> dict[str, str]:
+        if not isinstance(env, dict):
+            raise self.fail(path, where, f"'env' must be a table, not {_kind(env)}",
+                            'e.g. env = { CC = "gcc" }')
+        for name, value in env.items():
+            if not ENV_NAME.fullmatch(name):
+                raise self.fail((*path, name), where, f"invalid environment variable name "
+                                f"{name!r}", "names are letters, digits and _, not starting "
+                                "with a digit")
+            if RESERVED_ENV.fullmatch(name):
+                raise self.fail((*path, name), where, f"{name} is set by minipipe itself "
+                                "and cannot be overridden")
+            if not isinstance(value, str):
+                raise self.fail((*path, name), where,
+                                f"env {name} must be a string, not {_kind(value)}",
+                                f'quote it: {name} = "{value}"')
+            if "\0" in value:
+                raise self.fail((*path, name), where, f"env {name} contains a NUL character")
+        return dict(env)
+
+
+def _parse_tasks_max(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+        raise ValueError(f"expected an integer from 1 to 1000000, got {value!r}")
+    return value
+
+
+def _similar(a: str, b: str) -> bool:
+    """Cheap typo detector: same letters give or take one, for 'did you mean'."""
+    if abs(len(a) - len(b)) > 2:
+        return False
+    return len(set(a) ^ set(b)) <= 2 and a[0] == b[0]

@@ -1,0 +1,93 @@
+"""Linux process facts from /proc: identity that survives pid reuse, and group clean-up.
+
+A pid alone is not an identity: after a reboot or a long uptime it may belong to
+someone else. Every pid minipipe stores comes with the process's start time
+(field 22 of /proc/PID/stat), and nothing is signalled unless both match.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            data = handle.read().decode("utf-8", "replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after it.
+    return data[data.rindex(")") + 2:].split()
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot, or None if it is gone."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def is_alive(pid: int | None, started: int | None) -> bool:
+    """True if `pid` still runs and is the same process (not a zombie, not reused)."""
+    if not pid:
+        return False
+    fields = _stat_fields(pid)
+    if fields is None or fields[0] in ("Z", "X"):
+        return False
+    return started is None or int(fields[19]) == started
+
+
+def group_members(pgid: int, not_before: int | None = None) -> list[int]:
+    """Pids in process group `pgid`, started no earlier than `not_before` (ticks)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fields = _stat_fields(int(entry))
+        if fields is None or fields[0] in ("Z", "X") or int(fields[2]) != pgid:
+            continue
+        if not_before is not None and int(fields[19]) < not_before:
+            continue
+        members.append(int(entry))
+    return members
+
+
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> bool:
+    """Signal a whole process group; False if it no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+    return True
+
+
+def kill_orphaned_group(pgid: int | None, leader_start: int | None) -> int:
+    """SIGKILL what is left of a step's process group after its runner died.
+
+    Only processes that started no earlier than the group's leader are members we
+    own; an older process with the same pgid would mean the number was reused.
+    Returns how many processes were signalled.
+    """
+    if not pgid or leader_start is None:
+        return 0
+    killed = 0
+    for pid in group_members(pgid, not_before=leader_start):
+        try:
+            os.kill(pid, signal.SIGKILL)
+            killed += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+    return killed
+
+
+def describe_exit(status: int) -> tuple[int, str | None]:
+    """(exit code in shell convention, signal name or None) from a Popen returncode."""
+    if status >= 0:
+        return status, None
+    try:
+        name = signal.Signals(-status).name
+    except ValueError:
+        name = f"signal {-status}"
+    return 128 - status, name

@@ -1,0 +1,92 @@
+"""Parsing of durations, byte sizes and CPU quotas as users write them in plans and config.
+
+Pure functions: each returns a number or raises ValueError with a message that
+says what a valid value looks like.
+"""
+
+from __future__ import annotations
+
+import re
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_SIZE = re.compile(r"(\d+)([KMGT]?)")
+_PERCENT = re.compile(r"(\d+(?:\.\d+)?)%")
+
+DURATION_HELP = 'a duration like "90s", "10m", "1h30m" or a number of seconds'
+SIZE_HELP = 'a size like "512M", "2G" or a number of bytes'
+CPU_QUOTA_HELP = 'a percentage of one CPU like "50%" or "200%"'
+
+
+def parse_duration(value: object, *, maximum: float = 366 * 86400.0) -> float:
+    """Seconds from `"1h30m"`, `"500ms"`, `"45s"` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected {DURATION_HELP}, got {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        pos, seconds = 0, 0.0
+        if not text:
+            raise ValueError(f"expected {DURATION_HELP}, got an empty string")
+        while pos < len(text):
+            match = _DURATION_PART.match(text, pos)
+            if not match:
+                raise ValueError(f"expected {DURATION_HELP}, got {value!r}")
+            seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+            pos = match.end()
+    else:
+        raise ValueError(f"expected {DURATION_HELP}, got {type(value).__name__}")
+    if not seconds > 0:
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    if seconds > maximum:
+        raise ValueError(f"{value!r} is too long (at most {format_duration(maximum)})")
+    return seconds
+
+
+def parse_size(value: object, *, maximum: int = 1024**5) -> int:
+    """Bytes from `"512M"`, `"2G"` (powers of 1024, as systemd reads them) or an int."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected {SIZE_HELP}, got {value!r}")
+    if isinstance(value, int):
+        size = value
+    elif isinstance(value, str):
+        match = _SIZE.fullmatch(value.strip().upper().removesuffix("B"))
+        if not match:
+            raise ValueError(f"expected {SIZE_HELP}, got {value!r}")
+        size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
+    else:
+        raise ValueError(f"expected {SIZE_HELP}, got {type(value).__name__}")
+    if size <= 0:
+        raise ValueError(f"a size must be positive, got {value!r}")
+    if size > maximum:
+        raise ValueError(f"{value!r} is too large")
+    return size
+
+
+def parse_cpu_quota(value: object) -> float:
+    """Percent of one CPU from `"200%"`, as systemd's CPUQuota= takes it."""
+    if not isinstance(value, str) or not (match := _PERCENT.fullmatch(value.strip())):
+        raise ValueError(f"expected {CPU_QUOTA_HELP}, got {value!r}")
+    percent = float(match.group(1))
+    if not 0 < percent <= 100_000:
+        raise ValueError(f"a CPU quota must be between 0% and 100000%, got {value!r}")
+    return percent
+
+
+def format_duration(seconds: float) -> str:
+    """Short human form: 0.4s, 12s, 3m05s, 2h04m, 3d02h."""
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"

@@ -1,0 +1,110 @@
+"""Turning store rows into what the CLI prints: JSON dicts with stable names, and tables.
+
+Pure functions of their inputs (plus "now" for durations), so they are tested exactly.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from .logs import LogLine
+from .model import RunState, StepState
+from .quantities import format_duration
+from .store import EventRow, RunRow, StepRow, parse_time
+
+STATE_COLOURS: dict[str, tuple[str, bool]] = {
+    RunState.PENDING.value: ("yellow", False),
+    RunState.RUNNING.value: ("cyan", True),
+    RunState.SUCCEEDED.value: ("green", False),
+    RunState.FAILED.value: ("red", True),
+    RunState.CANCELLED.value: ("magenta", False),
+    RunState.TIMED_OUT.value: ("red", False),
+    RunState.INTERRUPTED.value: ("yellow", True),
+    StepState.SKIPPED.value: ("bright_black", False),
+}
+
+
+def run_json(run: RunRow) -> dict[str, Any]:
+    return {
+        "id": run.id, "name": run.name, "state": run.state.value, "phase": run.phase,
+        "priority": run.priority, "steps_total": run.steps_total, "steps_done": run.steps_done,
+        "attempt": run.attempt, "exit_code": run.exit_code, "reason": run.reason,
+        "created_at": run.created_at, "started_at": run.started_at,
+        "finished_at": run.finished_at, "unit": run.unit, "submitted_by": run.submitted_by,
+        "plan_source": run.plan_source, "cancel_requested": run.cancel_requested,
+    }
+
+
+def step_json(step: StepRow) -> dict[str, Any]:
+    return {
+        "step_id": step.step_id, "phase": step.phase, "state": step.state.value,
+        "exit_code": step.exit_code, "attempt": step.attempt, "started_at": step.started_at,
+        "finished_at": step.finished_at, "reason": step.reason, "command": step.command,
+    }
+
+
+def event_json(event: EventRow) -> dict[str, Any]:
+    return {"id": event.id, "ts": event.ts, "run_id": event.run_id, "step_id": event.step_id,
+            "kind": event.kind, "detail": event.detail}
+
+
+def elapsed(started_at: str | None, finished_at: str | None,
+            now: datetime | None = None) -> str:
+    """Duration so far (live for running things), or "-" if it never started."""
+    start = parse_time(started_at)
+    if start is None:
+        return "-"
+    end = parse_time(finished_at) or now or datetime.now(UTC)
+    return format_duration(max(0.0, (end - start).total_seconds()))
+
+
+def age(timestamp: str | None, now: datetime | None = None) -> str:
+    moment = parse_time(timestamp)
+    if moment is None:
+        return "-"
+    seconds = max(0.0, ((now or datetime.now(UTC)) - moment).total_seconds())
+    return "now" if seconds < 1 else f"{format_duration(seconds)} ago"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    """Left-aligned columns, two spaces apart; the last column is not padded."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        padded = [c.ljust(w) for c, w in zip(cells[:-1], widths[:-1], strict=True)]
+        return "  ".join([*padded, cells[-1]]).rstrip()
+
+    return [line(headers), *(line(r) for r in rows)]
+
+
+def runs_table(runs: list[RunRow], now: datetime | None = None) -> tuple[list[str], list[str]]:
+    """The `ls` table lines, and each row's state (for colouring)."""
+    rows = [[str(r.id), _clip(r.name, 30), r.state.value, r.phase or "-",
+             f"{r.steps_done}/{r.steps_total}", elapsed(r.started_at, r.finished_at, now),
+             age(r.created_at, now)] for r in runs]
+    lines = table(["ID", "NAME", "STATE", "PHASE", "STEPS", "DURATION", "CREATED"], rows)
+    return lines, [r.state.value for r in runs]
+
+
+def steps_table(steps: list[StepRow], now: datetime | None = None) -> list[str]:
+    rows = [[str(s.idx + 1), s.step_id, s.phase, s.state.value, str(s.attempt),
+             "-" if s.exit_code is None else str(s.exit_code),
+             elapsed(s.started_at, s.finished_at, now), _clip(s.command, 60)] for s in steps]
+    return table(["#", "STEP", "PHASE", "STATE", "TRY", "EXIT", "DURATION", "COMMAND"], rows)
+
+
+def event_text(event: EventRow) -> str:
+    detail = " ".join(f"{k}={v}" for k, v in event.detail.items())
+    step = f" [{event.step_id}]" if event.step_id else ""
+    return f"{event.ts}  {event.kind}{step}  {detail}".rstrip()
+
+
+def log_line_text(line: LogLine, *, show_step: bool = True) -> str:
+    if not show_step:
+        return line.text
+    return f"{line.step_id} | {line.text}"
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -1,0 +1,322 @@
+"""The runner: owns one run from its first step to its recorded end.
+
+Started by the daemon (through `minipipe_command`) once per run. It records every
+step and run transition itself, so a run finishes correctly even while the daemon
+is restarted or dead. Each step is its own process group: a timeout or a cancel
+stops the whole group (SIGTERM, then SIGKILL after the grace period), and nothing
+a step left in its group outlives the step.
+
+SIGTERM, SIGINT and SIGHUP to the runner mean "cancel this run". The daemon sends
+SIGTERM when an operator asks for a cancel.
+
+Kept free of click and other heavy imports: it starts once per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+
+from . import procs
+from .logs import FileLogSink, LogSink, log_path
+from .model import RUN_STATE_FOR_STEP_FAILURE, RunState, StepState
+from .plan import Plan, Step
+from .quantities import format_duration
+from .store import Store, StoreError
+
+MAX_LINE_BYTES = 64 * 1024
+# After a step's main process exits and its group is killed, how long to keep
+# reading output still held open by a process that escaped the group (setsid).
+ESCAPED_OUTPUT_GRACE = 2.0
+# Variables a step must never inherit: they belong to the service manager's
+# conversation with the daemon, and a step using them would impersonate it.
+STRIPPED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID",
+                "LISTEN_FDNAMES", "MINIPIPE_CONFIG")
+
+
+def clean_environment(environ: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if k not in STRIPPED_ENV}
+
+
+@dataclass(frozen=True)
+class StepResult:
+    state: StepState
+    exit_code: int | None
+    reason: str | None
+
+
+def step_outcome(returncode: int, stopped_for: str | None, why: str | None) -> StepResult:
+    """How a finished step process becomes a step state (pure; see tests)."""
+    exit_code, signal_name = procs.describe_exit(returncode)
+    if stopped_for == "timeout":
+        return StepResult(StepState.TIMED_OUT, exit_code, why)
+    if stopped_for == "cancel":
+        return StepResult(StepState.CANCELLED, exit_code, why)
+    if returncode == 0:
+        return StepResult(StepState.SUCCEEDED, 0, None)
+    if signal_name:
+        return StepResult(StepState.FAILED, exit_code, f"killed by {signal_name}")
+    return StepResult(StepState.FAILED, exit_code, f"exited with status {exit_code}")
+
+
+class Runner:
+    def __init__(self, store: Store, run_id: int, sink: LogSink, kill_grace: float) -> None:
+        self.store, self.run_id, self.sink, self.kill_grace = store, run_id, sink, kill_grace
+        self.stop_signal: int | None = None
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # ------------------------------------------------------------ signals
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.stop_signal = signum
+
+    def install_signal_handlers(self) -> None:
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+
+    def cancel_reason(self) -> str:
+        try:
+            requested = self.store.get_run(self.run_id).cancel_requested
+        except StoreError:
+            requested = False
+        if requested:
+            return "cancelled by request"
+        name = signal.Signals(self.stop_signal).name if self.stop_signal else "a signal"
+        return f"stopped from outside (runner got {name})"
+
+    # ------------------------------------------------------------ the run
+
+    def run(self) -> int:
+        run = self.store.get_run(self.run_id)
+        if run.state is not RunState.RUNNING:
+            print(f"minipipe-runner: run {self.run_id} is {run.state.value}, not RUNNING; "
+                  "nothing to do", file=sys.stderr)
+            return 0
+        self.store.set_runner(self.run_id, os.getpid(), procs.start_time(os.getpid()))
+        self.install_signal_handlers()
+        plan = Plan.from_dict(self.store.run_plan(self.run_id))
+        runtime_max = plan.limits.runtime_max
+        run_deadline = time.monotonic() + runtime_max if runtime_max else None
+        try:
+            for idx, step in enumerate(plan.steps):
+                if self.stop_signal is not None:
+                    self.finish(RunState.CANCELLED, None, self.cancel_reason())
+                    return 0
+                result = self.run_step(idx, step, run_deadline, runtime_max)
+                if result.state is not StepState.SUCCEEDED:
+                    state = RUN_STATE_FOR_STEP_FAILURE[result.state]
+                    self.finish(state, result.exit_code, f"step {step.id}: {result.reason}")
+                    return 0
+            self.finish(RunState.SUCCEEDED, 0, None)
+        finally:
+            self.sink.close()
+        return 0
+
+    def finish(self, state: RunState, exit_code: int | None, reason: str | None) -> None:
+        self.sink.flush()
+        if self.sink.lines_lost or self.sink.error:
+            self.store.note(self.run_id, "log_lines_lost", lines=self.sink.lines_lost,
+                            error=self.sink.error)
+        self.store.finish_run(self.run_id, state, exit_code=exit_code, reason=reason)
+
+    def run_step(self, idx: int, step: Step, run_deadline: float | None,
+                 runtime_max: float | None) -> StepResult:
+        while True:
+            attempt = self.store.start_step(self.run_id, idx, step.phase)
+            self.sink.write(step.id, attempt, "minipipe", f"step {step.id} started (attempt "
+                            f"{attempt}): {step.command}")
+            result = self.execute(idx, step, attempt, run_deadline, runtime_max)
+            self.store.finish_step(self.run_id, idx, result.state, exit_code=result.exit_code,
+                                   reason=result.reason)
+            self.sink.write(step.id, attempt, "minipipe", f"step {step.id} "
+                            f"{result.state.value.lower()}" + (f": {result.reason}"
+                                                               if result.reason else ""))
+            self.sink.flush()
+            out_of_time = run_deadline is not None and time.monotonic() >= run_deadline
+            if (result.state in (StepState.FAILED, StepState.TIMED_OUT)
+                    and attempt <= step.retries and self.stop_signal is None
+                    and not out_of_time):
+                continue
+            return result
+
+    def step_environment(self, step: Step, attempt: int) -> dict[str, str]:
+        env = clean_environment(dict(os.environ))
+        env.update(step.env)
+        env.update(MINIPIPE_RUN_ID=str(self.run_id), MINIPIPE_STEP_ID=step.id,
+                   MINIPIPE_ATTEMPT=str(attempt))
+        return env
+
+    def execute(self, idx: int, step: Step, attempt: int, run_deadline: float | None,
+                runtime_max: float | None) -> StepResult:
+        try:
+            proc = subprocess.Popen(
+                step.argv, cwd=step.cwd, env=self.step_environment(step, attempt),
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                start_new_session=True, close_fds=True)
+        except FileNotFoundError as exc:
+            missing = step.cwd if exc.filename == step.cwd else step.argv[0]
+            what = "working directory" if missing == step.cwd else "command"
+            return StepResult(StepState.FAILED, 127, f"{what} not found: {missing}")
+        except PermissionError as exc:
+            return StepResult(StepState.FAILED, 126, f"permission denied: {exc.filename}")
+        except OSError as exc:
+            return StepResult(StepState.FAILED, 126, f"cannot start: {exc.strerror or exc}")
+        leader_start = procs.start_time(proc.pid)
+        self.store.set_step_process(self.run_id, idx, proc.pid, leader_start)
+        deadline, why = None, None
+        if step.timeout:
+            deadline, why = time.monotonic() + step.timeout, (
+                f"timed out after {format_duration(step.timeout)}")
+        if run_deadline is not None and (deadline is None or run_deadline < deadline):
+            deadline = run_deadline
+            why = f"run exceeded runtime_max ({format_duration(runtime_max or 0)})"
+        stopped_for = self.supervise(proc, step, attempt, deadline)
+        if stopped_for == "cancel":
+            why = self.cancel_reason()
+        return step_outcome(proc.returncode, stopped_for, why)
+
+    def supervise(self, proc: subprocess.Popen[bytes], step: Step, attempt: int,
+                  deadline: float | None) -> str | None:
+        """Pump output until the step's group is gone; stop it on timeout or cancel.
+
+        Returns "timeout", "cancel" or None (ended by itself).
+        """
+        assert proc.stdout is not None and proc.stderr is not None
+        selector = selectors.DefaultSelector()
+        streams = {proc.stdout.fileno(): "stdout", proc.stderr.fileno(): "stderr"}
+        partial = {fd: b"" for fd in streams}
+        for fd in streams:
+            os.set_blocking(fd, False)
+            selector.register(fd, selectors.EVENT_READ)
+        pidfd = os.pidfd_open(proc.pid)
+        selector.register(pidfd, selectors.EVENT_READ)
+        selector.register(self._wake_r, selectors.EVENT_READ)
+        stopped_for: str | None = None
+        kill_at: float | None = None
+        leader_gone_at: float | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                if stopped_for is None and self.stop_signal is not None:
+                    stopped_for = "cancel"
+                elif stopped_for is None and deadline is not None and now >= deadline:
+                    stopped_for = "timeout"
+                if stopped_for and kill_at is None and leader_gone_at is None:
+                    procs.kill_group(proc.pid, signal.SIGTERM)
+                    kill_at = now + self.kill_grace
+                if kill_at is not None and now >= kill_at and leader_gone_at is None:
+                    procs.kill_group(proc.pid, signal.SIGKILL)
+                    kill_at = float("inf")
+                if leader_gone_at is not None and (
+                        not partial or now - leader_gone_at > ESCAPED_OUTPUT_GRACE):
+                    break
+                wait = [1.0]
+                for moment in (deadline if stopped_for is None else None, kill_at,
+                               leader_gone_at + ESCAPED_OUTPUT_GRACE if leader_gone_at else None):
+                    if moment is not None and moment != float("inf"):
+                        wait.append(max(0.0, moment - now))
+                for key, _mask in selector.select(min(wait)):
+                    fd = key.fd
+                    if fd == self._wake_r:
+                        _drain(fd)
+                    elif fd == pidfd:
+                        selector.unregister(pidfd)
+                        proc.wait()
+                        # Whatever the step left running in its group goes with it.
+                        procs.kill_group(proc.pid, signal.SIGKILL)
+                        leader_gone_at = time.monotonic()
+                    elif not self.pump(fd, streams[fd], partial, step.id, attempt):
+                        selector.unregister(fd)
+                        del partial[fd]
+                self.sink.flush()
+        finally:
+            for fd, rest in partial.items():
+                if rest:
+                    self.sink.write(step.id, attempt, streams[fd], _text(rest))
+            if partial:
+                self.sink.write(step.id, attempt, "minipipe", "output still held open by a "
+                                "process that left the step's process group; stopped reading")
+            selector.close()
+            os.close(pidfd)
+            proc.stdout.close()
+            proc.stderr.close()
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+        return stopped_for
+
+    def pump(self, fd: int, stream: str, partial: dict[int, bytes], step_id: str,
+             attempt: int) -> bool:
+        """Read what is available on one pipe and emit complete lines; False at EOF."""
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return True
+        if not data:
+            if partial[fd]:
+                self.sink.write(step_id, attempt, stream, _text(partial[fd]))
+                partial[fd] = b""
+            return False
+        buffer = partial[fd] + data
+        *lines, rest = buffer.split(b"\n")
+        for line in lines:
+            self.sink.write(step_id, attempt, stream, _text(line))
+        while len(rest) > MAX_LINE_BYTES:
+            self.sink.write(step_id, attempt, stream, _text(rest[:MAX_LINE_BYTES]))
+            rest = rest[MAX_LINE_BYTES:]
+        partial[fd] = rest
+        return True
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", "replace").rstrip("\r")
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="minipipe-runner",
+        description="Execute one minipipe run (started by the daemon; not for direct use).")
+    parser.add_argument("--db-path", required=True)
+    parser.add_argument("--log-dir", required=True)
+    parser.add_argument("--kill-grace", type=float, default=10.0)
+    parser.add_argument("run_id", type=int)
+    args = parser.parse_args(argv)
+    for name in STRIPPED_ENV:
+        os.environ.pop(name, None)
+    try:
+        store = Store.open(args.db_path, create=False)
+    except StoreError as exc:
+        print(f"minipipe-runner: {exc}", file=sys.stderr)
+        return 1
+    sink = FileLogSink(log_path(args.log_dir, args.run_id))
+    runner = Runner(store, args.run_id, sink, args.kill_grace)
+    try:
+        return runner.run()
+    except Exception as exc:  # the run must still end in the DB, with the reason
+        traceback.print_exc()
+        try:
+            store.finish_run(args.run_id, RunState.FAILED,
+                             reason=f"internal error in the runner: {exc!r}")
+        except Exception:
+            traceback.print_exc()
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,619 @@
+"""The SQLite store: every SQL statement of minipipe lives in this module.
+
+Writers use `BEGIN IMMEDIATE` transactions so two processes never deadlock on a
+lock upgrade; every state change validates against `model` and appends its event
+in the same transaction. WAL lets readers (CLI, monitor) never block the writers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .model import (
+    RUN_RETRYABLE,
+    IllegalTransition,
+    RunState,
+    StepState,
+    check_run_transition,
+    check_step_transition,
+)
+
+BUSY_TIMEOUT_MS = 10_000
+
+# When a run ends while one of its steps is still RUNNING (its runner died, or the
+# run was stopped as a whole), that step ends like this.
+_STEP_STATE_FOR_ABANDONED_RUN = {
+    RunState.FAILED: StepState.FAILED,
+    RunState.INTERRUPTED: StepState.FAILED,
+    RunState.CANCELLED: StepState.CANCELLED,
+    RunState.TIMED_OUT: StepState.TIMED_OUT,
+}
+
+_SCHEMA_V1 = """
+CREATE TABLE runs (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    name            TEXT NOT NULL,
+    plan            TEXT NOT NULL,              -- normalized plan, JSON
+    plan_source     TEXT,
+    state           TEXT NOT NULL,
+    phase           TEXT,
+    priority        INTEGER NOT NULL DEFAULT 0,
+    steps_total     INTEGER NOT NULL,
+    attempt         INTEGER NOT NULL DEFAULT 1,
+    exit_code       INTEGER,
+    reason          TEXT,
+    created_at      TEXT NOT NULL,
+    started_at      TEXT,
+    finished_at     TEXT,
+    submitted_by    TEXT,
+    unit            TEXT,
+    runner_pid      INTEGER,
+    runner_start    INTEGER,                    -- /proc start time: guards against pid reuse
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX runs_by_queue ON runs (state, priority DESC, id);
+CREATE TABLE steps (
+    run_id      INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    idx         INTEGER NOT NULL,
+    step_id     TEXT NOT NULL,
+    phase       TEXT NOT NULL,
+    command     TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    attempt     INTEGER NOT NULL DEFAULT 0,
+    started_at  TEXT,
+    finished_at TEXT,
+    exit_code   INTEGER,
+    reason      TEXT,
+    pid         INTEGER,
+    pid_start   INTEGER,
+    PRIMARY KEY (run_id, idx)
+);
+CREATE TABLE events (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts      TEXT NOT NULL,
+    run_id  INTEGER REFERENCES runs (id) ON DELETE CASCADE,
+    step_id TEXT,
+    kind    TEXT NOT NULL,
+    detail  TEXT                                -- JSON object or NULL
+);
+CREATE INDEX events_by_run ON events (run_id, id);
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+# Migration N (1-based) brings user_version from N-1 to N. Append, never edit.
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(Exception):
+    """The DB cannot be used; the message says why and what to do."""
+
+
+class StoreMissing(StoreError):
+    pass
+
+
+class SchemaTooNew(StoreError):
+    pass
+
+
+class NoSuchRun(StoreError):
+    pass
+
+
+class ConflictError(StoreError):
+    """The request does not fit the run's current state (e.g. retrying a running run)."""
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    name: str
+    state: RunState
+    phase: str | None
+    priority: int
+    steps_total: int
+    steps_done: int
+    attempt: int
+    exit_code: int | None
+    reason: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    plan_source: str | None
+    submitted_by: str | None
+    unit: str | None
+    runner_pid: int | None
+    runner_start: int | None
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class StepRow:
+    run_id: int
+    idx: int
+    step_id: str
+    phase: str
+    command: str
+    state: StepState
+    attempt: int
+    started_at: str | None
+    finished_at: str | None
+    exit_code: int | None
+    reason: str | None
+    pid: int | None
+    pid_start: int | None
+
+
+@dataclass(frozen=True)
+class EventRow:
+    id: int
+    ts: str
+    run_id: int | None
+    step_id: str | None
+    kind: str
+    detail: dict[str, Any]
+
+
+_RUN_COLUMNS = """
+    r.id, r.name, r.state, r.phase, r.priority, r.steps_total,
+    (SELECT count(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'SUCCEEDED') AS steps_done,
+    r.attempt, r.exit_code, r.reason, r.created_at, r.started_at, r.finished_at,
+    r.plan_source, r.submitted_by, r.unit, r.runner_pid, r.runner_start, r.cancel_requested
+"""
+
+
+def _run_row(row: sqlite3.Row) -> RunRow:
+    values = dict(row)
+    values["state"] = RunState(values["state"])
+    values["cancel_requested"] = bool(values["cancel_requested"])
+    return RunRow(**values)
+
+
+def _step_row(row: sqlite3.Row) -> StepRow:
+    values = dict(row)
+    values["state"] = StepState(values["state"])
+    return StepRow(**values)
+
+
+def _event_row(row: sqlite3.Row) -> EventRow:
+    values = dict(row)
+    values["detail"] = json.loads(values["detail"]) if values["detail"] else {}
+    return EventRow(**values)
+
+
+def _friendly(exc: sqlite3.Error, path: str) -> StoreError:
+    message = str(exc)
+    if "readonly" in message or "unable to open" in message:
+        return StoreError(f"permission denied: cannot write {path} ({message}); "
+                          "add yourself to group minipipe (then log in again)")
+    if "locked" in message or "busy" in message:
+        return StoreError(f"{path} is locked by another process for too long; try again")
+    if "malformed" in message or "not a database" in message:
+        return StoreError(f"{path} is damaged or not a minipipe database ({message})")
+    return StoreError(f"{path}: {message}")
+
+
+class Store:
+    """One connection to the state DB. Not shared between threads or processes."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str, readonly: bool) -> None:
+        self.conn, self.path, self.readonly = conn, path, readonly
+
+    # ------------------------------------------------------------ opening
+
+    @classmethod
+    def open(cls, path: str, *, readonly: bool = False, create: bool = True) -> Store:
+        """Open (and for writers, create and migrate) the DB at `path`."""
+        exists = os.path.exists(path)
+        if not exists and (readonly or not create):
+            raise StoreMissing(f"{path} does not exist yet; start the daemon "
+                               "(`minipipe daemon` or `systemctl start minipipe`) or submit a run")
+        if exists and not os.access(path, os.R_OK | (0 if readonly else os.W_OK)):
+            raise StoreError(f"permission denied: cannot {'read' if readonly else 'write'} "
+                             f"{path}; add yourself to group minipipe (then log in again)")
+        directory = os.path.dirname(os.path.abspath(path))
+        if not readonly:
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create {directory}: {exc.strerror}") from None
+            if not os.access(directory, os.W_OK | os.X_OK):
+                raise StoreError(f"permission denied: cannot write in {directory}; add "
+                                 "yourself to group minipipe (then log in again)")
+        uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + ("?mode=ro" if readonly
+                                                                    else "?mode=rwc")
+        try:
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None,
+                                   timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            store = cls(conn, path, readonly)
+            if not readonly:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                store._migrate()
+            else:
+                store._check_version()
+        except sqlite3.Error as exc:
+            raise _friendly(exc, path) from None
+        return store
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def schema_version(self) -> int:
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def _check_version(self) -> None:
+        version = self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise SchemaTooNew(f"{self.path} has schema version {version}, newer than this "
+                               f"minipipe understands ({SCHEMA_VERSION}); upgrade minipipe")
+        if version == 0:
+            raise StoreMissing(f"{self.path} is not initialised yet; start the daemon")
+
+    def _migrate(self) -> None:
+        if self.schema_version() == SCHEMA_VERSION:
+            return
+        with self._write() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise SchemaTooNew(f"{self.path} has schema version {version}, newer than "
+                                   f"this minipipe understands ({SCHEMA_VERSION}); upgrade "
+                                   "minipipe")
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        if self.readonly:
+            raise StoreError("this store was opened read-only")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _friendly(exc, self.path) from None
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.conn.execute("ROLLBACK")
+            raise _friendly(exc, self.path) from None
+
+    # ------------------------------------------------------------ events
+
+    @staticmethod
+    def _event(conn: sqlite3.Connection, run_id: int | None, kind: str, *,
+               step_id: str | None = None, **detail: Any) -> None:
+        conn.execute(
+            "INSERT INTO events (ts, run_id, step_id, kind, detail) VALUES (?, ?, ?, ?, ?)",
+            (utc_now(), run_id, step_id, kind,
+             json.dumps({k: v for k, v in detail.items() if v is not None}) if detail else None),
+        )
+
+    def events(self, *, run_id: int | None = None, after_id: int = 0,
+               limit: int = 1000) -> list[EventRow]:
+        if run_id is None:
+            rows = self.conn.execute(
+                "SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
+        else:
+            rows = self.conn.execute(
+                "SELECT * FROM events WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?",
+                (run_id, after_id, limit))
+        return [_event_row(row) for row in rows]
+
+    def last_events(self, run_id: int, count: int) -> list[EventRow]:
+        rows = self.conn.execute(
+            "SELECT * FROM events WHERE run_id = ? ORDER BY id DESC LIMIT ?", (run_id, count))
+        return [_event_row(row) for row in reversed(rows.fetchall())]
+
+    def count_events(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM events").fetchone()[0]
+
+    # ------------------------------------------------------------ reading runs
+
+    def get_run(self, run_id: int) -> RunRow:
+        row = self.conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise NoSuchRun(f"no run with id {run_id}; `minipipe ls --all` lists them")
+        return _run_row(row)
+
+    def run_plan(self, run_id: int) -> dict[str, Any]:
+        row = self.conn.execute("SELECT plan FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise NoSuchRun(f"no run with id {run_id}")
+        return json.loads(row[0])
+
+    def list_runs(self, *, limit: int | None = 20,
+                  states: tuple[RunState, ...] | None = None) -> list[RunRow]:
+        """Newest first; `limit=None` lists every run."""
+        where, args = "", []
+        if states:
+            where = f"WHERE r.state IN ({','.join('?' * len(states))})"
+            args = [s.value for s in states]
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs r {where} ORDER BY r.id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [_run_row(row) for row in self.conn.execute(sql, args)]
+
+    def get_steps(self, run_id: int) -> list[StepRow]:
+        rows = self.conn.execute("SELECT * FROM steps WHERE run_id = ? ORDER BY idx", (run_id,))
+        return [_step_row(row) for row in rows]
+
+    def counts(self) -> dict[str, int]:
+        counts = {state.value: 0 for state in RunState}
+        for state, count in self.conn.execute("SELECT state, count(*) FROM runs GROUP BY state"):
+            counts[state] = count
+        return counts
+
+    def pending_runs(self, limit: int) -> list[RunRow]:
+        """The next runs to start: highest priority first, then oldest."""
+        rows = self.conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.state = 'PENDING' "
+            "ORDER BY r.priority DESC, r.id LIMIT ?", (limit,))
+        return [_run_row(row) for row in rows]
+
+    def running_runs(self) -> list[RunRow]:
+        rows = self.conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.state = 'RUNNING' ORDER BY r.id")
+        return [_run_row(row) for row in rows]
+
+    def count_running(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM runs WHERE state = 'RUNNING'").fetchone()[0]
+
+    # ------------------------------------------------------------ submitting
+
+    def submit(self, plan: dict[str, Any], *, source: str | None, submitted_by: str | None,
+               priority: int | None = None) -> int:
+        priority = plan["priority"] if priority is None else priority
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO runs (name, plan, plan_source, state, priority, steps_total, "
+                "created_at, submitted_by) VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?)",
+                (plan["name"], json.dumps(plan), source, priority, len(plan["steps"]),
+                 utc_now(), submitted_by))
+            run_id = cursor.lastrowid
+            assert run_id is not None
+            conn.executemany(
+                "INSERT INTO steps (run_id, idx, step_id, phase, command, state) "
+                "VALUES (?, ?, ?, ?, ?, 'PENDING')",
+                [(run_id, idx, step["id"], step["phase"], step["command"])
+                 for idx, step in enumerate(plan["steps"])])
+            self._event(conn, run_id, "run_submitted", name=plan["name"], priority=priority,
+                        source=source, by=submitted_by)
+        return run_id
+
+    # ------------------------------------------------------------ transitions
+
+    def _run_state(self, conn: sqlite3.Connection, run_id: int) -> RunState:
+        row = conn.execute("SELECT state FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise NoSuchRun(f"no run with id {run_id}")
+        return RunState(row[0])
+
+    def _step_state(self, conn: sqlite3.Connection, run_id: int, idx: int) -> tuple[StepState,
+                                                                                    str]:
+        row = conn.execute("SELECT state, step_id FROM steps WHERE run_id = ? AND idx = ?",
+                           (run_id, idx)).fetchone()
+        if row is None:
+            raise NoSuchRun(f"run {run_id} has no step #{idx}")
+        return StepState(row[0]), row[1]
+
+    def start_run(self, run_id: int, *, unit: str | None = None) -> bool:
+        """PENDING -> RUNNING, by the daemon just before it launches the runner.
+
+        Returns False when the run is no longer PENDING (cancelled meanwhile).
+        """
+        with self._write() as conn:
+            state = self._run_state(conn, run_id)
+            if state is not RunState.PENDING:
+                return False
+            check_run_transition(state, RunState.RUNNING)
+            conn.execute(
+                "UPDATE runs SET state = 'RUNNING', started_at = ?, unit = ?, runner_pid = NULL, "
+                "runner_start = NULL WHERE id = ?", (utc_now(), unit, run_id))
+            self._event(conn, run_id, "run_started", unit=unit)
+        return True
+
+    def set_runner(self, run_id: int, pid: int, start_time: int | None) -> None:
+        """Record which process executes the run (daemon and runner both call it)."""
+        with self._write() as conn:
+            conn.execute("UPDATE runs SET runner_pid = ?, runner_start = ? WHERE id = ?",
+                         (pid, start_time, run_id))
+
+    def finish_run(self, run_id: int, state: RunState, *, exit_code: int | None = None,
+                   reason: str | None = None) -> None:
+        """RUNNING (or PENDING, for a cancel) -> a terminal state; leftover steps are SKIPPED."""
+        with self._write() as conn:
+            self._finish_run(conn, run_id, state, exit_code=exit_code, reason=reason)
+
+    def _finish_run(self, conn: sqlite3.Connection, run_id: int, state: RunState, *,
+                    exit_code: int | None, reason: str | None) -> None:
+        check_run_transition(self._run_state(conn, run_id), state)
+        now = utc_now()
+        # A step still RUNNING here lost its runner (or was stopped with the run).
+        for (idx,) in conn.execute(
+                "SELECT idx FROM steps WHERE run_id = ? AND state = 'RUNNING'",
+                (run_id,)).fetchall():
+            if state not in _STEP_STATE_FOR_ABANDONED_RUN:
+                raise IllegalTransition(f"run {run_id} cannot end {state.value} while step "
+                                        f"#{idx} is still RUNNING")
+            self._step_transition(conn, run_id, idx, _STEP_STATE_FOR_ABANDONED_RUN[state],
+                                  now=now, reason=reason)
+        for (idx,) in conn.execute(
+                "SELECT idx FROM steps WHERE run_id = ? AND state = 'PENDING' ORDER BY idx",
+                (run_id,)).fetchall():
+            self._step_transition(conn, run_id, idx, StepState.SKIPPED, now=now)
+        conn.execute(
+            "UPDATE runs SET state = ?, exit_code = ?, reason = ?, finished_at = ?, "
+            "cancel_requested = 0 WHERE id = ?", (state.value, exit_code, reason, now, run_id))
+        self._event(conn, run_id, "run_finished", state=state.value, exit_code=exit_code,
+                    reason=reason)
+
+    def _step_transition(self, conn: sqlite3.Connection, run_id: int, idx: int,
+                         new: StepState, *, now: str, exit_code: int | None = None,
+                         reason: str | None = None) -> str:
+        current, step_id = self._step_state(conn, run_id, idx)
+        check_step_transition(current, new)
+        if new is StepState.RUNNING:
+            conn.execute(
+                "UPDATE steps SET state = 'RUNNING', attempt = attempt + 1, started_at = ?, "
+                "finished_at = NULL, exit_code = NULL, reason = NULL, pid = NULL, "
+                "pid_start = NULL WHERE run_id = ? AND idx = ?", (now, run_id, idx))
+            attempt = conn.execute("SELECT attempt FROM steps WHERE run_id = ? AND idx = ?",
+                                   (run_id, idx)).fetchone()[0]
+            self._event(conn, run_id, "step_started", step_id=step_id, attempt=attempt)
+        elif new is StepState.PENDING:
+            conn.execute(
+                "UPDATE steps SET state = 'PENDING', attempt = 0, started_at = NULL, "
+                "finished_at = NULL, exit_code = NULL, reason = NULL, pid = NULL, "
+                "pid_start = NULL WHERE run_id = ? AND idx = ?", (run_id, idx))
+        else:
+            conn.execute(
+                "UPDATE steps SET state = ?, finished_at = ?, exit_code = ?, reason = ? "
+                "WHERE run_id = ? AND idx = ?",
+                (new.value, now, exit_code, reason, run_id, idx))
+            kind = "step_skipped" if new is StepState.SKIPPED else "step_completed"
+            self._event(conn, run_id, kind, step_id=step_id, state=new.value,
+                        exit_code=exit_code, reason=reason)
+        return step_id
+
+    def start_step(self, run_id: int, idx: int, phase: str) -> int:
+        """A step (or its retry) begins; returns its attempt number."""
+        with self._write() as conn:
+            self._step_transition(conn, run_id, idx, StepState.RUNNING, now=utc_now())
+            conn.execute("UPDATE runs SET phase = ? WHERE id = ?", (phase, run_id))
+            return conn.execute("SELECT attempt FROM steps WHERE run_id = ? AND idx = ?",
+                                (run_id, idx)).fetchone()[0]
+
+    def set_step_process(self, run_id: int, idx: int, pid: int, start_time: int | None) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE steps SET pid = ?, pid_start = ? WHERE run_id = ? AND idx = ?",
+                         (pid, start_time, run_id, idx))
+
+    def finish_step(self, run_id: int, idx: int, state: StepState, *,
+                    exit_code: int | None, reason: str | None = None) -> None:
+        with self._write() as conn:
+            self._step_transition(conn, run_id, idx, state, now=utc_now(),
+                                  exit_code=exit_code, reason=reason)
+
+    def note(self, run_id: int | None, kind: str, **detail: Any) -> None:
+        """Append an event that is not a state change (e.g. lost log lines, adoption)."""
+        with self._write() as conn:
+            self._event(conn, run_id, kind, **detail)
+
+    # ------------------------------------------------------------ operator requests
+
+    def request_cancel(self, run_id: int, *, by: str | None = None) -> RunState:
+        """Cancel a run: PENDING ends at once, RUNNING is flagged for the daemon to stop.
+
+        Returns the state the run was in. Finished runs raise ConflictError.
+        """
+        with self._write() as conn:
+            state = self._run_state(conn, run_id)
+            if state is RunState.PENDING:
+                self._finish_run(conn, run_id, RunState.CANCELLED, exit_code=None,
+                                 reason=f"cancelled before it started{f' by {by}' if by else ''}")
+            elif state is RunState.RUNNING:
+                conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (run_id,))
+                self._event(conn, run_id, "run_cancel_requested", by=by)
+            else:
+                raise ConflictError(f"run {run_id} already ended ({state.value}); "
+                                    "nothing to cancel")
+            return state
+
+    def cancel_requests(self) -> list[RunRow]:
+        rows = self.conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.state = 'RUNNING' "
+            "AND r.cancel_requested = 1")
+        return [_run_row(row) for row in rows]
+
+    def retry(self, run_id: int, *, by: str | None = None) -> int:
+        """A run that did not succeed goes back to PENDING as a new attempt."""
+        with self._write() as conn:
+            state = self._run_state(conn, run_id)
+            if state not in RUN_RETRYABLE:
+                detail = ("it succeeded; submit the plan again to rerun it"
+                          if state is RunState.SUCCEEDED else "it has not ended yet")
+                raise ConflictError(f"run {run_id} is {state.value}: {detail}")
+            check_run_transition(state, RunState.PENDING)
+            now = utc_now()
+            for (idx,) in conn.execute("SELECT idx FROM steps WHERE run_id = ?",
+                                       (run_id,)).fetchall():
+                self._step_transition(conn, run_id, idx, StepState.PENDING, now=now)
+            conn.execute(
+                "UPDATE runs SET state = 'PENDING', attempt = attempt + 1, phase = NULL, "
+                "exit_code = NULL, reason = NULL, started_at = NULL, finished_at = NULL, "
+                "unit = NULL, runner_pid = NULL, runner_start = NULL, cancel_requested = 0 "
+                "WHERE id = ?", (run_id,))
+            attempt = conn.execute("SELECT attempt FROM runs WHERE id = ?",
+                                   (run_id,)).fetchone()[0]
+            self._event(conn, run_id, "run_retried", attempt=attempt, previous=state.value,
+                        by=by)
+            return attempt
+
+    # ------------------------------------------------------------ queue settings
+
+    def is_paused(self) -> bool:
+        row = self.conn.execute("SELECT value FROM settings WHERE key = 'paused'").fetchone()
+        return row is not None and row[0] == "1"
+
+    def set_paused(self, paused: bool, *, by: str | None = None) -> bool:
+        """Returns whether anything changed."""
+        with self._write() as conn:
+            row = conn.execute("SELECT value FROM settings WHERE key = 'paused'").fetchone()
+            if (row is not None and row[0] == "1") == paused:
+                return False
+            conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('paused', ?)",
+                         ("1" if paused else "0",))
+            self._event(conn, None, "queue_paused" if paused else "queue_resumed", by=by)
+            return True
+
+    # ------------------------------------------------------------ housekeeping
+
+    def delete_finished_before(self, cutoff: str) -> list[int]:
+        """Delete finished runs (with their steps and events) that ended before `cutoff`."""
+        with self._write() as conn:
+            ids = [row[0] for row in conn.execute(
+                "SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ? "
+                "AND state NOT IN ('PENDING', 'RUNNING')", (cutoff,))]
+            conn.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
+        return ids
+
+    def integrity_check(self) -> str:
+        return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
