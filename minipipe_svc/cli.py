@@ -211,7 +211,7 @@ def list_runs(ctx: Context, show_all: bool, limit: int, states: tuple[str, ...],
     """List runs, newest first: id, name, state, phase, steps done/total, duration."""
     from .render import run_json, runs_table
 
-    with ctx.store() as store:
+    with ctx.store(readonly=True) as store:
         runs = store.list_runs(limit=None if show_all else limit,
                                states=tuple(RunState(s.upper()) for s in states) or None)
     if as_json:
@@ -240,7 +240,7 @@ def show(ctx: Context, run_id: int, event_count: int, as_json: bool) -> None:
     """Show one run: its state, its steps and its latest events."""
     from .render import event_json, event_text, run_json, step_json, steps_table
 
-    with ctx.store() as store:
+    with ctx.store(readonly=True) as store:
         run = store.get_run(run_id)
         steps = store.get_steps(run_id)
         events = store.last_events(run_id, event_count)
@@ -293,7 +293,7 @@ def logs(ctx: Context, run_id: int, follow: bool, step_id: str | None, raw: bool
     from .logs import log_path, read_log
     from .render import log_line_text
 
-    with ctx.store() as store:
+    with ctx.store(readonly=True) as store:
         run = store.get_run(run_id)
         if step_id is not None and step_id not in {s.step_id for s in store.get_steps(run_id)}:
             raise UserError(f"run {run_id} has no step {step_id!r}")
@@ -373,7 +373,7 @@ def retry(ctx: Context, run_id: int) -> None:
 def wait(ctx: Context, run_id: int, timeout: float | None) -> None:
     """Block until a run ends; exit status 0 only if it SUCCEEDED."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    with ctx.store() as store:
+    with ctx.store(readonly=True) as store:
         while True:
             run = store.get_run(run_id)
             if run.state.is_terminal:
@@ -396,7 +396,7 @@ def status(ctx: Context, as_json: bool) -> None:
     from .wake import is_listening
 
     alive = is_listening(ctx.config.socket_path)
-    with ctx.store() as store:
+    with ctx.store(readonly=True) as store:
         counts = store.counts()
         paused = store.is_paused()
     if as_json:

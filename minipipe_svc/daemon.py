@@ -98,16 +98,22 @@ class Daemon:
             return 1
         try:
             self.lock = self._take_lock()
-            self.wake = WakeSocket(self.config.socket_path)
         except OSError as exc:
             log.error("%s", exc)
             return 1
         self._install_signals()
+        self.reconcile()
+        # The socket appears only once the DB is repaired: like READY=1, its presence
+        # means "this daemon is serving". Submits made meanwhile are in the DB anyway.
+        try:
+            self.wake = WakeSocket(self.config.socket_path)
+        except OSError as exc:
+            log.error("cannot listen on %s: %s", self.config.socket_path, exc)
+            return 1
         self.selector.register(self.wake, selectors.EVENT_READ, "wake")
         log.info("minipipe daemon started (pid %d, db %s, isolation %s, up to %d runs)",
                  os.getpid(), self.config.db_path, self.config.isolation,
                  self.config.max_concurrent_runs)
-        self.reconcile()
         self.notifier.ready(self.current_status())
         try:
             while not self.stop_requested:

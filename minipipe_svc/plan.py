@@ -336,8 +336,10 @@ class _Validator:
             if not raw:
                 raise self.fail(path, where, "the step is empty",
                                 'give it at least an "id" and a "run"')
-            self.unknown_keys(raw, STEP_KEYS, path, where)
             step_id = raw.get("id")
+            if isinstance(step_id, str) and STEP_ID.fullmatch(step_id):
+                where = f"step {step_id!r}"
+            self.unknown_keys(raw, STEP_KEYS, path, where)
             if step_id is None:
                 raise self.fail(path, where, "the step has no 'id'", 'add id = "a-name"')
             if not isinstance(step_id, str) or not STEP_ID.fullmatch(step_id) or ".." in step_id:

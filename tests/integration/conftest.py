@@ -1,0 +1,150 @@
+"""A private minipipe instance in a temp dir: real SQLite, a real daemon process, the real CLI.
+
+Tests wait for conditions with a timeout (`wait_for`), never sleep and hope.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from minipipe_svc.store import Store
+from minipipe_svc.wake import is_listening
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
+             interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+class Instance:
+    def __init__(self, root: Path, **config: Any) -> None:
+        self.root = root
+        self.config_path = root / "config.json"
+        self.write_config(**config)
+        self.daemon: subprocess.Popen[str] | None = None
+        self.daemon_log = root / "daemon.log"
+
+    def write_config(self, **overrides: Any) -> None:
+        document = {"db_path": "state.db", "isolation": "none", "poll_interval_seconds": 1.0,
+                    "kill_grace_seconds": 1.0, **overrides}
+        self.config_path.write_text(json.dumps(document))
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "state.db"
+
+    def store(self) -> Store:
+        return Store.open(str(self.db_path), readonly=True)
+
+    # ---------------------------------------------------------------- processes
+
+    def start_daemon(self) -> subprocess.Popen[str]:
+        log = open(self.daemon_log, "a")  # noqa: SIM115 - lives as long as the daemon
+        self.daemon = subprocess.Popen(
+            [sys.executable, "-m", "minipipe_svc", "--config", str(self.config_path), "daemon"],
+            stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        socket_path = str(self.root / "minipipe.sock")
+        # A killed daemon leaves its socket file behind: wait for a listener.
+        wait_for(lambda: is_listening(socket_path) or self.daemon.poll() is not None,
+                 what="the daemon to listen")
+        assert self.daemon.poll() is None, self.daemon_log.read_text()
+        return self.daemon
+
+    def stop_daemon(self, sig: int = signal.SIGTERM) -> int:
+        assert self.daemon is not None
+        self.daemon.send_signal(sig)
+        code = self.daemon.wait(timeout=30)
+        self.daemon = None
+        return code
+
+    def cli(self, *args: str, input: str | None = None,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [sys.executable, "-m", "minipipe_svc", "--config", str(self.config_path), *args],
+            capture_output=True, text=True, input=input, timeout=120,
+            env={k: v for k, v in os.environ.items() if k != "MINIPIPE_CONFIG"})
+        assert "Traceback" not in result.stderr, result.stderr
+        if check:
+            assert result.returncode == 0, (result.stdout, result.stderr)
+        return result
+
+    def plan(self, name: str, text: str) -> str:
+        path = self.root / f"{name}.toml"
+        path.write_text(text)
+        return str(path)
+
+    @property
+    def tag(self) -> str:
+        """A marker on step processes' command lines, to find orphans by."""
+        return f"minipipe-test-{self.root.name}"
+
+    def sleeper(self, seconds: float) -> str:
+        """A shell command that sleeps and is findable by `tag` (for orphan checks)."""
+        return (f"{sys.executable} -c 'import sys, time; time.sleep(float(sys.argv[1]))' "
+                f"{seconds} {self.tag}")
+
+    def tagged_pids(self) -> list[int]:
+        found = subprocess.run(["pgrep", "-f", self.tag], capture_output=True, text=True)
+        return [int(p) for p in found.stdout.split()]
+
+    def submit(self, text: str, *extra: str, name: str = "plan") -> int:
+        return int(self.cli("submit", self.plan(name, text), *extra).stdout.strip())
+
+    def run(self, run_id: int) -> dict[str, Any]:
+        return json.loads(self.cli("show", str(run_id), "--json").stdout)
+
+    def wait_state(self, run_id: int, *states: str, timeout: float = 60.0) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            run = self.run(run_id)
+            return run if run["state"] in states else None
+
+        return wait_for(reached, timeout, what=f"run {run_id} to reach {states}", interval=0.1)
+
+    def close(self) -> None:
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.stop_daemon()
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[Instance]:
+    inst = Instance(tmp_path)
+    yield inst
+    inst.close()
+    # Any step process still alive now would be an orphan the test did not catch.
+    leftovers = inst.tagged_pids()
+    for pid in leftovers:
+        os.kill(pid, signal.SIGKILL)
+    assert not leftovers, f"orphaned step processes: {leftovers}"
+
+
+@pytest.fixture
+def running(instance: Instance) -> Instance:
+    instance.start_daemon()
+    return instance

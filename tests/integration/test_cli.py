@@ -1,0 +1,154 @@
+"""The CLI's contract: JSON field names, exit statuses, and clean errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from .conftest import ROOT, Instance
+
+RUN_FIELDS = {"id", "name", "state", "phase", "priority", "steps_total", "steps_done",
+              "attempt", "exit_code", "reason", "created_at", "started_at", "finished_at"}
+STEP_FIELDS = {"step_id", "phase", "state", "exit_code", "attempt", "started_at",
+               "finished_at"}
+TRIVIAL = '[[steps]]\nid = "a"\nrun = ["true"]\n'
+
+
+def test_json_outputs_have_the_documented_fields(running: Instance) -> None:
+    submitted = json.loads(running.cli("submit", "--json", running.plan("p", TRIVIAL)).stdout)
+    assert submitted.keys() >= RUN_FIELDS
+    assert submitted["state"] == "PENDING" or submitted["state"] == "RUNNING"
+    running.wait_state(submitted["id"], "SUCCEEDED")
+    shown = running.run(submitted["id"])
+    assert shown.keys() >= RUN_FIELDS
+    assert shown["steps"][0].keys() >= STEP_FIELDS
+    assert shown["created_at"].endswith("Z") and "T" in shown["created_at"]
+    listed = json.loads(running.cli("ls", "--json").stdout)
+    assert [r["id"] for r in listed] == [submitted["id"]]
+    assert listed[0].keys() >= RUN_FIELDS
+    status = json.loads(running.cli("status", "--json").stdout)
+    assert set(status["counts"]) == {"PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED",
+                                     "TIMED_OUT", "INTERRUPTED"}
+    assert status["counts"]["SUCCEEDED"] == 1
+    assert status["paused"] is False and status["daemon_running"] is True
+
+
+def test_ls_shows_recent_runs_and_all_on_request(instance: Instance) -> None:
+    plan = instance.plan("p", TRIVIAL)
+    for _ in range(25):
+        instance.cli("submit", plan)
+    assert len(json.loads(instance.cli("ls", "--json").stdout)) == 20
+    assert len(json.loads(instance.cli("ls", "--json", "--limit", "5").stdout)) == 5
+    assert len(json.loads(instance.cli("ls", "--json", "--all").stdout)) == 25
+    table = instance.cli("ls").stdout.splitlines()
+    assert table[0].split() == ["ID", "NAME", "STATE", "PHASE", "STEPS", "DURATION", "CREATED"]
+    assert table[1].split()[:5] == ["25", "p", "PENDING", "-", "0/1"]
+    assert "\x1b[" not in instance.cli("ls").stdout, "no colour when not on a terminal"
+    pending = json.loads(instance.cli("ls", "--json", "--all", "--state", "pending").stdout)
+    assert len(pending) == 25
+
+
+def test_invalid_plan_exits_2_and_queues_nothing(instance: Instance) -> None:
+    result = instance.cli("submit", instance.plan("bad", '[[steps]]\nid = "a"\nrun = 5\n'),
+                          check=False)
+    assert result.returncode == 2
+    assert "bad.toml:3: step 'a': 'run' must be a list of strings or a string" in result.stderr
+    assert result.stdout == ""
+    assert not instance.db_path.exists(), "nothing may be queued (not even a DB created)"
+
+
+def test_submit_from_stdin(instance: Instance) -> None:
+    run_id = int(instance.cli("submit", "-", input=TRIVIAL).stdout)
+    assert instance.run(run_id)["name"] == "stdin"
+
+
+@pytest.mark.parametrize("bad_id", ["1;rm", "-1", "0", "abc", "1.5", "99999999999999999999",
+                                    "", "٣"])
+def test_malformed_run_ids_are_usage_errors(instance: Instance, bad_id: str) -> None:
+    instance.cli("submit", instance.plan("p", TRIVIAL))
+    for verb in ("show", "logs", "cancel", "retry", "wait"):
+        result = instance.cli(verb, bad_id, check=False)
+        assert result.returncode == 2, (verb, result.stderr)
+        # click reads a leading dash as an option; its own error is clear enough
+        expected = "No such option" if bad_id.startswith("-") else "is not a run id"
+        assert expected in result.stderr
+
+
+def test_unknown_run_is_a_clear_error(instance: Instance) -> None:
+    instance.cli("submit", instance.plan("p", TRIVIAL))
+    for verb in ("show", "logs", "cancel", "retry", "wait"):
+        result = instance.cli(verb, "42", check=False)
+        assert result.returncode == 2, verb
+        assert "no run with id 42" in result.stderr
+
+
+def test_missing_db_is_explained(instance: Instance) -> None:
+    for verb in (["ls"], ["show", "1"], ["status"]):
+        result = instance.cli(*verb, check=False)
+        assert result.returncode == 1
+        assert "does not exist yet; start the daemon" in result.stderr
+
+
+def test_bad_config_is_a_clear_error(instance: Instance) -> None:
+    instance.config_path.write_text('{"db_path": "x.db", "colour": "blue"}')
+    result = instance.cli("ls", check=False)
+    assert result.returncode == 2
+    assert "unknown key 'colour'" in result.stderr
+
+
+def test_wait_timeout_and_success(running: Instance) -> None:
+    run_id = running.submit(f'[[steps]]\nid = "a"\nrun = "{running.sleeper(2)}"\n')
+    timed_out = running.cli("wait", str(run_id), "--timeout", "0.3", check=False)
+    assert timed_out.returncode == 124
+    assert "still" in timed_out.stderr
+    assert running.cli("wait", str(run_id)).returncode == 0
+
+
+def test_cancel_needs_a_run_or_all(running: Instance) -> None:
+    result = running.cli("cancel", check=False)
+    assert result.returncode == 2 and "--all" in result.stderr
+    running.cli("pause")
+    ids = [running.submit(TRIVIAL) for _ in range(3)]
+    out = running.cli("cancel", "--all").stdout
+    assert all(f"run {i}: cancelled" in out for i in ids)
+
+
+def test_help_teaches(instance: Instance) -> None:
+    top = instance.cli("--help").stdout
+    for verb in ("daemon", "submit", "ls", "show", "logs", "cancel", "retry", "wait", "status",
+                 "pause", "resume"):
+        assert verb in top
+    assert "Exit status" in top
+    assert "minipipe, version" in instance.cli("--version").stdout
+
+
+def test_user_outside_the_group_is_denied_cleanly() -> None:
+    # Not under pytest's tmp dir: that one is private to root, and the point here is
+    # a user who can reach the state directory but is not in its group.
+    root = Path(tempfile.mkdtemp(prefix="minipipe-perm-"))
+    try:
+        os.chmod(root, 0o755)
+        instance = Instance(root)
+        instance.cli("submit", "-", input=TRIVIAL)
+        os.chmod(instance.db_path, 0o640)
+        os.chmod(instance.config_path, 0o644)
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                     sys.executable, "-m", "minipipe_svc", "--config", str(instance.config_path)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        for args in (["submit", "-"], ["ls"], ["show", "1"], ["cancel", "1"], ["pause"]):
+            result = subprocess.run([*as_nobody, *args], capture_output=True, text=True,
+                                    env=env, input=TRIVIAL)
+            assert result.returncode == 1, (args, result.stderr)
+            assert "permission denied" in result.stderr
+            assert "add yourself to group minipipe" in result.stderr
+            assert "Traceback" not in result.stderr
+        assert len(json.loads(instance.cli("ls", "--json").stdout)) == 1
+    finally:
+        shutil.rmtree(root)

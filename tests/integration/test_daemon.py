@@ -1,0 +1,243 @@
+"""The daemon's promises: runs survive it, it repairs after crashes, reloads safely."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from minipipe_svc.store import Store
+from minipipe_svc.wake import is_listening
+
+from .conftest import Instance, pid_alive, wait_for
+
+
+def _runner_pid(instance: Instance, run_id: int) -> int:
+    with instance.store() as store:
+        return wait_for(lambda: store.get_run(run_id).runner_pid, 20, "the runner's pid")
+
+
+def test_kill_9_daemon_mid_run_and_the_run_still_ends_right(running: Instance) -> None:
+    gate = running.root / "gate"
+    started = running.root / "started"
+    run_id = running.submit(f"""
+[[steps]]
+id = "wait-for-gate"
+run = "touch {started}; while [ ! -e {gate} ]; do sleep 0.05; done; exit 7"
+""")
+    wait_for(started.exists, 30, "the step to start")
+    running.stop_daemon(signal.SIGKILL)
+    gate.touch()  # the step ends while no daemon is running
+    with running.store() as store:
+        wait_for(lambda: store.get_run(run_id).state.value == "FAILED", 30,
+                 "the runner to record the end on its own")
+    running.start_daemon()
+    run = running.run(run_id)
+    assert (run["state"], run["exit_code"]) == ("FAILED", 7)
+    assert run["reason"] == "step wait-for-gate: exited with status 7"
+
+
+def test_restarted_daemon_adopts_a_live_run(running: Instance) -> None:
+    gate = running.root / "gate"
+    started = running.root / "started"
+    run_id = running.submit(f"""
+[[steps]]
+id = "wait-for-gate"
+run = "touch {started}; while [ ! -e {gate} ]; do sleep 0.05; done"
+[[steps]]
+id = "second"
+run = ["echo", "after the restart"]
+""")
+    wait_for(started.exists, 30, "the step to start")
+    runner = _runner_pid(running, run_id)
+    running.stop_daemon(signal.SIGKILL)
+    running.start_daemon()
+    wait_for(lambda: "adopted its live runner" in running.daemon_log.read_text(), 10,
+             "the adoption to be logged")
+    assert pid_alive(runner)
+    gate.touch()
+    run = running.wait_state(run_id, "SUCCEEDED")
+    assert run["exit_code"] == 0
+    assert "after the restart" in running.cli("logs", str(run_id)).stdout
+    wait_for(lambda: f"run {run_id} ended SUCCEEDED" in running.daemon_log.read_text(), 10,
+             "the adopted runner's end to be noticed")
+
+
+def test_sigterm_stops_the_daemon_but_not_its_runs(running: Instance) -> None:
+    gate = running.root / "gate"
+    started = running.root / "started"
+    run_id = running.submit(f"""
+[[steps]]
+id = "a"
+run = "touch {started}; while [ ! -e {gate} ]; do sleep 0.05; done"
+""")
+    wait_for(started.exists, 30, "the step to start")
+    assert running.stop_daemon(signal.SIGTERM) == 0
+    assert "1 run(s) keep running" in running.daemon_log.read_text()
+    gate.touch()
+    with running.store() as store:
+        wait_for(lambda: store.get_run(run_id).state.value == "SUCCEEDED", 30, "the run to end")
+
+
+def test_kill_9_runner_marks_the_run_interrupted(running: Instance) -> None:
+    started = running.root / "started"
+    run_id = running.submit(f"""
+[[steps]]
+id = "long"
+run = "touch {started}; {running.sleeper(300)}"
+[[steps]]
+id = "after"
+run = ["true"]
+""")
+    wait_for(started.exists, 30, "the step to start")
+    wait_for(running.tagged_pids, 10, "the step's sleeper")
+    os.kill(_runner_pid(running, run_id), signal.SIGKILL)
+    run = running.wait_state(run_id, "INTERRUPTED")
+    assert "was killed by SIGKILL before recording a result" in run["reason"]
+    assert "killed" in run["reason"] and "leftover step process" in run["reason"]
+    assert [s["state"] for s in run["steps"]] == ["FAILED", "SKIPPED"]
+    wait_for(lambda: running.tagged_pids() == [], 10, "the orphaned step to be killed")
+
+
+def test_runner_gone_while_daemon_down_is_interrupted_on_start(running: Instance) -> None:
+    started = running.root / "started"
+    run_id = running.submit(f"""
+[[steps]]
+id = "long"
+run = "touch {started}; {running.sleeper(300)}"
+""")
+    wait_for(started.exists, 30, "the step to start")
+    runner = _runner_pid(running, run_id)
+    running.stop_daemon(signal.SIGKILL)
+    os.kill(runner, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(runner), 10, "the runner to die")
+    running.start_daemon()
+    run = running.run(run_id)
+    assert run["state"] == "INTERRUPTED"
+    assert "was gone when the daemon started" in run["reason"]
+    wait_for(lambda: running.tagged_pids() == [], 10, "the orphaned step to be killed")
+
+
+def test_sighup_with_a_bad_config_keeps_the_old_one(running: Instance) -> None:
+    running.config_path.write_text('{"db_path": "state.db", "max_concurrent_runs": "many"}')
+    running.daemon.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload failed, keeping the running config" in
+             running.daemon_log.read_text(), 10, "the failed reload to be logged")
+    assert "'max_concurrent_runs' must be an integer" in running.daemon_log.read_text()
+    assert running.daemon.poll() is None
+    running.write_config()  # the CLI reads the file too; the daemon must not need it
+    run_id = running.submit('[[steps]]\nid = "a"\nrun = ["true"]\n')
+    running.wait_state(run_id, "SUCCEEDED")
+
+
+def test_sighup_with_a_good_config_applies_it(running: Instance) -> None:
+    running.write_config(max_concurrent_runs=7)
+    running.daemon.send_signal(signal.SIGHUP)
+    wait_for(lambda: "config reloaded: up to 7 runs" in running.daemon_log.read_text(), 10,
+             "the reload")
+
+
+def test_second_daemon_on_the_same_db_refuses_to_start(running: Instance) -> None:
+    second = subprocess.run(
+        [sys.executable, "-m", "minipipe_svc", "--config", str(running.config_path), "daemon"],
+        capture_output=True, text=True, timeout=30)
+    assert second.returncode == 1
+    assert "another minipipe daemon already runs" in second.stderr
+    assert running.daemon.poll() is None
+
+
+def test_two_hundred_runs_from_four_concurrent_submitters(instance: Instance) -> None:
+    instance.write_config(max_concurrent_runs=8)
+    instance.start_daemon()
+    plan = instance.plan("trivial", '[[steps]]\nid = "a"\nrun = ["true"]\n')
+
+    def submit_fifty(_worker: int) -> list[int]:
+        return [int(instance.cli("submit", plan).stdout) for _ in range(50)]
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = [i for batch in pool.map(submit_fifty, range(4)) for i in batch]
+    assert len(set(ids)) == 200
+    with instance.store() as store:
+        wait_for(lambda: store.counts()["SUCCEEDED"] == 200, 300, "200 runs to succeed",
+                 interval=0.5)
+        counts = store.counts()
+        assert counts["SUCCEEDED"] == 200 and sum(counts.values()) == 200
+        assert store.integrity_check() == "ok"
+        events = store.events(limit=10_000)
+    kinds = [e.kind for e in events]
+    # every run: submitted, started, step started, step completed, finished
+    for kind in ("run_submitted", "run_started", "step_started", "step_completed",
+                 "run_finished"):
+        assert kinds.count(kind) == 200, kind
+
+
+def test_auto_cleanup_deletes_old_finished_runs_and_their_logs(instance: Instance) -> None:
+    instance.start_daemon()
+    run_id = instance.submit('[[steps]]\nid = "a"\nrun = ["echo", "x"]\n')
+    instance.wait_state(run_id, "SUCCEEDED")
+    log_file = instance.root / "logs" / f"run-{run_id}.log"
+    assert log_file.exists()
+    instance.stop_daemon()
+    instance.write_config(auto_cleanup_completed_runs=True, completed_run_retention_days=0)
+    instance.start_daemon()
+    wait_for(lambda: "cleanup: deleted 1 finished run(s)" in instance.daemon_log.read_text(),
+             10, "the cleanup")
+    assert not log_file.exists()
+    missing = instance.cli("show", str(run_id), check=False)
+    assert missing.returncode == 2 and f"no run with id {run_id}" in missing.stderr
+
+
+def test_submit_wakes_the_daemon_without_waiting_for_a_poll(instance: Instance) -> None:
+    instance.write_config(poll_interval_seconds=3600)
+    instance.start_daemon()
+    run_id = instance.submit('[[steps]]\nid = "a"\nrun = ["true"]\n')
+    # With an hour between polls, only the wake-up ping can have started it.
+    instance.wait_state(run_id, "SUCCEEDED", timeout=30)
+
+
+def test_the_runner_does_not_inherit_the_service_managers_variables(instance: Instance,
+                                                                     tmp_path: Path) -> None:
+    instance.start_daemon()
+    env_file = instance.root / "env"
+    run_id = instance.submit(f'[[steps]]\nid = "a"\nrun = "env > {env_file}"\n')
+    instance.wait_state(run_id, "SUCCEEDED")
+    names = {line.split("=", 1)[0] for line in env_file.read_text().splitlines()}
+    assert {"MINIPIPE_RUN_ID", "MINIPIPE_STEP_ID", "MINIPIPE_ATTEMPT"} <= names
+    assert not names & {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}
+
+
+def test_daemon_started_with_notify_variables_does_not_pass_them_on(tmp_path: Path) -> None:
+    instance = Instance(tmp_path)
+    env_file = tmp_path / "env"
+    log = open(instance.daemon_log, "a")  # noqa: SIM115
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "minipipe_svc", "--config", str(instance.config_path), "daemon"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "nobody-listens"),
+             "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
+    try:
+        wait_for(lambda: is_listening(str(tmp_path / "minipipe.sock")), 30, "the daemon")
+        run_id = instance.submit(f'[[steps]]\nid = "a"\nrun = "env > {env_file}"\n')
+        instance.wait_state(run_id, "SUCCEEDED")
+        names = {line.split("=", 1)[0] for line in env_file.read_text().splitlines()}
+        assert not names & {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}
+    finally:
+        daemon.terminate()
+        daemon.wait(30)
+
+
+def test_queue_survives_without_a_daemon(instance: Instance) -> None:
+    submitted = instance.cli("submit", instance.plan("p", '[[steps]]\nid = "a"\nrun = ["true"]\n'))
+    run_id = int(submitted.stdout)
+    assert "the daemon is not running" in submitted.stderr
+    assert instance.run(run_id)["state"] == "PENDING"
+    time.sleep(0.2)
+    instance.start_daemon()
+    instance.wait_state(run_id, "SUCCEEDED")
+    with Store.open(str(instance.db_path), readonly=True) as store:
+        assert json.loads(json.dumps(store.counts()))["SUCCEEDED"] == 1

@@ -1,0 +1,156 @@
+"""The store on a real SQLite file: transactions, events, migrations, read-only access."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from minipipe_svc.model import IllegalTransition, RunState, StepState
+from minipipe_svc.plan import parse_plan
+from minipipe_svc.store import (
+    SCHEMA_VERSION,
+    ConflictError,
+    NoSuchRun,
+    SchemaTooNew,
+    Store,
+    StoreError,
+    StoreMissing,
+)
+
+PLAN = parse_plan(b'name = "t"\n[[steps]]\nid = "a"\nrun = ["true"]\n[[steps]]\nid = "b"\n'
+                  b'run = ["true"]\n', source="t.toml", fmt="toml", base_dir="/").to_dict()
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    with Store.open(str(tmp_path / "state.db")) as opened:
+        yield opened
+
+
+def test_pragmas(store: Store) -> None:
+    assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert store.conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+    assert store.schema_version() == SCHEMA_VERSION
+
+
+def test_every_transition_writes_its_event(store: Store) -> None:
+    run_id = store.submit(PLAN, source="t.toml", submitted_by="me")
+    assert store.start_run(run_id)
+    store.set_runner(run_id, 123, 456)
+    store.start_step(run_id, 0, "main")
+    store.finish_step(run_id, 0, StepState.SUCCEEDED, exit_code=0)
+    store.start_step(run_id, 1, "main")
+    store.finish_step(run_id, 1, StepState.FAILED, exit_code=2, reason="exited with status 2")
+    store.finish_run(run_id, RunState.FAILED, exit_code=2, reason="step b failed")
+    kinds = [(e.kind, e.step_id) for e in store.events(run_id=run_id)]
+    assert kinds == [("run_submitted", None), ("run_started", None), ("step_started", "a"),
+                     ("step_completed", "a"), ("step_started", "b"), ("step_completed", "b"),
+                     ("run_finished", None)]
+    run = store.get_run(run_id)
+    assert (run.state, run.exit_code, run.steps_done, run.steps_total) == (
+        RunState.FAILED, 2, 1, 2)
+
+
+def test_illegal_transition_raises_and_writes_nothing(store: Store) -> None:
+    run_id = store.submit(PLAN, source=None, submitted_by=None)
+    before = store.count_events()
+    with pytest.raises(IllegalTransition):
+        store.finish_run(run_id, RunState.SUCCEEDED)
+    with pytest.raises(IllegalTransition):
+        store.finish_step(run_id, 0, StepState.SUCCEEDED, exit_code=0)
+    assert store.get_run(run_id).state is RunState.PENDING
+    assert store.count_events() == before
+
+
+def test_run_cannot_succeed_with_a_step_still_running(store: Store) -> None:
+    run_id = store.submit(PLAN, source=None, submitted_by=None)
+    store.start_run(run_id)
+    store.start_step(run_id, 0, "main")
+    with pytest.raises(IllegalTransition):
+        store.finish_run(run_id, RunState.SUCCEEDED, exit_code=0)
+    store.finish_run(run_id, RunState.INTERRUPTED, reason="runner gone")
+    assert [s.state for s in store.get_steps(run_id)] == [StepState.FAILED, StepState.SKIPPED]
+
+
+def test_cancel_and_retry_rules(store: Store) -> None:
+    run_id = store.submit(PLAN, source=None, submitted_by=None)
+    with pytest.raises(ConflictError, match="has not ended yet"):
+        store.retry(run_id)
+    assert store.request_cancel(run_id) is RunState.PENDING
+    assert store.get_run(run_id).state is RunState.CANCELLED
+    with pytest.raises(ConflictError, match="already ended"):
+        store.request_cancel(run_id)
+    assert store.retry(run_id) == 2
+    assert store.get_run(run_id).state is RunState.PENDING
+    assert store.start_run(run_id)
+    assert store.request_cancel(run_id) is RunState.RUNNING
+    assert store.get_run(run_id).cancel_requested
+    assert [r.id for r in store.cancel_requests()] == [run_id]
+    with pytest.raises(NoSuchRun):
+        store.request_cancel(999)
+
+
+def test_pending_order_is_priority_then_age(store: Store) -> None:
+    low = store.submit(PLAN, source=None, submitted_by=None, priority=-1)
+    first = store.submit(PLAN, source=None, submitted_by=None)
+    high = store.submit(PLAN, source=None, submitted_by=None, priority=5)
+    second = store.submit(PLAN, source=None, submitted_by=None)
+    assert [r.id for r in store.pending_runs(10)] == [high, first, second, low]
+    assert [r.id for r in store.pending_runs(2)] == [high, first]
+
+
+def test_readonly_store_cannot_write(tmp_path: Path, store: Store) -> None:
+    store.submit(PLAN, source=None, submitted_by=None)
+    with Store.open(str(tmp_path / "state.db"), readonly=True) as reader:
+        assert len(reader.list_runs()) == 1
+        with pytest.raises(StoreError):
+            reader.submit(PLAN, source=None, submitted_by=None)
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.conn.execute("DELETE FROM runs")
+
+
+def test_missing_db_is_not_created_by_readers(tmp_path: Path) -> None:
+    with pytest.raises(StoreMissing):
+        Store.open(str(tmp_path / "absent.db"), readonly=True)
+    with pytest.raises(StoreMissing):
+        Store.open(str(tmp_path / "absent.db"), create=False)
+    assert not (tmp_path / "absent.db").exists()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    for readonly in (False, True):
+        with pytest.raises(SchemaTooNew, match="upgrade minipipe"):
+            Store.open(str(path), readonly=readonly)
+
+
+def test_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match=r"not a minipipe database|damaged"):
+        Store.open(str(path))
+
+
+def test_paused_flag_and_events(store: Store) -> None:
+    assert not store.is_paused()
+    assert store.set_paused(True, by="op")
+    assert not store.set_paused(True)
+    assert store.is_paused()
+    assert store.set_paused(False)
+    assert [e.kind for e in store.events()] == ["queue_paused", "queue_resumed"]
+
+
+def test_delete_finished_before_cascades(store: Store) -> None:
+    run_id = store.submit(PLAN, source=None, submitted_by=None)
+    keep = store.submit(PLAN, source=None, submitted_by=None)
+    store.request_cancel(run_id)
+    assert store.delete_finished_before("9999-01-01T00:00:00.000Z") == [run_id]
+    assert store.get_steps(run_id) == [] and store.events(run_id=run_id) == []
+    assert store.get_run(keep).state is RunState.PENDING
+    assert store.integrity_check() == "ok"

@@ -1,0 +1,80 @@
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from minipipe_svc.config import ConfigError, build_config, load_config
+
+
+def write(tmp_path: Path, document: object) -> str:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(document))
+    return str(path)
+
+
+def test_minimal_private_instance(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, {"db_path": "state.db", "isolation": "none"}))
+    assert config.db_path == str(tmp_path / "state.db")
+    assert config.log_dir == str(tmp_path / "logs")
+    assert config.socket_path == str(tmp_path / "minipipe.sock")
+    assert config.max_concurrent_runs == 4
+    assert config.poll_interval_seconds == 5.0
+    assert config.auto_cleanup_completed_runs is False
+    assert config.minipipe_command == (sys.executable, "-m", "minipipe_svc.runner")
+    assert config.runner_argv(7)[-1] == "7"
+
+
+def test_defaults_without_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MINIPIPE_CONFIG", raising=False)
+    config = build_config({}, source=None)
+    assert config.db_path == "/var/lib/minipipe/state.db"
+    assert config.log_dir == "/var/lib/minipipe/logs"
+
+
+def test_env_variable_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINIPIPE_CONFIG", write(tmp_path, {"max_concurrent_runs": 9}))
+    assert load_config(None).max_concurrent_runs == 9
+
+
+def test_command_as_string(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, {"minipipe_command": "/usr/bin/python3 -m x"}))
+    assert config.minipipe_command == ("/usr/bin/python3", "-m", "x")
+
+
+@pytest.mark.parametrize(("document", "message"), [
+    ({"max_concurent_runs": 2}, "unknown key 'max_concurent_runs'"),
+    ({"max_concurrent_runs": 0}, "'max_concurrent_runs' must be an integer from 1 to 1024"),
+    ({"max_concurrent_runs": "4"}, "'max_concurrent_runs' must be an integer"),
+    ({"max_concurrent_runs": True}, "'max_concurrent_runs' must be an integer"),
+    ({"poll_interval_seconds": 0}, "'poll_interval_seconds' must be a number from 0.05"),
+    ({"poll_interval_seconds": "5"}, "'poll_interval_seconds' must be a number"),
+    ({"isolation": "docker"}, "'isolation' must be \"none\""),
+    ({"auto_cleanup_completed_runs": "yes"}, "must be true or false"),
+    ({"db_path": ""}, "'db_path' must be a non-empty path string"),
+    ({"db_path": 5}, "'db_path' must be a non-empty path string"),
+    ({"minipipe_command": []}, "'minipipe_command' must be a command line"),
+    ({"kill_grace_seconds": -1}, "'kill_grace_seconds' must be a number"),
+])
+def test_bad_values(tmp_path: Path, document: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(tmp_path, document))
+    assert message in str(caught.value)
+    assert str(tmp_path / "config.json") in str(caught.value)
+
+
+def test_invalid_json_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text('{\n  "db_path": "x",\n  oops\n}\n')
+    with pytest.raises(ConfigError, match=r"config.json:3: invalid JSON"):
+        load_config(str(path))
+
+
+def test_missing_explicit_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(str(tmp_path / "absent.json"))
+
+
+def test_not_an_object(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="must be a JSON object"):
+        load_config(write(tmp_path, [1, 2]))

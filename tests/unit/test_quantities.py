@@ -1,0 +1,51 @@
+import pytest
+
+from minipipe_svc.quantities import (
+    format_duration,
+    parse_cpu_quota,
+    parse_duration,
+    parse_size,
+)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [
+    ("90s", 90.0), ("10m", 600.0), ("1h30m", 5400.0), ("500ms", 0.5), ("2d", 172800.0),
+    ("1.5s", 1.5), (" 1h 5m ", 3900.0), (30, 30.0), (0.25, 0.25),
+])
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("bad", ["", "10", "ten minutes", "5x", "-5s", "1m-", 0, -3, True,
+                                 None, [1], "9999d"])
+def test_bad_durations(bad: object) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(bad)
+
+
+@pytest.mark.parametrize(("text", "size"), [
+    ("512M", 512 * 1024**2), ("2G", 2 * 1024**3), ("1024", 1024), (4096, 4096),
+    ("64k", 65536), ("1GB", 1024**3),
+])
+def test_sizes(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("bad", ["2X", "", "-1G", 0, -5, 1.5, True, "1.5G", "99999999P"])
+def test_bad_sizes(bad: object) -> None:
+    with pytest.raises(ValueError):
+        parse_size(bad)
+
+
+def test_cpu_quota() -> None:
+    assert parse_cpu_quota("200%") == 200.0
+    for bad in ["200", "0%", 2, "%", "-5%"]:
+        with pytest.raises(ValueError):
+            parse_cpu_quota(bad)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [
+    (0.42, "0.4s"), (12, "12s"), (185, "3m05s"), (7440, "2h04m"), (266400, "3d02h"),
+])
+def test_format_duration(seconds: float, text: str) -> None:
+    assert format_duration(seconds) == text
