@@ -166,10 +166,11 @@ def daemon(ctx: Context) -> None:
 @pass_ctx
 def submit(ctx: Context, plan: str, priority: int | None, fmt: str | None,
            as_json: bool) -> None:
-    """Validate PLAN (a .toml or .json file, or - for stdin) and queue it as a run.
+    """Validate a plan and queue it as a run.
 
-    Prints the new run's id. An invalid plan is reported with its file, line and
-    key, and nothing is queued (exit status 2).
+    PLAN is a .toml or .json file, or - for standard input. Prints the new
+    run's id. An invalid plan is reported with its file, line and key, and
+    nothing is queued (exit status 2).
     """
     from .plan import PlanError, load_plan
     from .wake import ping
@@ -208,7 +209,11 @@ def submit(ctx: Context, plan: str, priority: int | None, fmt: str | None,
 @pass_ctx
 def list_runs(ctx: Context, show_all: bool, limit: int, states: tuple[str, ...],
               as_json: bool) -> None:
-    """List runs, newest first: id, name, state, phase, steps done/total, duration."""
+    """List runs, newest first.
+
+    Columns: id, name, state, phase, steps done/total, duration (live while
+    running), and how long ago it was submitted.
+    """
     from .render import run_json, runs_table
 
     with ctx.store(readonly=True) as store:
@@ -289,7 +294,11 @@ def show(ctx: Context, run_id: int, event_count: int, as_json: bool) -> None:
 @click.option("--raw", is_flag=True, help="Print only the output text, without step prefixes.")
 @pass_ctx
 def logs(ctx: Context, run_id: int, follow: bool, step_id: str | None, raw: bool) -> None:
-    """Print a run's output (stdout and stderr of every step, in order)."""
+    """Print a run's output.
+
+    Every line of every step, in order, prefixed with its step id; stderr in red
+    on a terminal, minipipe's own notes (step start/end) dimmed.
+    """
     from .logs import log_path, read_log
     from .render import log_line_text
 
@@ -329,10 +338,11 @@ def logs(ctx: Context, run_id: int, follow: bool, step_id: str | None, raw: bool
 @click.option("--all", "cancel_all", is_flag=True, help="Cancel every pending and running run.")
 @pass_ctx
 def cancel(ctx: Context, run_ids: tuple[int, ...], cancel_all: bool) -> None:
-    """Cancel runs: a pending run ends at once; a running one has its step stopped.
+    """Cancel pending or running runs.
 
-    The running step's whole process group gets SIGTERM, then SIGKILL after
-    kill_grace_seconds; the run ends CANCELLED.
+    A pending run ends at once. A running run's current step (its whole process
+    group) gets SIGTERM, then SIGKILL after kill_grace_seconds; the run ends
+    CANCELLED.
     """
     from .wake import ping
 
@@ -355,7 +365,10 @@ def cancel(ctx: Context, run_ids: tuple[int, ...], cancel_all: bool) -> None:
 @click.argument("run_id", type=RUN_ID)
 @pass_ctx
 def retry(ctx: Context, run_id: int) -> None:
-    """Queue a run that did not succeed again, as a new attempt (all steps rerun)."""
+    """Queue a run that did not succeed again.
+
+    The run keeps its id and becomes attempt N+1; all its steps run again.
+    """
     from .wake import ping
 
     with ctx.store() as store:
@@ -392,7 +405,10 @@ def wait(ctx: Context, run_id: int, timeout: float | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @pass_ctx
 def status(ctx: Context, as_json: bool) -> None:
-    """Is the daemon running, is the queue paused, and how many runs are in each state."""
+    """Daemon, queue and run counts at a glance.
+
+    Is the daemon running, is the queue paused, how many runs are in each state.
+    """
     from .wake import is_listening
 
     alive = is_listening(ctx.config.socket_path)
@@ -412,7 +428,10 @@ def status(ctx: Context, as_json: bool) -> None:
 @cli.command()
 @pass_ctx
 def pause(ctx: Context) -> None:
-    """Stop starting new runs (running runs finish); survives daemon restarts."""
+    """Stop starting new runs; running runs finish.
+
+    For maintenance: the pause is stored in the DB and survives daemon restarts.
+    """
     with ctx.store(create=True) as store:
         changed = store.set_paused(True, by=_user())
     click.echo("queue paused" if changed else "queue was already paused")
