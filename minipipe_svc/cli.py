@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 import click
 
+from . import __version__
 from .config import Config, ConfigError, load_config
 from .model import RunState
 from .store import ConflictError, NoSuchRun, Store, StoreError
@@ -127,7 +128,7 @@ def _echo_json(data: Any) -> None:
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", metavar="PATH", envvar="MINIPIPE_CONFIG",
               help="Config file (default: $MINIPIPE_CONFIG or /etc/minipipe/config.json).")
-@click.version_option(package_name="minipipe", prog_name="minipipe")
+@click.version_option(version=__version__, prog_name="minipipe")
 @click.pass_context
 def cli(click_ctx: click.Context, config_path: str | None) -> None:
     """Queue and run pipeline runs: ordered, phased steps of commands.
@@ -292,45 +293,40 @@ def show(ctx: Context, run_id: int, event_count: int, as_json: bool) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the run ends.")
 @click.option("--step", "step_id", metavar="STEP", help="Only this step's output.")
 @click.option("--raw", is_flag=True, help="Print only the output text, without step prefixes.")
+@click.option("--source", type=click.Choice(["auto", "journal", "file"]), default="auto",
+              show_default=True,
+              help="Where to read: the journal (runs in a scope) or the log_dir file mirror. "
+                   "auto uses the journal when the run has one and it is complete.")
 @pass_ctx
-def logs(ctx: Context, run_id: int, follow: bool, step_id: str | None, raw: bool) -> None:
+def logs(ctx: Context, run_id: int, follow: bool, step_id: str | None, raw: bool,
+         source: str) -> None:
     """Print a run's output.
 
     Every line of every step, in order, prefixed with its step id; stderr in red
-    on a terminal, minipipe's own notes (step start/end) dimmed.
+    on a terminal, minipipe's own notes (step start/end) dimmed. If the journal
+    lost lines (journald's rate limit) or cannot be read by you, the complete
+    file mirror is used and a note on stderr says so.
     """
-    from .logs import log_path, read_log
-    from .render import log_line_text
+    from .output import OutputReader
 
     with ctx.store(readonly=True) as store:
         run = store.get_run(run_id)
         if step_id is not None and step_id not in {s.step_id for s in store.get_steps(run_id)}:
             raise UserError(f"run {run_id} has no step {step_id!r}")
-        path = log_path(ctx.config.log_dir, run_id)
-        offset, printed = 0, 0
-        while True:
-            lines, offset = read_log(path, offset)
-            for line in lines:
-                if step_id is not None and line.step_id != step_id:
-                    continue
-                if raw and line.stream == "minipipe":
-                    continue
-                text = log_line_text(line, show_step=not raw)
-                if line.stream == "stderr":
-                    text = ctx.style(text, fg="red")
-                elif line.stream == "minipipe":
-                    text = ctx.style(text, dim=True)
-                click.echo(text)
-                printed += 1
-            if not follow:
-                break
-            if run.state.is_terminal and not lines:
-                break
-            if not lines:
-                time.sleep(0.2)
-                run = store.get_run(run_id)
-    if printed == 0 and run.state.is_terminal and not os.path.exists(path):
-        click.echo(f"run {run_id} has no recorded output ({path} does not exist)", err=True)
+        reader = OutputReader(store, run, ctx.config.log_dir, source)
+        for line in reader.lines(follow=follow):
+            if step_id is not None and line.step_id != step_id:
+                continue
+            if raw and line.stream == "minipipe":
+                continue
+            text = line.text if raw else f"{line.step_id} | {line.text}"
+            if line.stream == "stderr":
+                text = ctx.style(text, fg="red")
+            elif line.stream == "minipipe":
+                text = ctx.style(text, dim=True)
+            click.echo(text)
+    for note in reader.notes:
+        click.echo(f"minipipe: {note}", err=True)
 
 
 @cli.command()

@@ -13,15 +13,22 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from .plan import LIMIT_PARSERS, Limits
+
 DEFAULT_CONFIG_PATH = "/etc/minipipe/config.json"
 DEFAULT_DB_PATH = "/var/lib/minipipe/state.db"
 CONFIG_ENV = "MINIPIPE_CONFIG"
-ISOLATIONS = ("none",)
+ISOLATIONS = ("auto", "none", "scope")
+DEFAULT_RUN_USER = "minipipe"
 
 # key -> (default, one line of documentation); README and `minipipe config` show these.
 KEYS: dict[str, tuple[Any, str]] = {
     "db_path": (DEFAULT_DB_PATH, "SQLite state database (relative paths: to the config file)"),
-    "isolation": ("none", '"none": runs are plain process groups started by the daemon'),
+    "isolation": ("auto", '"scope": one transient systemd scope per run; "none": plain process '
+                          'groups; "auto": scope when started by systemd, else none'),
+    "run_user": (DEFAULT_RUN_USER, "user that runs execute as with isolation scope (never root)"),
+    "default_limits": ({}, "limits for runs whose plan sets none: memory_max, cpu_quota, "
+                           "runtime_max, tasks_max"),
     "max_concurrent_runs": (4, "runs executing at once (1-1024)"),
     "poll_interval_seconds": (5.0, "fallback wake-up of the scheduler; submits wake it at once"),
     "auto_cleanup_completed_runs": (False, "delete finished runs older than the retention"),
@@ -41,7 +48,9 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class Config:
     db_path: str = DEFAULT_DB_PATH
-    isolation: str = "none"
+    isolation: str = "auto"
+    run_user: str | None = DEFAULT_RUN_USER
+    default_limits: Limits = field(default_factory=Limits)
     max_concurrent_runs: int = 4
     poll_interval_seconds: float = 5.0
     auto_cleanup_completed_runs: bool = False
@@ -52,10 +61,21 @@ class Config:
     kill_grace_seconds: float = 10.0
     source: str | None = None  # the file it came from, None for built-in defaults
 
-    def runner_argv(self, run_id: int) -> list[str]:
+    def effective_isolation(self) -> str:
+        """"auto" resolved: a scope per run when systemd started us, else none."""
+        if self.isolation != "auto":
+            return self.isolation
+        started_by_systemd = "NOTIFY_SOCKET" in os.environ or "INVOCATION_ID" in os.environ
+        return "scope" if started_by_systemd and os.path.isdir("/run/systemd/system") else "none"
+
+    def runner_argv(self, run_id: int, *, journal: bool = False,
+                    runtime_max: float | None = None) -> list[str]:
         """The command line that executes one run (all it needs is on the argv)."""
+        extra = ["--journal"] if journal else []
+        if runtime_max is not None:
+            extra += ["--runtime-max", f"{runtime_max:g}"]
         return [*self.minipipe_command, "--db-path", self.db_path, "--log-dir", self.log_dir,
-                "--kill-grace", str(self.kill_grace_seconds), str(run_id)]
+                "--kill-grace", f"{self.kill_grace_seconds:g}", *extra, str(run_id)]
 
 
 def resolve_config_path(explicit: str | None) -> tuple[str, bool]:
@@ -121,6 +141,14 @@ def build_config(document: dict[str, Any], *, source: str | None) -> Config:
     db_dir = os.path.dirname(db_path)
     if values["isolation"] not in ISOLATIONS:
         raise bad("isolation", " or ".join(f'"{i}"' for i in ISOLATIONS))
+    run_user = values["run_user"]
+    if run_user is not None and (not isinstance(run_user, str) or not run_user.strip()
+                                 or "\0" in run_user):
+        raise bad("run_user", "a user name")
+    if run_user in ("root", "0"):
+        raise ConfigError(f"{label}: 'run_user' must not be root: runs never execute as root; "
+                          "use the minipipe system user (the default)")
+    default_limits = _limits(values["default_limits"], label)
     concurrency = values["max_concurrent_runs"]
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not (
             1 <= concurrency <= 1024):
@@ -149,6 +177,8 @@ def build_config(document: dict[str, Any], *, source: str | None) -> Config:
     return Config(
         db_path=db_path,
         isolation=values["isolation"],
+        run_user=run_user,
+        default_limits=default_limits,
         max_concurrent_runs=concurrency,
         poll_interval_seconds=numbers["poll_interval_seconds"],
         auto_cleanup_completed_runs=values["auto_cleanup_completed_runs"],
@@ -159,3 +189,18 @@ def build_config(document: dict[str, Any], *, source: str | None) -> Config:
         kill_grace_seconds=numbers["kill_grace_seconds"],
         source=source,
     )
+
+
+def _limits(value: object, label: str) -> Limits:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{label}: 'default_limits' must be an object, got {value!r}")
+    parsed: dict[str, Any] = {}
+    for key, raw in value.items():
+        if key not in LIMIT_PARSERS:
+            raise ConfigError(f"{label}: unknown key {key!r} in 'default_limits'; valid keys: "
+                              + ", ".join(LIMIT_PARSERS))
+        try:
+            parsed[key] = LIMIT_PARSERS[key](raw)
+        except ValueError as exc:
+            raise ConfigError(f"{label}: default_limits.{key}: {exc}") from None
+    return Limits(**parsed)

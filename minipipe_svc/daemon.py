@@ -29,6 +29,7 @@ from .config import Config, ConfigError, load_config
 from .launcher import LaunchedRunner, Launcher, ProcessLauncher
 from .logs import log_path
 from .model import RunState
+from .plan import Plan, merge_limits
 from .store import RunRow, Store, StoreError
 from .wake import WakeSocket
 
@@ -75,11 +76,16 @@ def status_line(counts: dict[str, int], limit: int, paused: bool) -> str:
 
 class Daemon:
     def __init__(self, config: Config, *, config_path: str | None,
-                 launcher: Launcher | None = None, notifier: Notifier | None = None) -> None:
+                 launcher: Launcher | None = None, notifier: Notifier | None = None,
+                 isolation: str = "none", watchdog_seconds: float | None = None) -> None:
         self.config = config
         self.config_path = config_path
         self.launcher = launcher or ProcessLauncher()
         self.notifier = notifier or Notifier()
+        self.isolation = isolation
+        self.journal = isolation == "scope"  # run output to journald, next to the file
+        # Wake often enough to ping the watchdog well within its interval.
+        self.max_sleep = watchdog_seconds / 3 if watchdog_seconds else None
         self.watches: dict[int, Watch] = {}
         self.cancels_sent: set[int] = set()
         self.stop_requested = False
@@ -112,13 +118,13 @@ class Daemon:
             return 1
         self.selector.register(self.wake, selectors.EVENT_READ, "wake")
         log.info("minipipe daemon started (pid %d, db %s, isolation %s, up to %d runs)",
-                 os.getpid(), self.config.db_path, self.config.isolation,
+                 os.getpid(), self.config.db_path, self.isolation,
                  self.config.max_concurrent_runs)
         self.notifier.ready(self.current_status())
         try:
             while not self.stop_requested:
                 self.iterate()
-                self.wait(self.config.poll_interval_seconds)
+                self.wait(min(self.config.poll_interval_seconds, self.max_sleep or 3600.0))
         finally:
             self.notifier.stopping()
             self.shutdown()
@@ -241,6 +247,9 @@ class Daemon:
                 killed += procs.kill_orphaned_group(step.pid, step.pid_start)
         if killed:
             reason += f"; killed {killed} leftover step process(es)"
+        stop_leftovers = getattr(self.launcher, "stop_leftovers", None)
+        if stop_leftovers is not None and (done := stop_leftovers(run)):
+            reason += f"; {done}"
         self.store.finish_run(run.id, RunState.INTERRUPTED, reason=reason)
         log.warning("run %d INTERRUPTED: %s", run.id, reason)
 
@@ -282,7 +291,11 @@ class Daemon:
             if not self.store.start_run(run.id, unit=unit):
                 continue
             try:
-                runner = self.launcher.launch(run.id, self.config.runner_argv(run.id))
+                limits = merge_limits(Plan.from_dict(self.store.run_plan(run.id)).limits,
+                                      self.config.default_limits)
+                argv = self.config.runner_argv(run.id, journal=self.journal,
+                                               runtime_max=limits.runtime_max)
+                runner = self.launcher.launch(run.id, argv, limits)
             except OSError as exc:
                 reason = f"could not start the runner: {exc.strerror or exc}"
                 self.store.finish_run(run.id, RunState.FAILED, reason=reason)
@@ -351,10 +364,28 @@ def _pidfd_ready(pidfd: int) -> bool:
 
 
 def serve(config: Config, config_path: str | None) -> int:
-    """Entry point of `minipipe daemon`."""
+    """Entry point of `minipipe daemon`: pick the adapters, then run the loop."""
     logging.basicConfig(
         level=logging.INFO,
         # Under systemd, journald adds its own timestamps.
         format="%(message)s" if os.environ.get("JOURNAL_STREAM") else
         "%(asctime)s %(levelname)s %(message)s")
-    return Daemon(config, config_path=config_path).run()
+    notifier: Notifier = Notifier()
+    watchdog_seconds = None
+    if os.environ.get("NOTIFY_SOCKET"):
+        from .systemd import SystemdNotifier
+
+        systemd_notifier = SystemdNotifier()
+        notifier, watchdog_seconds = systemd_notifier, systemd_notifier.watchdog_seconds
+    isolation = config.effective_isolation()
+    launcher: Launcher = ProcessLauncher()
+    if isolation == "scope":
+        if os.geteuid() == 0 and not config.run_user:
+            log.error("isolation scope as root needs run_user: runs never execute as root")
+            return 1
+        from .systemd import ScopeLauncher
+
+        launcher = ScopeLauncher(config.run_user if os.geteuid() == 0 else None)
+    daemon = Daemon(config, config_path=config_path, launcher=launcher, notifier=notifier,
+                    isolation=isolation, watchdog_seconds=watchdog_seconds)
+    return daemon.run()

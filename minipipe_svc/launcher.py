@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from . import procs
+from .plan import Limits
 from .runner import clean_environment
 from .store import RunRow
 
@@ -28,7 +29,7 @@ class LaunchedRunner:
 class Launcher(Protocol):
     def unit_name(self, run_id: int) -> str | None: ...
 
-    def launch(self, run_id: int, argv: list[str]) -> LaunchedRunner: ...
+    def launch(self, run_id: int, argv: list[str], limits: Limits) -> LaunchedRunner: ...
 
     def is_alive(self, run: RunRow) -> bool: ...
 
@@ -39,7 +40,9 @@ class ProcessLauncher:
     def unit_name(self, run_id: int) -> str | None:
         return None
 
-    def launch(self, run_id: int, argv: list[str]) -> LaunchedRunner:
+    def launch(self, run_id: int, argv: list[str], limits: Limits) -> LaunchedRunner:
+        """Start the runner; only runtime_max of the limits applies here (the runner
+        enforces it), the others need a scope."""
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, start_new_session=True,
                                    env=clean_environment(dict(os.environ)), close_fds=True)
         return LaunchedRunner(process.pid, procs.start_time(process.pid), None, process)

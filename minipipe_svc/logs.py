@@ -108,3 +108,36 @@ def read_log(path: str, offset: int = 0) -> tuple[list[LogLine], int]:
             continue
         lines.append(LogLine(parts[0], parts[1], int(parts[2]), parts[3], parts[4]))
     return lines, offset + end
+
+
+class TeeSink:
+    """Sends every line to several sinks (file mirror, journal) and counts them.
+
+    A line counts as lost only if no sink kept it.
+    """
+
+    def __init__(self, *sinks: LogSink) -> None:
+        self.sinks = sinks
+        self.lines_written = 0
+
+    @property
+    def lines_lost(self) -> int:
+        return min(sink.lines_lost for sink in self.sinks)
+
+    @property
+    def error(self) -> str | None:
+        errors = [sink.error for sink in self.sinks if sink.error]
+        return "; ".join(errors) if errors else None
+
+    def write(self, step_id: str, attempt: int, stream: str, text: str) -> None:
+        self.lines_written += 1
+        for sink in self.sinks:
+            sink.write(step_id, attempt, stream, text)
+
+    def flush(self) -> None:
+        for sink in self.sinks:
+            sink.flush()
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()

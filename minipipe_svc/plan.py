@@ -301,9 +301,7 @@ class _Validator:
         where = "[limits]"
         self.unknown_keys(table, LIMIT_KEYS, ("limits",), where)
         parsed: dict[str, Any] = {}
-        parsers = {"memory_max": parse_size, "cpu_quota": parse_cpu_quota,
-                   "runtime_max": parse_duration, "tasks_max": _parse_tasks_max}
-        for key, parse in parsers.items():
+        for key, parse in LIMIT_PARSERS.items():
             if key in table:
                 try:
                     parsed[key] = parse(table[key])
@@ -455,3 +453,13 @@ def _similar(a: str, b: str) -> bool:
     if abs(len(a) - len(b)) > 2:
         return False
     return len(set(a) ^ set(b)) <= 2 and a[0] == b[0]
+
+
+LIMIT_PARSERS = {"memory_max": parse_size, "cpu_quota": parse_cpu_quota,
+                 "runtime_max": parse_duration, "tasks_max": _parse_tasks_max}
+
+
+def merge_limits(plan: Limits, defaults: Limits) -> Limits:
+    """The plan's limits, with the config's defaults where the plan sets none."""
+    return Limits(**{key: default if getattr(plan, key) is None else getattr(plan, key)
+                     for key, default in defaults.__dict__.items()})

@@ -25,7 +25,7 @@ import traceback
 from dataclasses import dataclass
 
 from . import procs
-from .logs import FileLogSink, LogSink, log_path
+from .logs import FileLogSink, LogSink, TeeSink, log_path
 from .model import RUN_STATE_FOR_STEP_FAILURE, RunState, StepState
 from .plan import Plan, Step
 from .quantities import format_duration
@@ -67,8 +67,11 @@ def step_outcome(returncode: int, stopped_for: str | None, why: str | None) -> S
 
 
 class Runner:
-    def __init__(self, store: Store, run_id: int, sink: LogSink, kill_grace: float) -> None:
-        self.store, self.run_id, self.sink, self.kill_grace = store, run_id, sink, kill_grace
+    def __init__(self, store: Store, run_id: int, sinks: list[LogSink],
+                 kill_grace: float, runtime_max: float | None = None) -> None:
+        self.store, self.run_id, self.kill_grace = store, run_id, kill_grace
+        self.runtime_max = runtime_max  # the daemon's merge of plan and config limits
+        self.sink = TeeSink(*sinks)
         self.stop_signal: int | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -82,15 +85,21 @@ class Runner:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, self._on_signal)
 
-    def cancel_reason(self) -> str:
+    def stop_cause(self) -> tuple[RunState, str]:
+        """Why the runner was told to stop: an operator's cancel, or something else.
+
+        A cancel recorded in the DB ends the run CANCELLED. A signal nobody asked
+        for through minipipe (`systemctl stop` of the scope, a shutdown, `kill`)
+        ends it INTERRUPTED, with the signal in the reason.
+        """
         try:
             requested = self.store.get_run(self.run_id).cancel_requested
         except StoreError:
             requested = False
         if requested:
-            return "cancelled by request"
+            return RunState.CANCELLED, "cancelled by request"
         name = signal.Signals(self.stop_signal).name if self.stop_signal else "a signal"
-        return f"stopped from outside (runner got {name})"
+        return RunState.INTERRUPTED, f"stopped from outside (runner got {name})"
 
     # ------------------------------------------------------------ the run
 
@@ -103,16 +112,19 @@ class Runner:
         self.store.set_runner(self.run_id, os.getpid(), procs.start_time(os.getpid()))
         self.install_signal_handlers()
         plan = Plan.from_dict(self.store.run_plan(self.run_id))
-        runtime_max = plan.limits.runtime_max
+        runtime_max = self.runtime_max or plan.limits.runtime_max
         run_deadline = time.monotonic() + runtime_max if runtime_max else None
         try:
             for idx, step in enumerate(plan.steps):
                 if self.stop_signal is not None:
-                    self.finish(RunState.CANCELLED, None, self.cancel_reason())
+                    state, reason = self.stop_cause()
+                    self.finish(state, None, reason)
                     return 0
                 result = self.run_step(idx, step, run_deadline, runtime_max)
                 if result.state is not StepState.SUCCEEDED:
                     state = RUN_STATE_FOR_STEP_FAILURE[result.state]
+                    if result.state is StepState.CANCELLED:
+                        state = self.stop_cause()[0]
                     self.finish(state, result.exit_code, f"step {step.id}: {result.reason}")
                     return 0
             self.finish(RunState.SUCCEEDED, 0, None)
@@ -125,7 +137,8 @@ class Runner:
         if self.sink.lines_lost or self.sink.error:
             self.store.note(self.run_id, "log_lines_lost", lines=self.sink.lines_lost,
                             error=self.sink.error)
-        self.store.finish_run(self.run_id, state, exit_code=exit_code, reason=reason)
+        self.store.finish_run(self.run_id, state, exit_code=exit_code, reason=reason,
+                              output_lines=self.sink.lines_written)
 
     def run_step(self, idx: int, step: Step, run_deadline: float | None,
                  runtime_max: float | None) -> StepResult:
@@ -180,7 +193,7 @@ class Runner:
             why = f"run exceeded runtime_max ({format_duration(runtime_max or 0)})"
         stopped_for = self.supervise(proc, step, attempt, deadline)
         if stopped_for == "cancel":
-            why = self.cancel_reason()
+            why = self.stop_cause()[1]
         return step_outcome(proc.returncode, stopped_for, why)
 
     def supervise(self, proc: subprocess.Popen[bytes], step: Step, attempt: int,
@@ -295,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db-path", required=True)
     parser.add_argument("--log-dir", required=True)
     parser.add_argument("--kill-grace", type=float, default=10.0)
+    parser.add_argument("--runtime-max", type=float, default=None,
+                        help="seconds the whole run may take (plan or config default)")
+    parser.add_argument("--journal", action="store_true",
+                        help="also send every output line to journald")
     parser.add_argument("run_id", type=int)
     args = parser.parse_args(argv)
     for name in STRIPPED_ENV:
@@ -304,8 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     except StoreError as exc:
         print(f"minipipe-runner: {exc}", file=sys.stderr)
         return 1
-    sink = FileLogSink(log_path(args.log_dir, args.run_id))
-    runner = Runner(store, args.run_id, sink, args.kill_grace)
+    sinks: list[LogSink] = [FileLogSink(log_path(args.log_dir, args.run_id))]
+    if args.journal:
+        from .systemd import JournalSink
+
+        sinks.append(JournalSink(args.run_id))
+    runner = Runner(store, args.run_id, sinks, args.kill_grace, args.runtime_max)
     try:
         return runner.run()
     except Exception as exc:  # the run must still end in the DB, with the reason

@@ -240,6 +240,10 @@ class Store:
             if not os.access(directory, os.W_OK | os.X_OK):
                 raise StoreError(f"permission denied: cannot write in {directory}; add "
                                  "yourself to group minipipe (then log in again)")
+            if not exists:
+                # Group-writable (within the umask): SQLite would make it 0644, and its
+                # -wal and -shm files copy the DB file's mode.
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o660))
         uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + ("?mode=ro" if readonly
                                                                     else "?mode=rwc")
         try:
@@ -339,6 +343,18 @@ class Store:
         rows = self.conn.execute(
             "SELECT * FROM events WHERE run_id = ? ORDER BY id DESC LIMIT ?", (run_id, count))
         return [_event_row(row) for row in reversed(rows.fetchall())]
+
+    def output_lines(self, run_id: int) -> int | None:
+        """Lines the run's runners wrote over all attempts; None if one did not say."""
+        total = 0
+        for event in self.conn.execute(
+                "SELECT detail FROM events WHERE run_id = ? AND kind = 'run_finished'",
+                (run_id,)):
+            lines = json.loads(event[0] or "{}").get("output_lines")
+            if lines is None:
+                return None
+            total += lines
+        return total
 
     def count_events(self) -> int:
         return self.conn.execute("SELECT count(*) FROM events").fetchone()[0]
@@ -457,13 +473,19 @@ class Store:
                          (pid, start_time, run_id))
 
     def finish_run(self, run_id: int, state: RunState, *, exit_code: int | None = None,
-                   reason: str | None = None) -> None:
-        """RUNNING (or PENDING, for a cancel) -> a terminal state; leftover steps are SKIPPED."""
+                   reason: str | None = None, output_lines: int | None = None) -> None:
+        """RUNNING (or PENDING, for a cancel) -> a terminal state; leftover steps are SKIPPED.
+
+        `output_lines` (from the runner) is how many lines this attempt wrote, which
+        lets readers tell whether the journal kept them all.
+        """
         with self._write() as conn:
-            self._finish_run(conn, run_id, state, exit_code=exit_code, reason=reason)
+            self._finish_run(conn, run_id, state, exit_code=exit_code, reason=reason,
+                             output_lines=output_lines)
 
     def _finish_run(self, conn: sqlite3.Connection, run_id: int, state: RunState, *,
-                    exit_code: int | None, reason: str | None) -> None:
+                    exit_code: int | None, reason: str | None,
+                    output_lines: int | None = None) -> None:
         check_run_transition(self._run_state(conn, run_id), state)
         now = utc_now()
         # A step still RUNNING here lost its runner (or was stopped with the run).
@@ -483,7 +505,7 @@ class Store:
             "UPDATE runs SET state = ?, exit_code = ?, reason = ?, finished_at = ?, "
             "cancel_requested = 0 WHERE id = ?", (state.value, exit_code, reason, now, run_id))
         self._event(conn, run_id, "run_finished", state=state.value, exit_code=exit_code,
-                    reason=reason)
+                    reason=reason, output_lines=output_lines)
 
     def _step_transition(self, conn: sqlite3.Connection, run_id: int, idx: int,
                          new: StepState, *, now: str, exit_code: int | None = None,

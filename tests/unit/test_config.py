@@ -49,7 +49,7 @@ def test_command_as_string(tmp_path: Path) -> None:
     ({"max_concurrent_runs": True}, "'max_concurrent_runs' must be an integer"),
     ({"poll_interval_seconds": 0}, "'poll_interval_seconds' must be a number from 0.05"),
     ({"poll_interval_seconds": "5"}, "'poll_interval_seconds' must be a number"),
-    ({"isolation": "docker"}, "'isolation' must be \"none\""),
+    ({"isolation": "docker"}, "'isolation' must be \"auto\" or \"none\" or \"scope\""),
     ({"auto_cleanup_completed_runs": "yes"}, "must be true or false"),
     ({"db_path": ""}, "'db_path' must be a non-empty path string"),
     ({"db_path": 5}, "'db_path' must be a non-empty path string"),
@@ -78,3 +78,39 @@ def test_missing_explicit_file(tmp_path: Path) -> None:
 def test_not_an_object(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="must be a JSON object"):
         load_config(write(tmp_path, [1, 2]))
+
+
+def test_run_user_is_never_root(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="must not be root"):
+        load_config(write(tmp_path, {"run_user": "root"}))
+
+
+def test_default_limits(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, {"default_limits": {"memory_max": "1G",
+                                                             "cpu_quota": "50%"}}))
+    assert config.default_limits.memory_max == 1024**3
+    assert config.default_limits.cpu_quota == 50.0
+    with pytest.raises(ConfigError, match="unknown key 'memory' in 'default_limits'"):
+        load_config(write(tmp_path, {"default_limits": {"memory": "1G"}}))
+    with pytest.raises(ConfigError, match=r"default_limits\.cpu_quota"):
+        load_config(write(tmp_path, {"default_limits": {"cpu_quota": "lots"}}))
+
+
+def test_auto_isolation_follows_how_the_daemon_was_started(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = load_config(write(tmp_path, {}))
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+    assert config.effective_isolation() == "none"
+    assert load_config(write(tmp_path, {"isolation": "scope"})).effective_isolation() == "scope"
+
+
+def test_runner_argv(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, {"minipipe_command": ["runner"],
+                                          "kill_grace_seconds": 2}))
+    assert config.runner_argv(5, journal=True, runtime_max=90.0) == [
+        "runner", "--db-path", config.db_path, "--log-dir", config.log_dir,
+        "--kill-grace", "2", "--journal", "--runtime-max", "90", "5"]
+    assert config.runner_argv(6) == [
+        "runner", "--db-path", config.db_path, "--log-dir", config.log_dir,
+        "--kill-grace", "2", "6"]

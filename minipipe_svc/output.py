@@ -1,0 +1,107 @@
+"""Reading a run's output back: from the journal or the file mirror, never silently short.
+
+The runner writes every line to the file mirror in `log_dir` and, in a scope, to
+the journal too, and records how many lines it wrote. A reader prefers the
+journal for runs that have one, checks its count against the runner's, and
+switches to the complete file mirror (saying so) when journald dropped lines or
+this user may not read the journal.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+
+from .logs import LogLine, log_path, read_log
+from .store import RunRow, Store
+
+FOLLOW_POLL_SECONDS = 0.2
+# journald may store a burst a little after the sender exits (~1 s for 100k lines).
+JOURNAL_CATCH_UP_SECONDS = 5.0
+
+
+class OutputReader:
+    def __init__(self, store: Store, run: RunRow, log_dir: str, source: str = "auto") -> None:
+        self.store, self.run = store, run
+        self.path = log_path(log_dir, run.id)
+        self.notes: list[str] = []
+        self.source = source if source != "auto" else (
+            "journal" if run.unit and _journal_module() else "file")
+
+    def lines(self, *, follow: bool = False) -> Iterator[LogLine]:
+        if self.source == "journal":
+            yield from self._from_journal(follow)
+        else:
+            yield from self._from_file(follow)
+
+    def _refresh(self) -> None:
+        self.run = self.store.get_run(self.run.id)
+
+    def _from_file(self, follow: bool) -> Iterator[LogLine]:
+        offset, printed = 0, 0
+        while True:
+            lines, offset = read_log(self.path, offset)
+            yield from lines
+            printed += len(lines)
+            if not follow or (self.run.state.is_terminal and not lines):
+                break
+            if not lines:
+                time.sleep(FOLLOW_POLL_SECONDS)
+                self._refresh()
+        if printed == 0 and self.run.state.is_terminal and not os.path.exists(self.path):
+            self.notes.append(f"run {self.run.id} has no recorded output "
+                              f"({self.path} does not exist)")
+
+    def _from_journal(self, follow: bool) -> Iterator[LogLine]:
+        from .systemd import journal_readable, read_journal
+
+        if not journal_readable():
+            self.notes.append("you may not read the system journal (join group "
+                              "systemd-journal or adm); showing the file mirror " + self.path)
+            yield from self._from_file(follow)
+            return
+        if not follow:
+            lines = self._complete_journal(read_journal)
+            if lines is not None:
+                yield from lines
+            return
+        cursor, count = None, 0
+        while True:
+            lines, cursor = read_journal(self.run.id, cursor)
+            yield from lines
+            count += len(lines)
+            if self.run.state.is_terminal and not lines:
+                break
+            if not lines:
+                time.sleep(FOLLOW_POLL_SECONDS)
+                self._refresh()
+        expected = self.store.output_lines(self.run.id)
+        if expected is not None and count < expected:
+            self.notes.append(f"the journal kept {count} of {expected} lines (journald dropped "
+                              f"{expected - count}); the complete output is in {self.path} "
+                              "(`minipipe logs --source file`)")
+
+    def _complete_journal(self, read_journal) -> list[LogLine] | None:
+        """All journal lines if the journal has them all; else the file's, with a note."""
+        lines, _cursor = read_journal(self.run.id)
+        expected = self.store.output_lines(self.run.id) if self.run.state.is_terminal else None
+        deadline = time.monotonic() + JOURNAL_CATCH_UP_SECONDS
+        while expected is not None and len(lines) < expected and time.monotonic() < deadline:
+            time.sleep(FOLLOW_POLL_SECONDS)
+            lines, _cursor = read_journal(self.run.id)
+        if expected is None or len(lines) >= expected:
+            return lines
+        self.notes.append(f"the journal kept {len(lines)} of {expected} lines (journald "
+                          f"dropped {expected - len(lines)}); showing the complete file mirror "
+                          + self.path)
+        file_lines, _offset = read_log(self.path)
+        return file_lines
+
+
+def _journal_module() -> bool:
+    try:
+        import systemd.journal  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,296 @@
+"""The one place minipipe talks to systemd: notify, transient scopes, unit state, journald.
+
+Everything else sees three small interfaces: a Notifier (daemon -> service
+manager), a Launcher (start a runner, tell if it lives) and a LogSink / journal
+reader (run output). Without systemd the daemon uses the plain versions in
+daemon.py, launcher.py and logs.py.
+
+Scopes are started with `systemd-run --scope` rather than D-Bus StartTransientUnit:
+it needs no D-Bus library (nothing beyond the design card), it execs the runner in
+place so the runner stays the daemon's child (pidfd, exit status), it does the
+switch to `run_user` itself, and it costs ~5 ms, measured next to the rest in bench/.
+Heavy modules (systemd.journal, sdnotify) are imported only where used.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import glob
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+
+from . import procs
+from .launcher import LaunchedRunner
+from .logs import LogLine
+from .plan import Limits
+from .runner import clean_environment
+from .store import RunRow
+
+SLICE = "minipipe.slice"
+SYSLOG_IDENTIFIER = "minipipe-run"
+PRIORITY = {"stdout": 6, "stderr": 4, "minipipe": 5}  # info, warning, notice
+# The scope ends the run on its own only if the runner's own runtime_max deadline
+# (which records TIMED_OUT) somehow did not: give the runner time to act first.
+RUNTIME_MAX_MARGIN_SECONDS = 60
+
+
+def unit_name(run_id: int) -> str:
+    """Unit names come from the run id only, never from user text."""
+    return f"minipipe-run-{int(run_id)}.scope"
+
+
+def systemd_available() -> bool:
+    """True when systemd is PID 1 (sd_booted's test)."""
+    return os.path.isdir("/run/systemd/system")
+
+
+# ---------------------------------------------------------------- notify
+
+
+class SystemdNotifier:
+    """sd_notify from the daemon's main loop (never from a side thread)."""
+
+    def __init__(self) -> None:
+        import sdnotify
+
+        self._notifier = sdnotify.SystemdNotifier()
+        usec = os.environ.get("WATCHDOG_USEC")
+        pid = os.environ.get("WATCHDOG_PID")
+        self.watchdog_seconds = (int(usec) / 1e6 if usec and usec.isdigit() and (
+            not pid or pid == str(os.getpid())) else None)
+
+    def _send(self, *lines: str) -> None:
+        # sdnotify encodes with latin-1, systemd wants UTF-8 (our STATUS has "·"):
+        # hand it the UTF-8 bytes spelled as latin-1 characters.
+        self._notifier.notify("\n".join(lines).encode("utf-8").decode("latin-1"))
+
+    def ready(self, status: str) -> None:
+        self._send("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
+
+    def status(self, status: str) -> None:
+        self._send(f"STATUS={status}")
+
+    def watchdog(self) -> None:
+        if self.watchdog_seconds:
+            self._send("WATCHDOG=1")
+
+    def reloading(self) -> None:
+        self._send("RELOADING=1", "STATUS=reloading the config")
+
+    def stopping(self) -> None:
+        self._send("STOPPING=1", "STATUS=stopping; runs keep going")
+
+
+# ---------------------------------------------------------------- scopes
+
+
+def scope_properties(limits: Limits) -> list[str]:
+    """systemd unit properties for a run's limits (pure; see tests)."""
+    properties = []
+    if limits.memory_max is not None:
+        properties.append(f"MemoryMax={limits.memory_max}")
+    if limits.cpu_quota is not None:
+        properties.append(f"CPUQuota={limits.cpu_quota:g}%")
+    if limits.tasks_max is not None:
+        properties.append(f"TasksMax={limits.tasks_max}")
+    if limits.runtime_max is not None:
+        properties.append(
+            f"RuntimeMaxSec={int(limits.runtime_max) + RUNTIME_MAX_MARGIN_SECONDS}")
+    return properties
+
+
+def scope_argv(run_id: int, runner_argv: list[str], *, run_user: str | None,
+               limits: Limits, description: str) -> list[str]:
+    """The `systemd-run --scope` command line that puts one runner in its own scope."""
+    argv = ["systemd-run", "--scope", "--quiet", "--collect", f"--unit={unit_name(run_id)}",
+            f"--slice={SLICE}", f"--description={description}"]
+    if run_user:
+        argv.append(f"--uid={run_user}")
+    for prop in scope_properties(limits):
+        argv.append(f"--property={prop}")
+    return [*argv, "--", *runner_argv]
+
+
+class ScopeLauncher:
+    """Runners in `minipipe-run-<id>.scope` under minipipe.slice, as `run_user`."""
+
+    def __init__(self, run_user: str | None) -> None:
+        self.run_user = run_user
+
+    def unit_name(self, run_id: int) -> str | None:
+        return unit_name(run_id)
+
+    def launch(self, run_id: int, argv: list[str], limits: Limits) -> LaunchedRunner:
+        command = scope_argv(run_id, argv, run_user=self.run_user, limits=limits,
+                             description=f"minipipe run {run_id}")
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True,
+                                   env=clean_environment(dict(os.environ)), close_fds=True)
+        return LaunchedRunner(process.pid, procs.start_time(process.pid), unit_name(run_id),
+                              process)
+
+    def is_alive(self, run: RunRow) -> bool:
+        return procs.is_alive(run.runner_pid, run.runner_start)
+
+    def stop_leftovers(self, run: RunRow) -> str | None:
+        """Stop the run's scope if something still lives in it; returns what was done."""
+        unit = run.unit or unit_name(run.id)
+        if unit_state(unit) not in ("active", "activating", "deactivating"):
+            return None
+        subprocess.run(["systemctl", "stop", "--no-block", unit], capture_output=True)
+        return f"stopped {unit}"
+
+
+def unit_state(unit: str) -> str:
+    """ActiveState of a unit ("inactive" for one systemd does not know)."""
+    result = subprocess.run(["systemctl", "show", "--property=ActiveState", "--value", unit],
+                            capture_output=True, text=True)
+    return result.stdout.strip() or "inactive"
+
+
+# ---------------------------------------------------------------- journald
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    interval: float  # seconds; 0 disables
+    burst: int       # entries per interval per priority pool; 0 disables
+
+
+def journald_rate_limit(paths: list[str] | None = None) -> RateLimit:
+    """journald's RateLimitIntervalSec/RateLimitBurst as configured (defaults 30 s, 10000).
+
+    journald multiplies the burst by a factor >= 1 that grows with free disk space,
+    so the configured burst is a safe lower bound.
+    """
+    from .quantities import parse_duration
+
+    if paths is None:
+        paths = ["/usr/lib/systemd/journald.conf", "/etc/systemd/journald.conf",
+                 *sorted(glob.glob("/usr/lib/systemd/journald.conf.d/*.conf")),
+                 *sorted(glob.glob("/etc/systemd/journald.conf.d/*.conf"))]
+    interval, burst = 30.0, 10000
+    for path in paths:
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        try:
+            parser.read(path)
+        except configparser.Error:
+            continue
+        section = parser["Journal"] if parser.has_section("Journal") else {}
+        if "RateLimitBurst" in section and section["RateLimitBurst"].strip().isdigit():
+            burst = int(section["RateLimitBurst"])
+        for key in ("RateLimitIntervalSec", "RateLimitInterval"):
+            if key in section:
+                text = section[key].strip().replace("sec", "s").replace("min", "m")
+                with contextlib.suppress(ValueError):
+                    interval = 0.0 if text in ("0", "") else parse_duration(
+                        float(text) if text.replace(".", "").isdigit() else text)
+    return RateLimit(interval, burst)
+
+
+class JournalSink:
+    """Each output line as one journal entry with minipipe's fields.
+
+    journald drops entries above its per-unit rate limit without telling the
+    sender. To lose nothing, the sink keeps its own count per rate-limit window and
+    priority pool; above 80% of the burst it packs the lines of each flush into one
+    multi-line entry (MINIPIPE_LINES says how many), which keeps the entry count far
+    below the limit. Whatever is lost anyway is detected by `minipipe logs`, which
+    compares the journal with the line count the runner records.
+    """
+
+    def __init__(self, run_id: int, rate_limit: RateLimit | None = None) -> None:
+        from systemd import journal
+
+        self._send = journal.send
+        self.run_id = str(run_id)
+        self.lines_lost = 0
+        self.error: str | None = None
+        limit = rate_limit or journald_rate_limit()
+        self.interval = limit.interval
+        self.budget = int(limit.burst * 0.8) if limit.burst and limit.interval else 0
+        self.window_start = time.monotonic()
+        self.sent: dict[int, int] = {}
+        self.pending: dict[tuple[str, int, str], list[str]] = {}
+
+    def _entry(self, step_id: str, attempt: int, stream: str, text: str,
+               lines: int = 1) -> None:
+        fields = {"MINIPIPE_RUN_ID": self.run_id, "MINIPIPE_STEP_ID": step_id,
+                  "MINIPIPE_ATTEMPT": str(attempt), "MINIPIPE_STREAM": stream,
+                  "PRIORITY": str(PRIORITY[stream]), "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER}
+        if lines > 1:
+            fields["MINIPIPE_LINES"] = str(lines)
+        try:
+            self._send(text, **fields)
+        except OSError as exc:
+            self.lines_lost += lines
+            self.error = f"journal: {exc.strerror or exc}"
+        pool = PRIORITY[stream]
+        self.sent[pool] = self.sent.get(pool, 0) + 1
+
+    def _over_budget(self, stream: str) -> bool:
+        if not self.budget:
+            return False
+        now = time.monotonic()
+        if now - self.window_start >= self.interval:
+            self.window_start, self.sent = now, {}
+        return self.sent.get(PRIORITY[stream], 0) >= self.budget
+
+    def write(self, step_id: str, attempt: int, stream: str, text: str) -> None:
+        key = (step_id, attempt, stream)
+        if key in self.pending or self._over_budget(stream):
+            self.pending.setdefault(key, []).append(text)
+            return
+        self._entry(step_id, attempt, stream, text)
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, {}
+        for (step_id, attempt, stream), lines in pending.items():
+            self._entry(step_id, attempt, stream, "\n".join(lines), len(lines))
+
+    def close(self) -> None:
+        self.flush()
+
+
+def read_journal(run_id: int, cursor: str | None = None) -> tuple[list[LogLine], str | None]:
+    """The run's journal lines after `cursor`, and the cursor to continue from.
+
+    A user who may not read the system journal simply gets no lines; callers
+    compare with the runner's line count and fall back to the file mirror.
+    """
+    from systemd import journal
+
+    reader = journal.Reader(flags=journal.SYSTEM_ONLY)
+    try:
+        reader.add_match(MINIPIPE_RUN_ID=str(run_id))
+        if cursor:
+            reader.seek_cursor(cursor)
+            reader.get_next()  # the cursor's own entry was returned last time
+        lines: list[LogLine] = []
+        for entry in reader:
+            cursor = entry["__CURSOR"]
+            message = str(entry.get("MESSAGE", ""))
+            texts = message.split("\n") if entry.get("MINIPIPE_LINES") else [message]
+            ts = entry["__REALTIME_TIMESTAMP"].isoformat(timespec="milliseconds")
+            for text in texts:
+                lines.append(LogLine(ts, entry.get("MINIPIPE_STEP_ID", "?"),
+                                     int(entry.get("MINIPIPE_ATTEMPT", 0) or 0),
+                                     entry.get("MINIPIPE_STREAM", "stdout"), text))
+        return lines, cursor
+    finally:
+        reader.close()
+
+
+def journal_readable() -> bool:
+    """Whether this user can read system journal entries at all (root, systemd-journal, adm)."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        import grp
+
+        groups = {grp.getgrgid(g).gr_name for g in os.getgroups()}
+    except KeyError:
+        groups = set()
+    return bool(groups & {"systemd-journal", "adm", "wheel"})

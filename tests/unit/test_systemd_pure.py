@@ -1,0 +1,91 @@
+"""Pure parts of the systemd adapter: argv and properties, rate-limit config, batching.
+
+The journal sink's batching is checked against a recording `send` here (pure logic);
+that journald really keeps every line is proven in tests/system with real journald.
+"""
+
+from pathlib import Path
+
+from minipipe_svc.plan import Limits
+from minipipe_svc.systemd import (
+    JournalSink,
+    RateLimit,
+    journald_rate_limit,
+    scope_argv,
+    scope_properties,
+    unit_name,
+)
+
+
+def test_unit_name_comes_from_the_id_only() -> None:
+    assert unit_name(7) == "minipipe-run-7.scope"
+
+
+def test_scope_argv() -> None:
+    limits = Limits(memory_max=2 * 1024**3, cpu_quota=150.0, runtime_max=3600.0, tasks_max=64)
+    assert scope_argv(7, ["python3", "-m", "minipipe_svc.runner", "7"], run_user="minipipe",
+                      limits=limits, description="minipipe run 7") == [
+        "systemd-run", "--scope", "--quiet", "--collect", "--unit=minipipe-run-7.scope",
+        "--slice=minipipe.slice", "--description=minipipe run 7", "--uid=minipipe",
+        "--property=MemoryMax=2147483648", "--property=CPUQuota=150%",
+        "--property=TasksMax=64", "--property=RuntimeMaxSec=3660",
+        "--", "python3", "-m", "minipipe_svc.runner", "7"]
+
+
+def test_no_limits_no_properties() -> None:
+    assert scope_properties(Limits()) == []
+
+
+def test_rate_limit_from_config_files(tmp_path: Path) -> None:
+    base = tmp_path / "journald.conf"
+    base.write_text("[Journal]\n#RateLimitBurst=10000\n")
+    drop_in = tmp_path / "50-local.conf"
+    drop_in.write_text("[Journal]\nRateLimitBurst=2000\nRateLimitIntervalSec=10s\n")
+    assert journald_rate_limit([str(base)]) == RateLimit(30.0, 10000)
+    assert journald_rate_limit([str(base), str(drop_in)]) == RateLimit(10.0, 2000)
+    off = tmp_path / "off.conf"
+    off.write_text("[Journal]\nRateLimitIntervalSec=0\n")
+    assert journald_rate_limit([str(off)]).interval == 0
+
+
+def make_sink(burst: int) -> tuple[JournalSink, list[tuple[str, dict]]]:
+    sent: list[tuple[str, dict]] = []
+    sink = JournalSink(3, RateLimit(30.0, burst))
+    sink._send = lambda message, **fields: sent.append((message, fields))
+    return sink, sent
+
+
+def test_lines_are_single_entries_under_the_budget() -> None:
+    sink, sent = make_sink(100)
+    sink.write("build", 1, "stdout", "hello")
+    sink.write("build", 1, "stderr", "oops")
+    sink.flush()
+    assert sent == [
+        ("hello", {"MINIPIPE_RUN_ID": "3", "MINIPIPE_STEP_ID": "build", "MINIPIPE_ATTEMPT": "1",
+                   "MINIPIPE_STREAM": "stdout", "PRIORITY": "6",
+                   "SYSLOG_IDENTIFIER": "minipipe-run"}),
+        ("oops", {"MINIPIPE_RUN_ID": "3", "MINIPIPE_STEP_ID": "build", "MINIPIPE_ATTEMPT": "1",
+                  "MINIPIPE_STREAM": "stderr", "PRIORITY": "4",
+                  "SYSLOG_IDENTIFIER": "minipipe-run"})]
+
+
+def test_over_the_budget_lines_are_packed_and_none_lost() -> None:
+    sink, sent = make_sink(100)  # budget: 80 entries per priority pool
+    for flush_round in range(10):
+        for i in range(1000):
+            sink.write("s", 1, "stdout", f"{flush_round}-{i}")
+        sink.flush()
+    lines = [line for message, fields in sent for line in (
+        message.split("\n") if "MINIPIPE_LINES" in fields else [message])]
+    assert lines == [f"{r}-{i}" for r in range(10) for i in range(1000)]
+    assert len(sent) <= 80 + 10, "beyond the budget, one entry per flush"
+    packed = [f for _m, f in sent if "MINIPIPE_LINES" in f]
+    assert sum(int(f["MINIPIPE_LINES"]) for f in packed) == 10_000 - 80
+
+
+def test_budget_is_per_priority_pool() -> None:
+    sink, sent = make_sink(10)  # budget 8
+    for i in range(8):
+        sink.write("s", 1, "stdout", str(i))
+    sink.write("s", 1, "stderr", "err")  # another pool: still single
+    assert [m for m, _f in sent][-1] == "err"
