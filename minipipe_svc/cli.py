@@ -244,6 +244,7 @@ def _colour_state_cell(ctx: Context, line: str, state: str) -> str:
 @pass_ctx
 def show(ctx: Context, run_id: int, event_count: int, as_json: bool) -> None:
     """Show one run: its state, its steps and its latest events."""
+    from .output import journal_shortfall
     from .render import event_json, event_text, run_json, step_json, steps_table
 
     with ctx.store(readonly=True) as store:
@@ -252,9 +253,13 @@ def show(ctx: Context, run_id: int, event_count: int, as_json: bool) -> None:
         events = store.last_events(run_id, event_count)
         lost = sum(e.detail.get("lines", 0) for e in store.events(run_id=run_id)
                    if e.kind == "log_lines_lost")
+        output_lines = store.output_lines(run_id)
+        shortfall = journal_shortfall(store, run)
     if as_json:
         _echo_json({**run_json(run), "steps": [step_json(s) for s in steps],
-                    "events": [event_json(e) for e in events], "log_lines_lost": lost})
+                    "events": [event_json(e) for e in events], "log_lines_lost": lost,
+                    "output_lines": output_lines,
+                    "journal_lines_missing": shortfall[1] - shortfall[0] if shortfall else 0})
         return
     from .render import elapsed
 
@@ -272,8 +277,14 @@ def show(ctx: Context, run_id: int, event_count: int, as_json: bool) -> None:
         facts.append(("cancel", "requested"))
     if run.plan_source:
         facts.append(("plan", run.plan_source))
+    if output_lines is not None:
+        facts.append(("output", f"{output_lines} line(s)"))
     if lost:
-        facts.append(("output", f"{lost} line(s) could not be stored"))
+        facts.append(("lost", f"{lost} line(s) could not be stored anywhere"))
+    if shortfall:
+        facts.append(("journal", f"kept {shortfall[0]} of {shortfall[1]} lines (journald "
+                                 f"dropped {shortfall[1] - shortfall[0]}); `minipipe logs` "
+                                 "shows the complete file mirror"))
     for key, value in facts:
         click.echo(f"  {key + ':':<11}{value}")
     click.echo()

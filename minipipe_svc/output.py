@@ -105,3 +105,16 @@ def _journal_module() -> bool:
     except ImportError:
         return False
     return True
+
+
+def journal_shortfall(store: Store, run: RunRow) -> tuple[int, int] | None:
+    """(lines the journal kept, lines written) for a finished run in a scope, if short."""
+    if not run.unit or not run.state.is_terminal or not _journal_module():
+        return None
+    from .systemd import count_journal_lines, journal_readable
+
+    expected = store.output_lines(run.id)
+    if expected is None or not journal_readable():
+        return None
+    kept = count_journal_lines(run.id)
+    return (kept, expected) if kept < expected else None

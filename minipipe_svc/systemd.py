@@ -283,6 +283,19 @@ def read_journal(run_id: int, cursor: str | None = None) -> tuple[list[LogLine],
         reader.close()
 
 
+def count_journal_lines(run_id: int) -> int:
+    """How many output lines of the run the journal holds (packed entries count fully)."""
+    from systemd import journal
+
+    reader = journal.Reader(flags=journal.SYSTEM_ONLY)
+    try:
+        reader.add_match(MINIPIPE_RUN_ID=str(run_id))
+        reader.data_threshold = 64
+        return sum(int(entry.get("MINIPIPE_LINES", 1) or 1) for entry in reader)
+    finally:
+        reader.close()
+
+
 def journal_readable() -> bool:
     """Whether this user can read system journal entries at all (root, systemd-journal, adm)."""
     if os.geteuid() == 0:
