@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from tests.integration.conftest import wait_for
@@ -151,3 +152,23 @@ def test_cancel_all_stops_running_runs(service: Box) -> None:
     assert run["reason"] == "step wait: cancelled by request"
     wait_for(lambda: service.property(f"minipipe-run-{first}.scope", "ActiveState")
              in ("inactive", "failed", ""), 30, "the scope to go away")
+
+
+def test_stopping_the_slice_stops_every_run_on_purpose(service: Box) -> None:
+    first = start_gated(service, "slice-a")
+    second = start_gated(service, "slice-b")
+    service.sh("systemctl stop minipipe.slice")
+    for run_id in (first, second):
+        run = service.wait_state(run_id, "INTERRUPTED")
+        assert "stopped from outside" in run["reason"]
+    assert service.property("minipipe", "ActiveState") == "active", \
+        "the scheduler is not in the slice and keeps running"
+    later = service.submit('[[steps]]\nid = "a"\nrun = ["true"]\n')
+    service.wait_state(later, "SUCCEEDED")
+
+
+def test_restart_returns_only_when_the_daemon_serves(service: Box) -> None:
+    for _ in range(3):
+        service.sh("systemctl restart minipipe")
+        status = json.loads(service.minipipe("status --json").stdout)
+        assert status["daemon_running"] is True
