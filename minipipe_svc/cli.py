@@ -121,6 +121,40 @@ def _user() -> str:
         return str(os.getuid())
 
 
+def _cwd_warnings(plan: Any, config: Config) -> list[str]:
+    """Working directories the run user will not be able to enter (a common first trap)."""
+    import grp
+    import pwd
+    import stat
+
+    if config.isolation == "none" or not config.run_user:
+        return []
+    try:
+        user = pwd.getpwnam(config.run_user)
+    except KeyError:
+        return []
+    if user.pw_uid == os.getuid():
+        return []
+    groups = {g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem} | {user.pw_gid}
+    warnings = []
+    for cwd in sorted({step.cwd for step in plan.steps}):
+        path = "/"
+        for part in [p for p in cwd.split("/") if p] + [""]:
+            path = os.path.join(path, part) if part else path
+            try:
+                info = os.stat(path)
+            except OSError:
+                break
+            bit = (stat.S_IXUSR if info.st_uid == user.pw_uid else
+                   stat.S_IXGRP if info.st_gid in groups else stat.S_IXOTH)
+            if not info.st_mode & bit:
+                warnings.append(f"{config.run_user} (the user runs execute as) cannot enter "
+                                f"{path}, so steps with cwd {cwd} will fail; set cwd in the "
+                                "plan or keep the plan in a directory it can read")
+                break
+    return warnings
+
+
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))
 
@@ -182,6 +216,8 @@ def submit(ctx: Context, plan: str, priority: int | None, fmt: str | None,
     except PlanError as exc:
         raise UserError(str(exc)) from None
     source = None if plan == "-" else os.path.abspath(plan)
+    for warning in _cwd_warnings(parsed, ctx.config):
+        click.echo(f"minipipe: warning: {warning}", err=True)
     with ctx.store(create=True) as store:
         run_id = store.submit(parsed.to_dict(), source=source, submitted_by=_user(),
                               priority=priority)

@@ -179,6 +179,10 @@ class Runner:
             what = "working directory" if missing == step.cwd else "command"
             return StepResult(StepState.FAILED, 127, f"{what} not found: {missing}")
         except PermissionError as exc:
+            if exc.filename == step.cwd or not os.access(step.cwd, os.X_OK):
+                return StepResult(StepState.FAILED, 126, (
+                    f"permission denied: user {_whoami()} cannot enter the working directory "
+                    f"{step.cwd}; set the step's cwd to a directory it may use"))
             return StepResult(StepState.FAILED, 126, f"permission denied: {exc.filename}")
         except OSError as exc:
             return StepResult(StepState.FAILED, 126, f"cannot start: {exc.strerror or exc}")
@@ -287,6 +291,15 @@ class Runner:
             rest = rest[MAX_LINE_BYTES:]
         partial[fd] = rest
         return True
+
+
+def _whoami() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return str(os.getuid())
 
 
 def _text(data: bytes) -> str:

@@ -91,8 +91,13 @@ CREATE TABLE settings (
 );
 """
 
+# v2: auto-cleanup and `ls --state` over a long history look runs up by end time.
+_SCHEMA_V2 = """
+CREATE INDEX runs_by_finished ON runs (finished_at) WHERE finished_at IS NOT NULL;
+"""
+
 # Migration N (1-based) brings user_version from N-1 to N. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -225,13 +230,16 @@ class Store:
     def open(cls, path: str, *, readonly: bool = False, create: bool = True) -> Store:
         """Open (and for writers, create and migrate) the DB at `path`."""
         exists = os.path.exists(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        if not exists and os.path.isdir(directory) and not os.access(directory, os.X_OK):
+            raise StoreError(f"permission denied: cannot reach {path}; add yourself to group "
+                             "minipipe (then log in again)")
         if not exists and (readonly or not create):
             raise StoreMissing(f"{path} does not exist yet; start the daemon "
                                "(`minipipe daemon` or `systemctl start minipipe`) or submit a run")
         if exists and not os.access(path, os.R_OK | (0 if readonly else os.W_OK)):
             raise StoreError(f"permission denied: cannot {'read' if readonly else 'write'} "
                              f"{path}; add yourself to group minipipe (then log in again)")
-        directory = os.path.dirname(os.path.abspath(path))
         if not readonly:
             try:
                 os.makedirs(directory, exist_ok=True)

@@ -10,6 +10,7 @@ import pytest
 from minipipe_svc.model import IllegalTransition, RunState, StepState
 from minipipe_svc.plan import parse_plan
 from minipipe_svc.store import (
+    MIGRATIONS,
     SCHEMA_VERSION,
     ConflictError,
     NoSuchRun,
@@ -154,3 +155,20 @@ def test_delete_finished_before_cascades(store: Store) -> None:
     assert store.get_steps(run_id) == [] and store.events(run_id=run_id) == []
     assert store.get_run(keep).state is RunState.PENDING
     assert store.integrity_check() == "ok"
+
+
+def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(MIGRATIONS[0] + "\nPRAGMA user_version = 1;")
+    conn.execute("INSERT INTO runs (name, plan, state, steps_total, created_at) "
+                 "VALUES ('old', '{}', 'SUCCEEDED', 0, '2026-01-01T00:00:00.000Z')")
+    conn.commit()
+    conn.close()
+    with Store.open(str(path)) as store:
+        assert store.schema_version() == SCHEMA_VERSION == 2
+        indexes = {row[0] for row in store.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert "runs_by_finished" in indexes
+        assert store.get_run(1).name == "old"
+        assert store.integrity_check() == "ok"

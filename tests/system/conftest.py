@@ -23,6 +23,7 @@ from .container import Container, rootfs
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 OPERATOR = "alice"  # an unprivileged user in group minipipe
+OUTSIDER = "bob"  # an unprivileged user outside it
 
 
 def _missing_tools() -> list[str]:
@@ -30,19 +31,25 @@ def _missing_tools() -> list[str]:
             if shutil.which(tool) is None]
 
 
-def install_minipipe(box: Container) -> None:
-    """Lay out minipipe as the Debian package will (that issue switches to the .deb)."""
-    box.copy_in(ROOT / "minipipe_svc", "/usr/lib/python3/dist-packages")
-    box.sh("python3 -m compileall -q /usr/lib/python3/dist-packages/minipipe_svc")
-    box.write("/usr/bin/minipipe",
-              "#!/usr/bin/python3\nfrom minipipe_svc.cli import main\nmain()\n", "0755")
-    for unit in ("minipipe.service", "minipipe.slice"):
-        box.write(f"/usr/lib/systemd/system/{unit}", (ROOT / "systemd" / unit).read_text())
-    box.write("/usr/lib/sysusers.d/minipipe.conf",
-              (ROOT / "systemd" / "minipipe.sysusers").read_text())
-    box.write("/etc/minipipe/config.json", (ROOT / "packaging" / "config.json").read_text())
-    box.sh("systemd-sysusers && systemctl daemon-reload && systemctl enable --now minipipe")
+def build_deb() -> Path:
+    """The package from this checkout, built once per session with packaging/build-deb."""
+    import subprocess
+
+    result = subprocess.run(["bash", str(ROOT / "packaging" / "build-deb")], cwd=ROOT,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return ROOT / result.stdout.strip().splitlines()[-1]
+
+
+def install_deb(box: Container, deb: Path) -> None:
+    """`apt install ./minipipe_*.deb`, exactly as a user would."""
+    box.put(deb, f"/root/{deb.name}")
+    box.sh(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/{deb.name}")
+
+
+def add_users(box: Container) -> None:
     box.sh(f"useradd --create-home --groups minipipe,systemd-journal {OPERATOR}")
+    box.sh(f"useradd --create-home {OUTSIDER}")
 
 
 class Box:
@@ -88,23 +95,42 @@ class Box:
         """Back to the stock config and no drop-ins, service active."""
         self.c.write("/etc/minipipe/config.json",
                      (ROOT / "packaging" / "config.json").read_text())
+        self.sh("chown root:root /etc/minipipe/config.json")
         self.sh("rm -rf /etc/systemd/system/minipipe.service.d && systemctl daemon-reload")
         self.sh("systemctl reset-failed minipipe; systemctl restart minipipe")
         self.sh("minipipe resume")
 
 
 @pytest.fixture(scope="session")
-def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
-    missing = _missing_tools()
-    if os.geteuid() != 0 or missing:
-        pytest.fail("the system tests need root and systemd-nspawn, debootstrap, nsenter "
-                    f"(missing: {missing}); `bash scripts/test` installs them", pytrace=False)
+def box(tmp_path_factory: pytest.TempPathFactory, deb: Path) -> Iterator[Box]:
     log = tmp_path_factory.mktemp("container") / "console.log"
     container = Container(rootfs(), f"minipipe-test-{uuid.uuid4().hex[:8]}", log)
     container.boot()
     try:
-        install_minipipe(container)
+        install_deb(container, deb)
+        add_users(container)
         yield Box(container)
+    finally:
+        container.shutdown()
+
+
+@pytest.fixture(scope="session")
+def deb() -> Path:
+    missing = _missing_tools()
+    if os.geteuid() != 0 or missing:
+        pytest.fail("the system tests need root and systemd-nspawn, debootstrap, nsenter "
+                    f"(missing: {missing}); `bash scripts/test` installs them", pytrace=False)
+    return build_deb()
+
+
+@pytest.fixture
+def fresh_box(tmp_path: Path, deb: Path) -> Iterator[Container]:
+    """A container of its own, without minipipe, for install/upgrade/purge stories."""
+    container = Container(rootfs(), f"minipipe-pkg-{uuid.uuid4().hex[:8]}",
+                          tmp_path / "console.log")
+    container.boot()
+    try:
+        yield container
     finally:
         container.shutdown()
 

@@ -20,8 +20,10 @@ import subprocess
 import time
 from pathlib import Path
 
+# minipipe's dependencies are in the image (apt inside has no package lists), plus
+# what the monitor's over-SSH test needs.
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-systemd", "python3-click",
-            "python3-sdnotify", "procps")
+            "python3-sdnotify", "adduser", "procps", "openssh-server", "tmux")
 CACHE = Path(os.environ.get("MINIPIPE_TEST_CACHE", "/var/cache/minipipe-test"))
 
 
@@ -124,6 +126,13 @@ class Container:
                         f"mkdir -p {destination} && tar -C {destination} -x"],
                        stdin=packer.stdout, check=True, capture_output=True)
         assert packer.wait() == 0
+
+    def put(self, source: Path, destination: str) -> None:
+        """Copy one host file into the container."""
+        with open(source, "rb") as handle:
+            subprocess.run(["nsenter", "-t", str(self.pid), "-a", "--", "sh", "-c",
+                            f"cat > {destination}"], stdin=handle, check=True,
+                           capture_output=True)
 
     def write(self, path: str, content: str, mode: str = "0644") -> None:
         self.sh(f"mkdir -p \"$(dirname {path})\" && cat > {path} && chmod {mode} {path}",

@@ -172,3 +172,11 @@ def test_restart_returns_only_when_the_daemon_serves(service: Box) -> None:
         service.sh("systemctl restart minipipe")
         status = json.loads(service.minipipe("status --json").stdout)
         assert status["daemon_running"] is True
+
+
+def test_a_working_directory_the_run_user_cannot_enter_is_explained(service: Box) -> None:
+    service.c.write("/root/private.toml", '[[steps]]\nid = "a"\nrun = ["true"]\n')
+    submitted = service.minipipe("submit /root/private.toml", user=None)
+    assert "minipipe (the user runs execute as) cannot enter /root" in submitted.stderr
+    run = service.wait_state(int(submitted.stdout), "FAILED")
+    assert ("user minipipe cannot enter the working directory /root" in run["reason"]), run
