@@ -118,3 +118,51 @@ def journal_shortfall(store: Store, run: RunRow) -> tuple[int, int] | None:
         return None
     kept = count_journal_lines(run.id)
     return (kept, expected) if kept < expected else None
+
+
+class OutputFollower:
+    """Incremental reads of one run's output, for a live view (the monitor).
+
+    Chooses the journal when the run has one and this user may read it, else the
+    file mirror; `note` says which and why, for the screen. Each `poll()` returns
+    only lines not returned before. The first poll returns at most `backlog` lines.
+    """
+
+    def __init__(self, run: RunRow, log_dir: str, *, backlog: int = 2000) -> None:
+        self.run_id = run.id
+        self.path = log_path(log_dir, run.id)
+        self.backlog = backlog
+        self.cursor: str | None = None
+        self.offset = 0
+        self.first = True
+        self.note: str | None = None
+        self.source = "file"
+        if run.unit and _journal_module():
+            from .systemd import journal_readable
+
+            if journal_readable():
+                self.source = "journal"
+            else:
+                self.note = ("no journal access (join group systemd-journal or adm); "
+                             "showing the file mirror")
+
+    def poll(self) -> list[LogLine]:
+        if self.source == "journal":
+            from .systemd import read_journal
+
+            lines, self.cursor = read_journal(self.run_id, self.cursor)
+            if self.first and not lines and os.path.exists(self.path):
+                self.source = "file"
+                self.note = "the journal has no lines for this run; showing the file mirror"
+                return self.poll()
+        else:
+            try:
+                lines, self.offset = read_log(self.path, self.offset)
+            except PermissionError:
+                self.note = f"cannot read {self.path} (permission denied)"
+                lines = []
+        if self.first:
+            self.first = False
+            if len(lines) > self.backlog:
+                lines = lines[-self.backlog:]
+        return lines

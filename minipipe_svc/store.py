@@ -395,6 +395,27 @@ class Store:
             args.append(limit)
         return [_run_row(row) for row in self.conn.execute(sql, args)]
 
+    def runs_by_ids(self, ids: list[int]) -> list[RunRow]:
+        """The given runs (those that still exist), for incremental refreshes."""
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = self.conn.execute(f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.id IN ({marks})",
+                                 list(ids))
+        return [_run_row(row) for row in rows]
+
+    def active_and_recent_runs(self, finished: int) -> list[RunRow]:
+        """Every PENDING and RUNNING run, plus the `finished` most recent other runs."""
+        rows = self.conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.state IN ('PENDING', 'RUNNING') "
+            f"UNION ALL SELECT * FROM (SELECT {_RUN_COLUMNS} FROM runs r "
+            "WHERE r.state NOT IN ('PENDING', 'RUNNING') ORDER BY r.id DESC LIMIT ?)",
+            (finished,))
+        return [_run_row(row) for row in rows]
+
+    def last_event_id(self) -> int:
+        return self.conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+
     def get_steps(self, run_id: int) -> list[StepRow]:
         rows = self.conn.execute("SELECT * FROM steps WHERE run_id = ? ORDER BY idx", (run_id,))
         return [_step_row(row) for row in rows]

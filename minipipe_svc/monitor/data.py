@@ -1,0 +1,117 @@
+"""What the monitor shows, read incrementally from the DB. Imports nothing from Textual.
+
+The first successful refresh loads every active run and the most recent finished
+ones; after that each refresh reads only the events appended since the last one
+and re-reads just the runs those events touch, so a tick costs O(new events),
+however large the history. Every failure to read (DB missing, not readable,
+locked, damaged, of a newer schema) becomes a `problem` to show, and the next
+refresh simply tries again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from dataclasses import dataclass, field
+
+from ..store import EventRow, RunRow, SchemaTooNew, StepRow, Store, StoreError, StoreMissing
+
+RECENT_FINISHED = 200
+EVENT_BACKLOG = 200
+MAX_EVENTS_PER_TICK = 5000
+
+
+@dataclass
+class Update:
+    """What one refresh found: the runs that changed and the events that arrived."""
+
+    changed: set[int] = field(default_factory=set)
+    removed: set[int] = field(default_factory=set)
+    events: list[EventRow] = field(default_factory=list)
+    reloaded: bool = False  # everything was (re)loaded: redraw from scratch
+
+
+class MonitorData:
+    def __init__(self, db_path: str) -> None:
+        self.db_path = db_path
+        self.store: Store | None = None
+        self.runs: dict[int, RunRow] = {}
+        self.last_event_id = 0
+        self.problem: str | None = "opening the state DB…"
+
+    def refresh(self) -> Update:
+        try:
+            if self.store is None:
+                return self._load()
+            return self._follow()
+        except (StoreError, sqlite3.Error) as exc:
+            self._close()
+            self.problem = _explain(exc, self.db_path)
+            return Update()
+
+    def _load(self) -> Update:
+        self.store = Store.open(self.db_path, readonly=True)
+        self.last_event_id = self.store.last_event_id()
+        self.runs = {run.id: run for run in
+                     self.store.active_and_recent_runs(RECENT_FINISHED)}
+        backlog = self.store.events(after_id=max(0, self.last_event_id - EVENT_BACKLOG),
+                                    limit=EVENT_BACKLOG)
+        self.problem = None
+        return Update(changed=set(self.runs), events=backlog, reloaded=True)
+
+    def _follow(self) -> Update:
+        assert self.store is not None
+        events = self.store.events(after_id=self.last_event_id, limit=MAX_EVENTS_PER_TICK)
+        if not events:
+            return Update()
+        self.last_event_id = events[-1].id
+        touched = {e.run_id for e in events if e.run_id is not None}
+        fresh = {run.id: run for run in self.store.runs_by_ids(sorted(touched))}
+        self.runs.update(fresh)
+        removed = touched - set(fresh)
+        for run_id in removed:
+            self.runs.pop(run_id, None)
+        return Update(changed=set(fresh), removed=removed, events=events)
+
+    def steps(self, run_id: int) -> list[StepRow]:
+        if self.store is None:
+            return []
+        try:
+            return self.store.get_steps(run_id)
+        except (StoreError, sqlite3.Error):
+            return []
+
+    def run_events(self, run_id: int, count: int = EVENT_BACKLOG) -> list[EventRow]:
+        if self.store is None:
+            return []
+        try:
+            return self.store.last_events(run_id, count)
+        except (StoreError, sqlite3.Error):
+            return []
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for run in self.runs.values():
+            counts[run.state.value] = counts.get(run.state.value, 0) + 1
+        return counts
+
+    def _close(self) -> None:
+        if self.store is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self.store.close()
+            self.store = None
+
+    def close(self) -> None:
+        self._close()
+
+
+def _explain(exc: Exception, db_path: str) -> str:
+    """A banner line that says what is wrong and what to do."""
+    if isinstance(exc, SchemaTooNew):
+        return f"{exc} — this monitor is older than the daemon; upgrade minipipe"
+    if isinstance(exc, StoreMissing):
+        return f"{db_path} does not exist yet — start the daemon (systemctl start minipipe)"
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return f"{db_path} is locked by another process; retrying"
+    return text

@@ -1,0 +1,82 @@
+"""The selected run: its current step in detail, and all its steps with their states."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.widgets import DataTable, Static
+
+from ...model import StepState
+from ...render import elapsed
+from ...store import RunRow, StepRow
+from .style import state_badge
+
+
+def current_step(steps: list[StepRow]) -> StepRow | None:
+    """The running step, else the last one that started, else the first."""
+    for step in steps:
+        if step.state is StepState.RUNNING:
+            return step
+    started = [s for s in steps if s.started_at]
+    return started[-1] if started else (steps[0] if steps else None)
+
+
+class StepsPanel(Vertical):
+    def compose(self) -> ComposeResult:
+        yield Static(id="step-detail")
+        yield StepsTable(id="steps-table")
+
+    def show(self, run: RunRow | None, steps: list[StepRow], now: datetime) -> None:
+        detail = self.query_one("#step-detail", Static)
+        table = self.query_one(StepsTable)
+        table.fill(steps, now)
+        if run is None:
+            self.border_title = "Steps"
+            detail.update(Text("no run selected", style="dim"))
+            return
+        self.border_title = f"Run {run.id} · {run.name}"
+        step = current_step(steps)
+        if step is None:
+            detail.update(Text("no steps", style="dim"))
+            return
+        text = Text()
+        text.append(f"{step.step_id}", style="bold")
+        text.append(f" [{step.phase}] ")
+        text.append_text(state_badge(step.state.value))
+        text.append(f" try {step.attempt} exit "
+                    f"{'-' if step.exit_code is None else step.exit_code}\n")
+        text.append(f"started {step.started_at[11:19] if step.started_at else '-'} · "
+                    f"{elapsed(step.started_at, step.finished_at, now)}\n")
+        text.append(f"$ {step.command}", style="italic")
+        if run.reason:
+            text.append(f"\n{run.reason}", style="yellow")
+        text.no_wrap = True
+        text.overflow = "ellipsis"
+        detail.update(text)
+
+
+class StepsTable(DataTable):
+    BINDINGS = [
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+    ]
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        for label in ("#", "STEP", "PHASE", "STATE", "TRY", "EXIT", "TIME"):
+            self.add_column(label, key=label)
+
+    def fill(self, steps: list[StepRow], now: datetime) -> None:
+        cursor = self.cursor_row
+        self.clear()
+        for step in steps:
+            self.add_row(str(step.idx + 1), step.step_id, step.phase,
+                         state_badge(step.state.value), str(step.attempt),
+                         "-" if step.exit_code is None else str(step.exit_code),
+                         elapsed(step.started_at, step.finished_at, now))
+        if steps and cursor is not None:
+            self.move_cursor(row=min(cursor, len(steps) - 1))
