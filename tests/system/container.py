@@ -81,7 +81,10 @@ class Container:
         log = open(self.log_path, "ab")  # noqa: SIM115 - open as long as the container
         self.nspawn = subprocess.Popen(
             ["systemd-nspawn", "-D", str(self.image), "--register=no", "--keep-unit", "--boot",
-             "--volatile=overlay", f"--machine={self.name}", "--console=read-only", "-q"],
+             "--volatile=overlay", f"--machine={self.name}", "--console=read-only", "-q",
+             # its own network namespace: the SSH test's sshd listens on the
+             # container's loopback only, never on this machine's.
+             "--private-network"],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

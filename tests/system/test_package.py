@@ -61,7 +61,15 @@ def test_install_use_upgrade_remove_purge(fresh_box: Container, deb: Path,
     assert "/etc/minipipe/config.json" in c.sh(
         "dpkg-query -W -f='${Conffiles}' minipipe").stdout
     assert c.sh("/usr/bin/minipipe --version").stdout.strip() == "minipipe, version 0.1.0"
-    for page in ("man1/minipipe.1.gz", "man5/minipipe.conf.5.gz"):
+    monitor_help = c.sh("/usr/bin/minipipe-monitor --help").stdout
+    assert "read-only" in monitor_help and "--poll-interval" in monitor_help
+    # Textual comes from the package's private directory, not from anywhere else
+    where = c.sh("python3 -c 'import sys; sys.path.insert(0, \"/usr/lib/minipipe/vendor\"); "
+                 "import textual; print(textual.__file__)'").stdout.strip()
+    assert where.startswith("/usr/lib/minipipe/vendor/textual/")
+    assert c.sh("python3 -c 'import textual'", check=False).returncode != 0, \
+        "Textual must stay private to minipipe-monitor"
+    for page in ("man1/minipipe.1.gz", "man1/minipipe-monitor.1.gz", "man5/minipipe.conf.5.gz"):
         c.sh(f"test -s /usr/share/man/{page}")
     assert "complete" in c.sh("cat /usr/share/bash-completion/completions/minipipe").stdout
     c.sh("test -s /usr/share/doc/minipipe/README.md")

@@ -1,0 +1,48 @@
+"""minipipe-monitor for real: over SSH as an operator, inside tmux, in the container."""
+
+from __future__ import annotations
+
+from tests.integration.conftest import wait_for
+
+from .conftest import OPERATOR, Box
+
+SSH = ("ssh -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+       f"-o LogLevel=ERROR {OPERATOR}@127.0.0.1")
+GATE = "/srv/monitor-gate"
+
+
+def enable_ssh(box: Box) -> None:
+    box.sh("mkdir -p /root/.ssh && test -e /root/.ssh/id_ed25519 || "
+           "ssh-keygen -q -t ed25519 -N '' -f /root/.ssh/id_ed25519")
+    box.sh(f"install -d -m 700 -o {OPERATOR} -g {OPERATOR} /home/{OPERATOR}/.ssh && "
+           f"install -m 600 -o {OPERATOR} -g {OPERATOR} /root/.ssh/id_ed25519.pub "
+           f"/home/{OPERATOR}/.ssh/authorized_keys")
+    box.c.write("/etc/ssh/sshd_config.d/minipipe-test.conf",
+                "ListenAddress 127.0.0.1\nPasswordAuthentication no\n")
+    box.sh("systemctl restart ssh")
+    wait_for(lambda: box.sh(f"{SSH} true", check=False).returncode == 0, 30, "sshd")
+
+
+def test_operator_watches_a_run_over_ssh_in_tmux(service: Box) -> None:
+    enable_ssh(service)
+    service.sh(f"mkdir -p {GATE} && chmod 1777 {GATE} && rm -f {GATE}/*")
+    run_id = service.submit(f'name = "watched"\n[[steps]]\nid = "talk"\n'
+                            f'run = "echo hello-over-ssh; echo warn-line >&2; '
+                            f'while [ ! -e {GATE}/open ]; do sleep 0.1; done"\n')
+    service.wait_state(run_id, "RUNNING")
+    service.sh(f"{SSH} tmux new-session -d -s mon -x 100 -y 30 minipipe-monitor")
+    try:
+        def screen() -> str:
+            return service.sh(f"{SSH} tmux capture-pane -p -t mon", check=False).stdout
+
+        wait_for(lambda: "watched" in screen() and "RUNNING" in screen(), 30,
+                 "the running run on the monitor")
+        wait_for(lambda: "talk │ hello-over-ssh" in screen(), 30, "its output on the monitor")
+        assert "talk │ warn-line" in screen()
+        service.sh(f"touch {GATE}/open")
+        wait_for(lambda: "SUCCEEDED" in screen(), 30, "the monitor to show the end")
+        service.sh(f"{SSH} tmux send-keys -t mon q")
+        wait_for(lambda: service.sh(f"{SSH} tmux has-session -t mon",
+                                    check=False).returncode != 0, 15, "q to quit the monitor")
+    finally:
+        service.sh(f"{SSH} tmux kill-server", check=False)
