@@ -15,10 +15,13 @@ from .monitor_fixtures import NOW, build_db
 
 
 async def settle(pilot) -> None:
+    """Workers done, their results drawn, and the tables' sizes settled."""
     for _ in range(3):
         while any(worker.is_running for worker in pilot.app.workers):
             await asyncio.sleep(0.01)
         await pilot.pause()
+    await pilot.wait_for_scheduled_animations()
+    await pilot.pause(0.2)
 
 
 def app_for(db: Path) -> MonitorApp:

@@ -172,7 +172,7 @@ def test_concurrency_cap_is_never_exceeded(instance: Instance) -> None:
     ids = [instance.submit(f"""
 [[steps]]
 id = "s"
-run = "{stamp}.start; sleep 0.3; {stamp}.end"
+run = "{stamp}.start; sleep 1; {stamp}.end"
 """) for _ in range(20)]
     for run_id in ids:
         instance.wait_state(run_id, "SUCCEEDED")

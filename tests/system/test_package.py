@@ -28,6 +28,7 @@ def test_lintian_reports_no_errors_or_warnings(deb: Path) -> None:
 def bumped(deb: Path, tmp_path: Path, version: str) -> Path:
     """The same package with a newer version: what an upgrade looks like to dpkg."""
     tree = tmp_path / "tree"
+    tmp_path.mkdir(parents=True, exist_ok=True)
     subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True)
     control = tree / "DEBIAN" / "control"
     control.write_text("".join(
@@ -113,6 +114,12 @@ def test_install_use_upgrade_remove_purge(fresh_box: Container, deb: Path,
     run = box.wait_state(flight, "SUCCEEDED")
     assert run["exit_code"] == 0
     assert "after the upgrade" in box.minipipe(f"logs {flight}").stdout
+
+    # an upgrade while the operator has stopped the service leaves it stopped (try-restart)
+    c.sh("systemctl stop minipipe")
+    install_deb(c, bumped(deb, tmp_path / "second", "0.1.0+upgrade2"))
+    assert c.sh("systemctl is-active minipipe", check=False).stdout.strip() == "inactive"
+    c.sh("systemctl start minipipe")
 
     # remove: the service goes, the state stays
     c.sh("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q minipipe")

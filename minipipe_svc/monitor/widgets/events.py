@@ -18,8 +18,9 @@ class EventsTable(DataTable):
 
     def on_mount(self) -> None:
         self.cursor_type = "row"
-        for label in ("TIME", "RUN", "KIND", "STEP"):
-            self.add_column(label, key=label)
+        # Fixed widths: the pane keeps its shape whatever the events' lengths.
+        for label, width in (("TIME", 8), ("RUN", 4), ("KIND", 14), ("STEP", 12)):
+            self.add_column(label, key=label, width=width)
         self.shown: set[int] = set()
 
     def reset(self, events: list[EventRow]) -> None:
