@@ -5,6 +5,7 @@ See ARCHITECTURE.md beside this file for which event refreshes what.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Input, Static
 
 from ..logs import LogLine
@@ -82,6 +84,8 @@ class MonitorApp(App[None]):
         self.follow = True
         self.filter_text = ""
         self.pending_reselect = False
+        self.problem_shown: str | None = ""
+        self.title_shown = ""
 
     def compose(self) -> ComposeResult:
         yield Static(id="title")
@@ -142,18 +146,25 @@ class MonitorApp(App[None]):
         return ordered(runs)
 
     def apply(self, sync: Sync) -> None:
+        # A refresh may finish while the app is closing: then there is nothing to draw.
+        with contextlib.suppress(NoMatches):
+            self._draw(sync)
+
+    def _draw(self, sync: Sync) -> None:
         now = self.clock()
-        banner = self.query_one("#banner", Static)
-        banner.update(Text(f"⚠ {sync.problem}") if sync.problem else "")
-        banner.set_class(bool(sync.problem), "visible")
+        if sync.problem != self.problem_shown:
+            self.problem_shown = sync.problem
+            banner = self.query_one("#banner", Static)
+            banner.update(Text(f"⚠ {sync.problem}") if sync.problem else "")
+            banner.set_class(bool(sync.problem), "visible")
         update = sync.update
         table = self.query_one(RunsTable)
         visible = self.visible_runs()
         if [r.id for r in visible] != table.shown:
             table.show(visible, now)
         else:
-            live = {r.id for r in visible if r.state is RunState.RUNNING} | update.changed
-            table.tick([self.data.runs[i] for i in live if i in self.data.runs], now)
+            table.tick([self.data.runs[i] for i in update.changed if i in self.data.runs], now)
+            table.tick_durations([r for r in visible if r.state is RunState.RUNNING], now)
         if update.reloaded:
             self.recent_events.clear()
         self.recent_events.extend(update.events)
@@ -169,10 +180,13 @@ class MonitorApp(App[None]):
             elif self.selected is not None:
                 events.append([e for e in update.events if e.run_id == self.selected])
         if sync.selected == self.selected:
-            if sync.steps is not None:
-                self.steps_cache = sync.steps
             run = self.data.runs.get(self.selected) if self.selected is not None else None
-            self.query_one(StepsPanel).show(run, self.steps_cache if run else [], now)
+            panel = self.query_one(StepsPanel)
+            if sync.steps is not None or run is None:
+                self.steps_cache = sync.steps or []
+                panel.show(run, self.steps_cache if run else [], now)
+            elif run.state is RunState.RUNNING:
+                panel.tick(run, self.steps_cache, now)
             output = self.query_one(OutputLog)
             if sync.output_reset:
                 title = f"Output · run {self.selected}" if run else "Output"
@@ -190,10 +204,14 @@ class MonitorApp(App[None]):
             flags.append(f"filter: {self.filter_text}")
         if not self.follow:
             flags.append("follow off")
+        line = f"  {' · '.join(parts)}  [{', '.join(flags)}]"
+        if line == self.title_shown:
+            return
+        self.title_shown = line
         text = Text()
         text.append("minipipe-monitor", style="bold")
-        text.append(f"  {' · '.join(parts)}  [{', '.join(flags)}]")
-        self.query_one("#title", Static).update(text)
+        text.append(line)
+        self.query_one("#title", Static).update(text, layout=False)  # always one line
 
     # ------------------------------------------------------------ events from widgets
 
@@ -203,10 +221,13 @@ class MonitorApp(App[None]):
         self.selected = message.run_id
         self.steps_cache = []
         self.pending_reselect = True
-        if not self.events_all:
-            self.query_one(EventsTable).reset([])
-        self.query_one(OutputLog).reset(
-            f"Output · run {message.run_id}" if message.run_id else "Output")
+        try:
+            if not self.events_all:
+                self.query_one(EventsTable).reset([])
+            self.query_one(OutputLog).reset(
+                f"Output · run {message.run_id}" if message.run_id else "Output")
+        except NoMatches:
+            return  # the app is closing
         self.sync()
 
     @on(DataTable.RowSelected, "#runs")

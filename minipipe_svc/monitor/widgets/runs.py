@@ -69,6 +69,13 @@ class RunsTable(DataTable):
                                          self._cells(run, now)[2:], strict=True):
                     self.update_cell(str(run.id), column, value)
 
+    def tick_durations(self, runs: list[RunRow], now: datetime) -> None:
+        """Only the live duration of running runs: the cheap per-tick redraw."""
+        for run in runs:
+            if run.id in self.shown:
+                self.update_cell(str(run.id), "duration",
+                                 elapsed(run.started_at, run.finished_at, now))
+
     def current_run_id(self) -> int | None:
         if not self.shown or self.cursor_row is None or not (
                 0 <= self.cursor_row < len(self.shown)):

@@ -30,6 +30,13 @@ class StepsPanel(Vertical):
         yield Static(id="step-detail")
         yield StepsTable(id="steps-table")
 
+    def tick(self, run: RunRow, steps: list[StepRow], now: datetime) -> None:
+        """A running run's clock moved: redraw the durations only."""
+        # Same lines, new numbers: no layout pass needed.
+        self.query_one("#step-detail", Static).update(self._detail(run, steps, now),
+                                                      layout=False)
+        self.query_one(StepsTable).tick(steps, now)
+
     def show(self, run: RunRow | None, steps: list[StepRow], now: datetime) -> None:
         detail = self.query_one("#step-detail", Static)
         table = self.query_one(StepsTable)
@@ -39,10 +46,13 @@ class StepsPanel(Vertical):
             detail.update(Text("no run selected", style="dim"))
             return
         self.border_title = f"Run {run.id} · {run.name}"
+        detail.update(self._detail(run, steps, now))
+
+    @staticmethod
+    def _detail(run: RunRow, steps: list[StepRow], now: datetime) -> Text:
         step = current_step(steps)
         if step is None:
-            detail.update(Text("no steps", style="dim"))
-            return
+            return Text("no steps", style="dim")
         text = Text()
         text.append(f"{step.step_id}", style="bold")
         text.append(f" [{step.phase}] ")
@@ -56,7 +66,7 @@ class StepsPanel(Vertical):
             text.append(f"\n{run.reason}", style="yellow")
         text.no_wrap = True
         text.overflow = "ellipsis"
-        detail.update(text)
+        return text
 
 
 class StepsTable(DataTable):
@@ -80,3 +90,9 @@ class StepsTable(DataTable):
                          elapsed(step.started_at, step.finished_at, now))
         if steps and cursor is not None:
             self.move_cursor(row=min(cursor, len(steps) - 1))
+
+    def tick(self, steps: list[StepRow], now: datetime) -> None:
+        for step in steps:
+            if step.state is StepState.RUNNING and step.idx < self.row_count:
+                self.update_cell_at((step.idx, 6),
+                                    elapsed(step.started_at, step.finished_at, now))
