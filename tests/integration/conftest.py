@@ -110,6 +110,18 @@ class Instance:
         return (f"{sys.executable} -c 'import sys, time; time.sleep(float(sys.argv[1]))' "
                 f"{seconds} {self.tag}")
 
+    def gated(self, then: str = "") -> str:
+        """A shell step body that says it started, waits for `open_gate()`, then runs `then`."""
+        body = (f"touch {self.root}/started; "
+                f"while [ ! -e {self.root}/gate ]; do sleep 0.05; done")
+        return f"{body}; {then}" if then else body
+
+    def wait_started(self) -> None:
+        wait_for((self.root / "started").exists, 30, "the gated step to start")
+
+    def open_gate(self) -> None:
+        (self.root / "gate").touch()
+
     def tagged_pids(self) -> list[int]:
         found = subprocess.run(["pgrep", "-f", self.tag], capture_output=True, text=True)
         return [int(p) for p in found.stdout.split()]

@@ -23,16 +23,14 @@ def _runner_pid(instance: Instance, run_id: int) -> int:
 
 
 def test_kill_9_daemon_mid_run_and_the_run_still_ends_right(running: Instance) -> None:
-    gate = running.root / "gate"
-    started = running.root / "started"
     run_id = running.submit(f"""
 [[steps]]
 id = "wait-for-gate"
-run = "touch {started}; while [ ! -e {gate} ]; do sleep 0.05; done; exit 7"
+run = "{running.gated('exit 7')}"
 """)
-    wait_for(started.exists, 30, "the step to start")
+    running.wait_started()
     running.stop_daemon(signal.SIGKILL)
-    gate.touch()  # the step ends while no daemon is running
+    running.open_gate()  # the step ends while no daemon is running
     with running.store() as store:
         wait_for(lambda: store.get_run(run_id).state.value == "FAILED", 30,
                  "the runner to record the end on its own")
@@ -43,24 +41,22 @@ run = "touch {started}; while [ ! -e {gate} ]; do sleep 0.05; done; exit 7"
 
 
 def test_restarted_daemon_adopts_a_live_run(running: Instance) -> None:
-    gate = running.root / "gate"
-    started = running.root / "started"
     run_id = running.submit(f"""
 [[steps]]
 id = "wait-for-gate"
-run = "touch {started}; while [ ! -e {gate} ]; do sleep 0.05; done"
+run = "{running.gated()}"
 [[steps]]
 id = "second"
 run = ["echo", "after the restart"]
 """)
-    wait_for(started.exists, 30, "the step to start")
+    running.wait_started()
     runner = _runner_pid(running, run_id)
     running.stop_daemon(signal.SIGKILL)
     running.start_daemon()
     wait_for(lambda: "adopted its live runner" in running.daemon_log.read_text(), 10,
              "the adoption to be logged")
     assert pid_alive(runner)
-    gate.touch()
+    running.open_gate()
     run = running.wait_state(run_id, "SUCCEEDED")
     assert run["exit_code"] == 0
     assert "after the restart" in running.cli("logs", str(run_id)).stdout
@@ -69,17 +65,15 @@ run = ["echo", "after the restart"]
 
 
 def test_sigterm_stops_the_daemon_but_not_its_runs(running: Instance) -> None:
-    gate = running.root / "gate"
-    started = running.root / "started"
     run_id = running.submit(f"""
 [[steps]]
 id = "a"
-run = "touch {started}; while [ ! -e {gate} ]; do sleep 0.05; done"
+run = "{running.gated()}"
 """)
-    wait_for(started.exists, 30, "the step to start")
+    running.wait_started()
     assert running.stop_daemon(signal.SIGTERM) == 0
     assert "1 run(s) keep running" in running.daemon_log.read_text()
-    gate.touch()
+    running.open_gate()
     with running.store() as store:
         wait_for(lambda: store.get_run(run_id).state.value == "SUCCEEDED", 30, "the run to end")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from tests.integration.conftest import wait_for
 
 from .conftest import OPERATOR, Box
@@ -39,6 +41,27 @@ def test_operator_watches_a_run_over_ssh_in_tmux(service: Box) -> None:
                  "the running run on the monitor")
         wait_for(lambda: "talk │ hello-over-ssh" in screen(), 30, "its output on the monitor")
         assert "talk │ warn-line" in screen()
+        # 16 colours and NO_COLOR, in two more sessions over the same SSH
+        service.sh(f"{SSH} tmux new-session -d -s mon16 -x 80 -y 24 "
+                   "env TEXTUAL_COLOR_SYSTEM=standard minipipe-monitor")
+        service.sh(f"{SSH} tmux new-session -d -s mono -x 80 -y 24 "
+                   "env NO_COLOR=1 minipipe-monitor")
+
+        def styled(session: str) -> str:
+            return service.sh(f"{SSH} tmux capture-pane -e -p -t {session}",
+                              check=False).stdout
+
+        wait_for(lambda: "watched" in styled("mon16") and "watched" in styled("mono"), 30,
+                 "the 16-colour and no-colour monitors")
+        sixteen = styled("mon16")
+        assert "\x1b[" in sixteen, "16 colours still has colour"
+        assert "38;5;" not in sixteen and "38;2;" not in sixteen, "only the 16 base colours"
+        # NO_COLOR: Textual draws in shades of grey only (no hue anywhere)
+        mono = styled("mono")
+        indexed = [int(n) for n in re.findall(r"[34]8;5;(\d+)", mono)]
+        assert indexed, "the screen was captured with its attributes"
+        assert all(n in (0, 7, 8, 15, 16, 231) or n >= 232 for n in indexed), sorted(set(indexed))
+        assert not re.search(r"\x1b\[(?:[0-9;]*;)?(?:3[1-6]|4[1-6]|9[1-6])m", mono)
         service.sh(f"touch {GATE}/open")
         wait_for(lambda: "SUCCEEDED" in screen(), 30, "the monitor to show the end")
         service.sh(f"{SSH} tmux send-keys -t mon q")

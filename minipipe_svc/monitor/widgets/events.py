@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from textual.binding import Binding
-from textual.widgets import DataTable
-
 from ...store import EventRow
+from .table import PaneTable
 
 MAX_ROWS = 500
 
 
-class EventsTable(DataTable):
-    BINDINGS = [
-        Binding("j", "cursor_down", "Down", show=False),
-        Binding("k", "cursor_up", "Up", show=False),
-    ]
+class EventsTable(PaneTable):
 
     def on_mount(self) -> None:
-        self.cursor_type = "row"
         # Fixed widths: the pane keeps its shape whatever the events' lengths.
         for label, width in (("TIME", 8), ("RUN", 4), ("KIND", 14), ("STEP", 12)):
             self.add_column(label, key=label, width=width)

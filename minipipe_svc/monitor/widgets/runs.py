@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 
 from rich.text import Text
-from textual.binding import Binding
 from textual.widgets import DataTable
 
 from ...model import RunState
@@ -13,6 +12,7 @@ from ...render import elapsed
 from ...store import RunRow
 from ..messages import RunChosen
 from .style import state_badge
+from .table import PaneTable
 
 ACTIVE = (RunState.RUNNING, RunState.PENDING)
 
@@ -32,14 +32,9 @@ def matches(run: RunRow, needle: str) -> bool:
         or needle == str(run.id)
 
 
-class RunsTable(DataTable):
-    BINDINGS = [
-        Binding("j", "cursor_down", "Down", show=False),
-        Binding("k", "cursor_up", "Up", show=False),
-    ]
+class RunsTable(PaneTable):
 
     def on_mount(self) -> None:
-        self.cursor_type = "row"
         self.zebra_stripes = False
         self.add_column("ID", key="id")
         self.add_column("NAME", key="name")

@@ -6,14 +6,14 @@ from datetime import datetime
 
 from rich.text import Text
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from ...model import StepState
 from ...render import elapsed
 from ...store import RunRow, StepRow
 from .style import state_badge
+from .table import PaneTable
 
 
 def current_step(steps: list[StepRow]) -> StepRow | None:
@@ -69,14 +69,9 @@ class StepsPanel(Vertical):
         return text
 
 
-class StepsTable(DataTable):
-    BINDINGS = [
-        Binding("j", "cursor_down", "Down", show=False),
-        Binding("k", "cursor_up", "Up", show=False),
-    ]
+class StepsTable(PaneTable):
 
     def on_mount(self) -> None:
-        self.cursor_type = "row"
         for label in ("#", "STEP", "PHASE", "STATE", "TRY", "EXIT", "TIME"):
             self.add_column(label, key=label)
 
