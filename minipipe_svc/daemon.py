@@ -92,6 +92,8 @@ class Daemon:
         self.reload_requested = False
         self.next_cleanup = 0.0
         self.last_status = ""
+        self.odd_datagrams = 0
+        self.next_odd_report = 0.0
         self.selector = selectors.DefaultSelector()
 
     # ------------------------------------------------------------ lifecycle
@@ -178,6 +180,7 @@ class Daemon:
         self.deliver_cancels()
         self.start_pending()
         self.cleanup_if_due()
+        self.report_odd_datagrams()
         status = self.current_status()
         if status != self.last_status:
             self.notifier.status(status)
@@ -187,7 +190,8 @@ class Daemon:
     def wait(self, timeout: float) -> None:
         for key, _mask in self.selector.select(timeout):
             if key.data == "wake":
-                self.wake.drain()
+                _count, odd = self.wake.drain()
+                self.odd_datagrams += odd
             elif key.data == "signal":
                 try:
                     while self._signal_r.recv(64):
@@ -195,6 +199,14 @@ class Daemon:
                 except BlockingIOError:
                     pass
             # pidfds need nothing here: collect_exited() checks them next pass.
+
+    def report_odd_datagrams(self) -> None:
+        """Log (at most once a minute) datagrams on the wake socket that were not ours."""
+        if self.odd_datagrams and time.monotonic() >= self.next_odd_report:
+            log.warning("ignored %d unexpected datagram(s) on %s (only wake-ups are read)",
+                        self.odd_datagrams, self.config.socket_path)
+            self.odd_datagrams = 0
+            self.next_odd_report = time.monotonic() + 60.0
 
     def current_status(self) -> str:
         return status_line(self.store.counts(), self.config.max_concurrent_runs,

@@ -7,6 +7,7 @@ someone else. Every pid minipipe stores comes with the process's start time
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 
@@ -61,6 +62,58 @@ def kill_group(pgid: int, sig: int = signal.SIGKILL) -> bool:
     except PermissionError:
         return False
     return True
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Make orphaned descendants re-parent to this process instead of init.
+
+    A step that double-forks a daemon (setsid, nohup … &) leaves its process group;
+    as a subreaper the runner still finds it among its children and ends it.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of `pid` (zombies included: they still need reaping)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat_fields(int(entry))
+            if fields is not None and int(fields[1]) == pid:
+                kids.append(int(entry))
+    return kids
+
+
+def kill_descendants() -> int:
+    """SIGKILL and reap every remaining child of this process, and theirs.
+
+    Killing a child re-parents its own children to us (we are a subreaper), so
+    repeat until none are left. Returns how many processes were killed.
+    """
+    killed = 0
+    for _round in range(100):
+        kids = children_of(os.getpid())
+        if not kids:
+            break
+        for pid in kids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+        for pid in kids:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+    return killed
 
 
 def kill_orphaned_group(pgid: int | None, leader_start: int | None) -> int:

@@ -111,6 +111,7 @@ class Runner:
             return 0
         self.store.set_runner(self.run_id, os.getpid(), procs.start_time(os.getpid()))
         self.install_signal_handlers()
+        procs.become_subreaper()
         plan = Plan.from_dict(self.store.run_plan(self.run_id))
         runtime_max = self.runtime_max or plan.limits.runtime_max
         run_deadline = time.monotonic() + runtime_max if runtime_max else None
@@ -268,6 +269,11 @@ class Runner:
             if proc.returncode is None:
                 proc.kill()
                 proc.wait()
+            # Daemons the step started outside its process group end with it too.
+            escaped = procs.kill_descendants()
+            if escaped:
+                self.sink.write(step.id, attempt, "minipipe", f"killed {escaped} process(es) "
+                                "the step left running outside its process group")
         return stopped_for
 
     def pump(self, fd: int, stream: str, partial: dict[int, bytes], step_id: str,

@@ -12,6 +12,7 @@ import os
 import socket
 
 MAX_DRAIN = 4096
+WAKE = b"wake"
 
 
 def ping(path: str) -> bool:
@@ -19,7 +20,7 @@ def ping(path: str) -> bool:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
-        sock.sendto(b"wake", path)
+        sock.sendto(WAKE, path)
         return True
     except BlockingIOError:
         return True  # the queue is full: the daemon has plenty of wake-ups pending
@@ -56,16 +57,21 @@ class WakeSocket:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def drain(self) -> int:
-        """Swallow pending datagrams (bounded, so a flood cannot starve the loop)."""
-        count = 0
+    def drain(self) -> tuple[int, int]:
+        """Swallow pending datagrams (bounded, so a flood cannot starve the loop).
+
+        Returns (datagrams read, of which not a plain wake-up): the caller logs the
+        odd ones; their content is never interpreted.
+        """
+        count = odd = 0
         while count < MAX_DRAIN:
             try:
-                self.sock.recv(64)
+                data = self.sock.recv(64)
             except BlockingIOError:
                 break
             count += 1
-        return count
+            odd += data != WAKE
+        return count, odd
 
     def close(self) -> None:
         self.sock.close()

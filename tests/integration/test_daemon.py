@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -235,3 +236,30 @@ def test_queue_survives_without_a_daemon(instance: Instance) -> None:
     instance.wait_state(run_id, "SUCCEEDED")
     with Store.open(str(instance.db_path), readonly=True) as store:
         assert json.loads(json.dumps(store.counts()))["SUCCEEDED"] == 1
+
+
+def test_garbage_and_floods_on_the_wake_socket_are_ignored_and_logged(running: Instance) -> None:
+    path = str(running.root / "minipipe.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sent = 0
+    try:
+        for payload in (b"", b"\x00" * 64, b"DROP TABLE runs;", b"\xff\xfe" * 30, b"submit 1"):
+            sock.sendto(payload, path)
+            sent += 1
+        for _ in range(20_000):  # a flood: the daemon must keep serving
+            try:
+                sock.sendto(b"x" * 60, path)
+                sent += 1
+            except BlockingIOError:
+                time.sleep(0.001)
+    finally:
+        sock.close()
+    run_id = running.submit('[[steps]]\nid = "a"\nrun = ["echo", "still here"]\n')
+    running.wait_state(run_id, "SUCCEEDED")
+    wait_for(lambda: "unexpected datagram(s)" in running.daemon_log.read_text(), 10,
+             "the ignored datagrams to be logged")
+    assert running.daemon.poll() is None
+    with running.store() as store:
+        assert store.integrity_check() == "ok"
+        assert store.counts()["SUCCEEDED"] == 1 and sum(store.counts().values()) == 1

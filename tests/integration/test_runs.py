@@ -247,3 +247,25 @@ def test_lots_of_output_is_kept_in_order(running: Instance) -> None:
             by_stream[record.stream].append(record.text)
     assert by_stream["stdout"] == [str(i) for i in range(1, 20001)]
     assert by_stream["stderr"] == [str(i) for i in range(1, 501)]
+
+
+def test_a_daemon_started_by_a_step_does_not_outlive_it(running: Instance) -> None:
+    pids = running.root / "pids"
+    script = running.root / "daemonize.sh"
+    # a new session: the daemon leaves the step's process group
+    script.write_text(f"setsid {running.sleeper(300)} > /dev/null 2>&1 < /dev/null &\n"
+                      f"echo $! > {pids}\nsleep 0.5\necho started a daemon\n")
+    run_id = running.submit(f"""
+[[steps]]
+id = "daemonize"
+run = ["sh", "{script}"]
+[[steps]]
+id = "after"
+run = ["echo", "next step"]
+""")
+    running.wait_state(run_id, "SUCCEEDED")
+    daemon = int(pids.read_text())
+    assert not pid_alive(daemon), "the escaped daemon must end with its step"
+    assert running.tagged_pids() == []
+    assert "killed 1 process(es) the step left running outside its process group" in \
+        running.cli("logs", str(run_id)).stdout
