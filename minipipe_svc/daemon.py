@@ -21,7 +21,7 @@ import selectors
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 from . import procs
@@ -259,8 +259,7 @@ class Daemon:
                 killed += procs.kill_orphaned_group(step.pid, step.pid_start)
         if killed:
             reason += f"; killed {killed} leftover step process(es)"
-        stop_leftovers = getattr(self.launcher, "stop_leftovers", None)
-        if stop_leftovers is not None and (done := stop_leftovers(run)):
+        if done := self.launcher.stop_leftovers(run):
             reason += f"; {done}"
         self.store.finish_run(run.id, RunState.INTERRUPTED, reason=reason)
         log.warning("run %d INTERRUPTED: %s", run.id, reason)
@@ -352,18 +351,12 @@ class Daemon:
         for fixed in ("db_path", "socket_path", "isolation"):
             if getattr(new, fixed) != getattr(self.config, fixed):
                 log.warning("reload: %s changed; it takes effect only after a restart", fixed)
-                new = _replace(new, fixed, getattr(self.config, fixed))
+                new = replace(new, **{fixed: getattr(self.config, fixed)})
         self.config = new
         self.next_cleanup = 0.0
         log.info("config reloaded: up to %d runs, poll every %gs", new.max_concurrent_runs,
                  new.poll_interval_seconds)
         self.notifier.ready(self.current_status())
-
-
-def _replace(config: Config, key: str, value: object) -> Config:
-    from dataclasses import replace
-
-    return replace(config, **{key: value})
 
 
 def _pidfd_ready(pidfd: int) -> bool:

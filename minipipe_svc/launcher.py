@@ -33,6 +33,9 @@ class Launcher(Protocol):
 
     def is_alive(self, run: RunRow) -> bool: ...
 
+    def stop_leftovers(self, run: RunRow) -> str | None:
+        """After a runner vanished: stop what is left of its run; say what was done."""
+
 
 class ProcessLauncher:
     """Runners as process groups of their own; no systemd needed."""
@@ -49,3 +52,6 @@ class ProcessLauncher:
 
     def is_alive(self, run: RunRow) -> bool:
         return procs.is_alive(run.runner_pid, run.runner_start)
+
+    def stop_leftovers(self, run: RunRow) -> str | None:
+        return None  # the daemon kills the step's process group itself

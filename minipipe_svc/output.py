@@ -62,9 +62,7 @@ class OutputReader:
             yield from self._from_file(follow)
             return
         if not follow:
-            lines = self._complete_journal(read_journal)
-            if lines is not None:
-                yield from lines
+            yield from self._complete_journal()
             return
         cursor, count = None, 0
         while True:
@@ -82,8 +80,10 @@ class OutputReader:
                               f"{expected - count}); the complete output is in {self.path} "
                               "(`minipipe logs --source file`)")
 
-    def _complete_journal(self, read_journal) -> list[LogLine] | None:
+    def _complete_journal(self) -> list[LogLine]:
         """All journal lines if the journal has them all; else the file's, with a note."""
+        from .systemd import read_journal
+
         lines, _cursor = read_journal(self.run.id)
         expected = self.store.output_lines(self.run.id) if self.run.state.is_terminal else None
         deadline = time.monotonic() + JOURNAL_CATCH_UP_SECONDS

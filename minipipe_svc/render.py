@@ -8,7 +8,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from .logs import LogLine
 from .model import RunState, StepState
 from .quantities import format_duration
 from .store import EventRow, RunRow, StepRow, parse_time
@@ -98,12 +97,6 @@ def event_text(event: EventRow) -> str:
     detail = " ".join(f"{k}={v}" for k, v in event.detail.items())
     step = f" [{event.step_id}]" if event.step_id else ""
     return f"{event.ts}  {event.kind}{step}  {detail}".rstrip()
-
-
-def log_line_text(line: LogLine, *, show_step: bool = True) -> str:
-    if not show_step:
-        return line.text
-    return f"{line.step_id} | {line.text}"
 
 
 def _clip(text: str, width: int) -> str:
