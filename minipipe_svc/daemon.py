@@ -20,6 +20,7 @@ import os
 import selectors
 import signal
 import socket
+import sqlite3
 import time
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -125,7 +126,12 @@ class Daemon:
         self.notifier.ready(self.current_status())
         try:
             while not self.stop_requested:
-                self.iterate()
+                try:
+                    self.iterate()
+                except (StoreError, sqlite3.Error) as exc:
+                    # Not a healthy pass: no watchdog ping. A DB that stays unusable
+                    # lets the watchdog restart us; a passing lock is simply retried.
+                    log.error("scheduler pass failed, retrying: %s", exc)
                 self.wait(min(self.config.poll_interval_seconds, self.max_sleep or 3600.0))
         finally:
             self.notifier.stopping()

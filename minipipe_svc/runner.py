@@ -32,6 +32,7 @@ from .quantities import format_duration
 from .store import Store, StoreError
 
 MAX_LINE_BYTES = 64 * 1024
+RUNNER_BUSY_TIMEOUT_MS = 120_000
 # After a step's main process exits and its group is killed, how long to keep
 # reading output still held open by a process that escaped the group (setsid).
 ESCAPED_OUTPUT_GRACE = 2.0
@@ -336,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in STRIPPED_ENV:
         os.environ.pop(name, None)
     try:
-        store = Store.open(args.db_path, create=False)
+        # The runner alone knows how its run ends: it waits far longer for a DB lock
+        # than the daemon or the CLI before giving up on recording a result.
+        store = Store.open(args.db_path, create=False, busy_timeout_ms=RUNNER_BUSY_TIMEOUT_MS)
     except StoreError as exc:
         print(f"minipipe-runner: {exc}", file=sys.stderr)
         return 1

@@ -227,8 +227,12 @@ class Store:
     # ------------------------------------------------------------ opening
 
     @classmethod
-    def open(cls, path: str, *, readonly: bool = False, create: bool = True) -> Store:
-        """Open (and for writers, create and migrate) the DB at `path`."""
+    def open(cls, path: str, *, readonly: bool = False, create: bool = True,
+             busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Store:
+        """Open (and for writers, create and migrate) the DB at `path`.
+
+        `busy_timeout_ms` is how long a write waits for another writer's lock.
+        """
         exists = os.path.exists(path)
         directory = os.path.dirname(os.path.abspath(path))
         if not exists and os.path.isdir(directory) and not os.access(directory, os.X_OK):
@@ -256,9 +260,9 @@ class Store:
                                                                     else "?mode=rwc")
         try:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None,
-                                   timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
+                                   timeout=busy_timeout_ms / 1000, check_same_thread=False)
             conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             conn.execute("PRAGMA foreign_keys = ON")
             store = cls(conn, path, readonly)
             if not readonly:

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -263,3 +264,34 @@ def test_garbage_and_floods_on_the_wake_socket_are_ignored_and_logged(running: I
     with running.store() as store:
         assert store.integrity_check() == "ok"
         assert store.counts()["SUCCEEDED"] == 1 and sum(store.counts().values()) == 1
+
+
+def test_a_long_write_lock_is_survived_and_retried(instance: Instance) -> None:
+    instance.write_config(poll_interval_seconds=0.5)
+    run_id = instance.submit('[[steps]]\nid = "a"\nrun = ["true"]\n')  # queued, no daemon
+    holder = sqlite3.connect(instance.db_path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # longer than the daemon's 10 s busy timeout
+    try:
+        instance.start_daemon()  # reads work (WAL); starting the run needs a write
+        wait_for(lambda: "scheduler pass failed, retrying" in instance.daemon_log.read_text(),
+                 40, "the daemon to hit the lock")
+        assert instance.daemon.poll() is None, "the daemon must survive a locked DB"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    instance.wait_state(run_id, "SUCCEEDED")
+
+
+def test_a_runner_waits_out_a_lock_longer_than_the_daemons(running: Instance) -> None:
+    run_id = running.submit(f'[[steps]]\nid = "a"\nrun = "{running.gated("exit 4")}"\n')
+    running.wait_started()
+    holder = sqlite3.connect(running.db_path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        running.open_gate()  # the step ends now; its runner cannot write for 12 s
+        time.sleep(12)  # longer than the 10 s that the daemon and the CLI wait
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    run = running.wait_state(run_id, "FAILED")
+    assert (run["exit_code"], run["reason"]) == (4, "step a: exited with status 4")
