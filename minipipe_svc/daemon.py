@@ -239,11 +239,13 @@ class Daemon:
                 if not _pidfd_ready(watch.pidfd):
                     continue
                 status = None
+            # Judge the run first: if the DB is locked now, the watch stays and the
+            # next pass tries again (the pidfd stays readable, poll() keeps the status).
+            self.runner_ended(watch.run_id, status)
             self.selector.unregister(watch.pidfd)
             os.close(watch.pidfd)
             del self.watches[watch.run_id]
             self.cancels_sent.discard(watch.run_id)
-            self.runner_ended(watch.run_id, status)
 
     def runner_ended(self, run_id: int, status: int | None) -> None:
         run = self.store.get_run(run_id)
