@@ -668,6 +668,10 @@ class Store:
                 "SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ? "
                 "AND state NOT IN ('PENDING', 'RUNNING')", (cutoff,))]
             conn.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
+            if ids:
+                # The runs' own events go with them; this one tells followers (the
+                # monitor) which runs to forget.
+                self._event(conn, None, "runs_deleted", ids=ids, before=cutoff)
         return ids
 
     def integrity_check(self) -> str:

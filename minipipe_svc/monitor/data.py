@@ -66,9 +66,10 @@ class MonitorData:
             return Update()
         self.last_event_id = events[-1].id
         touched = {e.run_id for e in events if e.run_id is not None}
+        deleted = {i for e in events if e.kind == "runs_deleted" for i in e.detail["ids"]}
         fresh = {run.id: run for run in self.store.runs_by_ids(sorted(touched))}
         self.runs.update(fresh)
-        removed = touched - set(fresh)
+        removed = (touched - set(fresh)) | (deleted & set(self.runs))
         for run_id in removed:
             self.runs.pop(run_id, None)
         return Update(changed=set(fresh), removed=removed, events=events)

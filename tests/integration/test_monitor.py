@@ -19,7 +19,7 @@ from minipipe_svc.monitor.widgets.help import HelpScreen
 from minipipe_svc.monitor.widgets.output import OutputLog
 from minipipe_svc.monitor.widgets.runs import RunsTable
 from minipipe_svc.monitor.widgets.steps import StepsPanel, StepsTable
-from minipipe_svc.store import SCHEMA_VERSION
+from minipipe_svc.store import SCHEMA_VERSION, Store
 
 from .conftest import ROOT, Instance
 from .monitor_fixtures import NOW, build_db
@@ -319,5 +319,18 @@ def test_live_update_from_a_real_daemon(instance: Instance) -> None:
                                             for s in output.lines), what="later output")
         cell = str(table.get_row_at(table.shown.index(run_id))[2])
         assert cell == "SUCCEEDED"
+
+    run_app(app, scenario)
+
+
+def test_runs_deleted_by_cleanup_leave_the_screen(tmp_path: Path) -> None:
+    db = build_db(tmp_path)
+    app = monitor(db)
+
+    async def scenario(pilot) -> None:
+        assert names(app) == [3, 5, 4, 2, 1]
+        with Store.open(str(db)) as store:  # what the daemon's auto-cleanup does
+            assert store.delete_finished_before("9999-01-01T00:00:00.000Z") == [1, 2]
+        await until(app, pilot, lambda: names(app) == [3, 5, 4], what="the cleanup")
 
     run_app(app, scenario)

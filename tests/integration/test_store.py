@@ -155,6 +155,9 @@ def test_delete_finished_before_cascades(store: Store) -> None:
     assert store.get_steps(run_id) == [] and store.events(run_id=run_id) == []
     assert store.get_run(keep).state is RunState.PENDING
     assert store.integrity_check() == "ok"
+    notice = store.events()[-1]
+    assert (notice.kind, notice.run_id, notice.detail["ids"]) == ("runs_deleted", None,
+                                                                  [run_id])
 
 
 def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
