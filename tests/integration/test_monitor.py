@@ -334,3 +334,32 @@ def test_runs_deleted_by_cleanup_leave_the_screen(tmp_path: Path) -> None:
         await until(app, pilot, lambda: names(app) == [3, 5, 4], what="the cleanup")
 
     run_app(app, scenario)
+
+
+def test_unreadable_db_is_explained_to_a_user_outside_the_group() -> None:
+    root = Path(tempfile.mkdtemp(prefix="minipipe-monitor-"))
+    try:
+        db = build_db(root)
+        os.chmod(root, 0o750)  # like /var/lib/minipipe (2770): others cannot enter
+        code = (
+            "import asyncio, sys\n"
+            "from minipipe_svc.monitor.app import MonitorApp\n"
+            "async def main():\n"
+            "    app = MonitorApp(sys.argv[1], sys.argv[2], poll_interval=3600)\n"
+            "    async with app.run_test() as pilot:\n"
+            "        for _ in range(50):\n"
+            "            await pilot.pause(0.05)\n"
+            "            banner = app.query_one('#banner')\n"
+            "            if banner.has_class('visible'):\n"
+            "                break\n"
+            "        print(banner.render())\n"
+            "asyncio.run(main())\n")
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             "-c", code, str(db), str(root / "logs")], capture_output=True, text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    finally:
+        shutil.rmtree(root)
+    assert result.returncode == 0, result.stderr
+    assert "permission denied" in result.stdout
+    assert "add yourself to group minipipe" in result.stdout

@@ -81,6 +81,7 @@ def test_install_use_upgrade_remove_purge(fresh_box: Container, deb: Path,
     run_id = box.submit('[[steps]]\nid = "who"\nrun = ["id", "-un"]\n')
     box.wait_state(run_id, "SUCCEEDED")
     assert box.minipipe(f"logs --raw {run_id}").stdout.split() == ["minipipe"]
+    assert box.minipipe(f"logs -f --raw {run_id}").stdout.split() == ["minipipe"]
 
     # a user outside the group is turned away cleanly
     for args in ("ls", f"show {run_id}", "status"):
