@@ -24,6 +24,7 @@ import click
 from . import __version__
 from .config import Config, ConfigError, load_config
 from .model import RunState
+from .procs import user_name
 from .store import ConflictError, NoSuchRun, Store, StoreError
 
 EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_TIMEOUT = 1, 2, 124
@@ -110,15 +111,6 @@ class Context:
 
 
 pass_ctx = click.make_pass_decorator(Context)
-
-
-def _user() -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())
 
 
 def _cwd_warnings(plan: Any, config: Config) -> list[str]:
@@ -219,7 +211,7 @@ def submit(ctx: Context, plan: str, priority: int | None, fmt: str | None,
     for warning in _cwd_warnings(parsed, ctx.config):
         click.echo(f"minipipe: warning: {warning}", err=True)
     with ctx.store(create=True) as store:
-        run_id = store.submit(parsed.to_dict(), source=source, submitted_by=_user(),
+        run_id = store.submit(parsed.to_dict(), source=source, submitted_by=user_name(),
                               priority=priority)
         run = store.get_run(run_id) if as_json else None
     woke = ping(ctx.config.socket_path)
@@ -396,7 +388,7 @@ def cancel(ctx: Context, run_ids: tuple[int, ...], cancel_all: bool) -> None:
             run_ids = tuple(r.id for r in store.list_runs(
                 limit=None, states=(RunState.PENDING, RunState.RUNNING)))
         for run_id in run_ids:
-            was = store.request_cancel(run_id, by=_user())
+            was = store.request_cancel(run_id, by=user_name())
             click.echo(f"run {run_id}: " + ("cancelled" if was is RunState.PENDING
                                             else "cancel requested"))
     if not ping(ctx.config.socket_path) and any(True for _ in run_ids):
@@ -415,7 +407,7 @@ def retry(ctx: Context, run_id: int) -> None:
     from .wake import ping
 
     with ctx.store() as store:
-        attempt = store.retry(run_id, by=_user())
+        attempt = store.retry(run_id, by=user_name())
     click.echo(f"run {run_id}: queued again (attempt {attempt})")
     if not ping(ctx.config.socket_path):
         click.echo("minipipe: the daemon is not running; the run starts when it does", err=True)
@@ -476,7 +468,7 @@ def pause(ctx: Context) -> None:
     For maintenance: the pause is stored in the DB and survives daemon restarts.
     """
     with ctx.store(create=True) as store:
-        changed = store.set_paused(True, by=_user())
+        changed = store.set_paused(True, by=user_name())
     click.echo("queue paused" if changed else "queue was already paused")
 
 
@@ -487,7 +479,7 @@ def resume(ctx: Context) -> None:
     from .wake import ping
 
     with ctx.store(create=True) as store:
-        changed = store.set_paused(False, by=_user())
+        changed = store.set_paused(False, by=user_name())
     click.echo("queue resumed" if changed else "queue was not paused")
     ping(ctx.config.socket_path)
 

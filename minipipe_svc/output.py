@@ -19,6 +19,7 @@ from .store import RunRow, Store
 FOLLOW_POLL_SECONDS = 0.2
 # journald may store a burst a little after the sender exits (~1 s for 100k lines).
 JOURNAL_CATCH_UP_SECONDS = 5.0
+NO_JOURNAL_ACCESS = "no journal access (join group systemd-journal or adm)"
 
 
 class OutputReader:
@@ -57,8 +58,7 @@ class OutputReader:
         from .systemd import journal_readable, read_journal
 
         if not journal_readable():
-            self.notes.append("you may not read the system journal (join group "
-                              "systemd-journal or adm); showing the file mirror " + self.path)
+            self.notes.append(f"{NO_JOURNAL_ACCESS}; showing the file mirror {self.path}")
             yield from self._from_file(follow)
             return
         if not follow:
@@ -76,9 +76,8 @@ class OutputReader:
                 self._refresh()
         expected = self.store.output_lines(self.run.id)
         if expected is not None and count < expected:
-            self.notes.append(f"the journal kept {count} of {expected} lines (journald dropped "
-                              f"{expected - count}); the complete output is in {self.path} "
-                              "(`minipipe logs --source file`)")
+            self.notes.append(f"{_shortfall(count, expected)}; the complete output is in "
+                              f"{self.path} (`minipipe logs --source file`)")
 
     def _complete_journal(self) -> list[LogLine]:
         """All journal lines if the journal has them all; else the file's, with a note."""
@@ -92,11 +91,15 @@ class OutputReader:
             lines, _cursor = read_journal(self.run.id)
         if expected is None or len(lines) >= expected:
             return lines
-        self.notes.append(f"the journal kept {len(lines)} of {expected} lines (journald "
-                          f"dropped {expected - len(lines)}); showing the complete file mirror "
-                          + self.path)
+        self.notes.append(f"{_shortfall(len(lines), expected)}; showing the complete file "
+                          f"mirror {self.path}")
         file_lines, _offset = read_log(self.path)
         return file_lines
+
+
+def _shortfall(kept: int, expected: int) -> str:
+    return (f"the journal kept {kept} of {expected} lines (journald dropped "
+            f"{expected - kept})")
 
 
 def _journal_module() -> bool:
@@ -143,8 +146,7 @@ class OutputFollower:
             if journal_readable():
                 self.source = "journal"
             else:
-                self.note = ("no journal access (join group systemd-journal or adm); "
-                             "showing the file mirror")
+                self.note = f"{NO_JOURNAL_ACCESS}; showing the file mirror"
 
     def poll(self) -> list[LogLine]:
         if self.source == "journal":

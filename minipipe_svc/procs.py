@@ -22,6 +22,17 @@ def _stat_fields(pid: int) -> list[str] | None:
     return data[data.rindex(")") + 2:].split()
 
 
+def user_name(uid: int | None = None) -> str:
+    """The name of `uid` (default: this process's user), or the number if it has none."""
+    import pwd
+
+    uid = os.getuid() if uid is None else uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot, or None if it is gone."""
     fields = _stat_fields(pid)

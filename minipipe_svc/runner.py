@@ -183,8 +183,8 @@ class Runner:
         except PermissionError as exc:
             if exc.filename == step.cwd or not os.access(step.cwd, os.X_OK):
                 return StepResult(StepState.FAILED, 126, (
-                    f"permission denied: user {_whoami()} cannot enter the working directory "
-                    f"{step.cwd}; set the step's cwd to a directory it may use"))
+                    f"permission denied: user {procs.user_name()} cannot enter the working "
+                    f"directory {step.cwd}; set the step's cwd to a directory it may use"))
             return StepResult(StepState.FAILED, 126, f"permission denied: {exc.filename}")
         except OSError as exc:
             return StepResult(StepState.FAILED, 126, f"cannot start: {exc.strerror or exc}")
@@ -298,15 +298,6 @@ class Runner:
             rest = rest[MAX_LINE_BYTES:]
         partial[fd] = rest
         return True
-
-
-def _whoami() -> str:
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return str(os.getuid())
 
 
 def _text(data: bytes) -> str:

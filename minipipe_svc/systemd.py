@@ -20,7 +20,9 @@ import glob
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from . import procs
 from .launcher import LaunchedRunner
@@ -260,11 +262,7 @@ def read_journal(run_id: int, cursor: str | None = None) -> tuple[list[LogLine],
     A user who may not read the system journal simply gets no lines; callers
     compare with the runner's line count and fall back to the file mirror.
     """
-    from systemd import journal
-
-    reader = journal.Reader(flags=journal.SYSTEM_ONLY)
-    try:
-        reader.add_match(MINIPIPE_RUN_ID=str(run_id))
+    with _run_entries(run_id) as reader:
         if cursor:
             reader.seek_cursor(cursor)
             reader.get_next()  # the cursor's own entry was returned last time
@@ -279,19 +277,24 @@ def read_journal(run_id: int, cursor: str | None = None) -> tuple[list[LogLine],
                                      int(entry.get("MINIPIPE_ATTEMPT", 0) or 0),
                                      entry.get("MINIPIPE_STREAM", "stdout"), text))
         return lines, cursor
-    finally:
-        reader.close()
 
 
 def count_journal_lines(run_id: int) -> int:
     """How many output lines of the run the journal holds (packed entries count fully)."""
+    with _run_entries(run_id) as reader:
+        reader.data_threshold = 64  # only the small fields are needed, not the messages
+        return sum(int(entry.get("MINIPIPE_LINES", 1) or 1) for entry in reader)
+
+
+@contextlib.contextmanager
+def _run_entries(run_id: int) -> Iterator[Any]:
+    """A system journal reader matching one run's entries."""
     from systemd import journal
 
     reader = journal.Reader(flags=journal.SYSTEM_ONLY)
     try:
         reader.add_match(MINIPIPE_RUN_ID=str(run_id))
-        reader.data_threshold = 64
-        return sum(int(entry.get("MINIPIPE_LINES", 1) or 1) for entry in reader)
+        yield reader
     finally:
         reader.close()
 
