@@ -113,40 +113,6 @@ class Context:
 pass_ctx = click.make_pass_decorator(Context)
 
 
-def _cwd_warnings(plan: Any, config: Config) -> list[str]:
-    """Working directories the run user will not be able to enter (a common first trap)."""
-    import grp
-    import pwd
-    import stat
-
-    if config.isolation == "none" or not config.run_user:
-        return []
-    try:
-        user = pwd.getpwnam(config.run_user)
-    except KeyError:
-        return []
-    if user.pw_uid == os.getuid():
-        return []
-    groups = {g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem} | {user.pw_gid}
-    warnings = []
-    for cwd in sorted({step.cwd for step in plan.steps}):
-        path = "/"
-        for part in [p for p in cwd.split("/") if p] + [""]:
-            path = os.path.join(path, part) if part else path
-            try:
-                info = os.stat(path)
-            except OSError:
-                break
-            bit = (stat.S_IXUSR if info.st_uid == user.pw_uid else
-                   stat.S_IXGRP if info.st_gid in groups else stat.S_IXOTH)
-            if not info.st_mode & bit:
-                warnings.append(f"{config.run_user} (the user runs execute as) cannot enter "
-                                f"{path}, so steps with cwd {cwd} will fail; set cwd in the "
-                                "plan or keep the plan in a directory it can read")
-                break
-    return warnings
-
-
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2))
 
@@ -199,32 +165,25 @@ def submit(ctx: Context, plan: str, priority: int | None, fmt: str | None,
     run's id. An invalid plan is reported with its file, line and key, and
     nothing is queued (exit status 2).
     """
-    from .plan import PlanError, load_plan
-    from .wake import ping
+    from .plan import PlanError
+    from .submit import not_running_notice, submit_plan, submitted_json
 
     try:
-        parsed = load_plan(plan, fmt=fmt,
-                           stdin=sys.stdin.buffer.read() if plan == "-" else None)
+        submitted, warnings = submit_plan(
+            ctx.config, plan, priority=priority, fmt=fmt,
+            stdin=sys.stdin.buffer.read() if plan == "-" else None, read_back=as_json)
     except PlanError as exc:
         raise UserError(str(exc)) from None
-    source = None if plan == "-" else os.path.abspath(plan)
-    for warning in _cwd_warnings(parsed, ctx.config):
+    except StoreError as exc:
+        raise Failure(str(exc)) from None
+    for warning in warnings:
         click.echo(f"minipipe: warning: {warning}", err=True)
-    with ctx.store(create=True) as store:
-        run_id = store.submit(parsed.to_dict(), source=source, submitted_by=user_name(),
-                              priority=priority)
-        run = store.get_run(run_id) if as_json else None
-    woke = ping(ctx.config.socket_path)
-    if as_json and run is not None:
-        from .render import run_json
-
-        _echo_json({**run_json(run), "daemon_running": woke})
+    if as_json:
+        _echo_json(submitted_json(submitted))
     else:
-        click.echo(run_id)
-    if not woke:
-        click.echo(f"minipipe: queued run {run_id}, but the daemon is not running; it starts "
-                   "when the daemon does (`minipipe daemon` or `systemctl start minipipe`)",
-                   err=True)
+        click.echo(submitted.run_id)
+    if not submitted.daemon_running:
+        click.echo(not_running_notice(submitted.run_id), err=True)
 
 
 @cli.command(name="ls")

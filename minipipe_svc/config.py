@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +34,8 @@ KEYS: dict[str, tuple[Any, str]] = {
     "completed_run_retention_days": (7.0, "age of a finished run before auto-cleanup"),
     "log_dir": (None, "per-run output files (null: <db dir>/logs)"),
     "socket_path": (None, "the daemon's wake-up socket (null: <db dir>/minipipe.sock)"),
-    "minipipe_command": (None, "argv that executes one run (null: this Python's "
-                               "`-m minipipe_svc.runner`)"),
+    "minipipe_command": (None, "argv that executes one run, e.g. to wrap the runner in a "
+                               "profiler (null: the daemon forks runners, much faster)"),
     "kill_grace_seconds": (10.0, "SIGTERM to SIGKILL grace when a step times out or is cancelled"),
 }
 
@@ -67,15 +66,6 @@ class Config:
             return self.isolation
         started_by_systemd = "NOTIFY_SOCKET" in os.environ or "INVOCATION_ID" in os.environ
         return "scope" if started_by_systemd and os.path.isdir("/run/systemd/system") else "none"
-
-    def runner_argv(self, run_id: int, *, journal: bool = False,
-                    runtime_max: float | None = None) -> list[str]:
-        """The command line that executes one run (all it needs is on the argv)."""
-        extra = ["--journal"] if journal else []
-        if runtime_max is not None:
-            extra += ["--runtime-max", f"{runtime_max:g}"]
-        return [*self.minipipe_command, "--db-path", self.db_path, "--log-dir", self.log_dir,
-                "--kill-grace", f"{self.kill_grace_seconds:g}", *extra, str(run_id)]
 
 
 def resolve_config_path(explicit: str | None) -> tuple[str, bool]:
@@ -165,8 +155,9 @@ def build_config(document: dict[str, Any], *, source: str | None) -> Config:
     if not isinstance(values["auto_cleanup_completed_runs"], bool):
         raise bad("auto_cleanup_completed_runs", "true or false")
     command = values["minipipe_command"]
+    argv: tuple[str, ...] = ()  # the daemon forks its runners
     if command is None:
-        argv: tuple[str, ...] = (sys.executable, "-m", "minipipe_svc.runner")
+        pass
     elif isinstance(command, str) and command.strip():
         argv = tuple(shlex.split(command))
     elif isinstance(command, list) and command and all(

@@ -30,7 +30,8 @@ from .config import Config, ConfigError, load_config
 from .launcher import LaunchedRunner, Launcher, ProcessLauncher
 from .logs import log_path
 from .model import RunState
-from .plan import Plan, merge_limits
+from .plan import Limits, Plan, merge_limits
+from .runner import RunnerArgs
 from .store import RunRow, Store, StoreError
 from .wake import WakeSocket
 
@@ -305,18 +306,34 @@ class Daemon:
         free = self.config.max_concurrent_runs - self.store.count_running()
         if free <= 0:
             return
+        ready: list[tuple[RunRow, RunnerArgs, Limits]] = []
         for run in self.store.pending_runs(free):
             unit = self.launcher.unit_name(run.id)
             if not self.store.start_run(run.id, unit=unit):
                 continue
-            try:
-                limits = merge_limits(Plan.from_dict(self.store.run_plan(run.id)).limits,
-                                      self.config.default_limits)
-                argv = self.config.runner_argv(run.id, journal=self.journal,
-                                               runtime_max=limits.runtime_max)
-                runner = self.launcher.launch(run.id, argv, limits)
-            except OSError as exc:
-                reason = f"could not start the runner: {exc.strerror or exc}"
+            limits = merge_limits(Plan.from_dict(self.store.run_plan(run.id)).limits,
+                                  self.config.default_limits)
+            ready.append((run, RunnerArgs(
+                self.config.db_path, self.config.log_dir, run.id,
+                kill_grace=self.config.kill_grace_seconds, runtime_max=limits.runtime_max,
+                journal=self.journal), limits))
+        if not ready:
+            return
+        # Runners are forked from this process, and SQLite forbids carrying an open
+        # connection across fork(): ours is closed meanwhile (reopening costs ~0.2 ms).
+        launched: list[tuple[RunRow, LaunchedRunner | OSError]] = []
+        self.store.close()
+        try:
+            for run, args, limits in ready:
+                try:
+                    launched.append((run, self.launcher.launch(args, limits)))
+                except OSError as exc:
+                    launched.append((run, exc))
+        finally:
+            self.store = Store.open(self.config.db_path)
+        for run, runner in launched:
+            if isinstance(runner, OSError):
+                reason = f"could not start the runner: {runner.strerror or runner}"
                 self.store.finish_run(run.id, RunState.FAILED, reason=reason)
                 log.error("run %d FAILED: %s", run.id, reason)
                 continue
@@ -325,7 +342,7 @@ class Daemon:
                 # It already exited and was reaped elsewhere: judge it by the DB.
                 self.runner_ended(run.id, None)
             log.info("run %d (%s) started: runner pid %d%s", run.id, run.name, runner.pid,
-                     f", unit {unit}" if unit else "")
+                     f", unit {runner.unit}" if runner.unit else "")
 
     # ------------------------------------------------------------ housekeeping
 
@@ -391,14 +408,15 @@ def serve(config: Config, config_path: str | None) -> int:
         systemd_notifier = SystemdNotifier()
         notifier, watchdog_seconds = systemd_notifier, systemd_notifier.watchdog_seconds
     isolation = config.effective_isolation()
-    launcher: Launcher = ProcessLauncher()
+    launcher: Launcher = ProcessLauncher(config.minipipe_command)
     if isolation == "scope":
         if os.geteuid() == 0 and not config.run_user:
             log.error("isolation scope as root needs run_user: runs never execute as root")
             return 1
         from .systemd import ScopeLauncher
 
-        launcher = ScopeLauncher(config.run_user if os.geteuid() == 0 else None)
+        launcher = ScopeLauncher(config.run_user if os.geteuid() == 0 else None,
+                                 config.minipipe_command)
     daemon = Daemon(config, config_path=config_path, launcher=launcher, notifier=notifier,
                     isolation=isolation, watchdog_seconds=watchdog_seconds)
     return daemon.run()

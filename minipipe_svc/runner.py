@@ -1,15 +1,17 @@
 """The runner: owns one run from its first step to its recorded end.
 
-Started by the daemon (through `minipipe_command`) once per run. It records every
-step and run transition itself, so a run finishes correctly even while the daemon
-is restarted or dead. Each step is its own process group: a timeout or a cancel
-stops the whole group (SIGTERM, then SIGKILL after the grace period), and nothing
-a step left in its group outlives the step.
+Forked by the daemon once per run (or started as a command when the config sets
+`minipipe_command`). It records every step and run transition itself, so a run
+finishes correctly even while the daemon is restarted or dead. Each step is its
+own process group: a timeout or a cancel stops the whole group (SIGTERM, then
+SIGKILL after the grace period), and nothing a step left in its group outlives
+the step.
 
 SIGTERM, SIGINT and SIGHUP to the runner mean "cancel this run". The daemon sends
 SIGTERM when an operator asks for a cancel.
 
-Kept free of click and other heavy imports: it starts once per run.
+Kept free of click and other heavy imports: forked, it costs no imports at all;
+started as a command, it pays for each one once per run.
 """
 
 from __future__ import annotations
@@ -312,7 +314,27 @@ def _drain(fd: int) -> None:
         pass
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(frozen=True)
+class RunnerArgs:
+    """Everything a runner needs besides the DB: the daemon fills it in per run."""
+
+    db_path: str
+    log_dir: str
+    run_id: int
+    kill_grace: float = 10.0
+    runtime_max: float | None = None  # seconds the whole run may take (plan or config)
+    journal: bool = False  # also send every output line to journald
+
+    def argv(self) -> list[str]:
+        """The same, as the command line of `python3 -m minipipe_svc.runner`."""
+        extra = ["--journal"] if self.journal else []
+        if self.runtime_max is not None:
+            extra += ["--runtime-max", f"{self.runtime_max:g}"]
+        return ["--db-path", self.db_path, "--log-dir", self.log_dir,
+                "--kill-grace", f"{self.kill_grace:g}", *extra, str(self.run_id)]
+
+
+def parse_args(argv: list[str] | None = None) -> RunnerArgs:
     parser = argparse.ArgumentParser(
         prog="minipipe-runner",
         description="Execute one minipipe run (started by the daemon; not for direct use).")
@@ -325,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="also send every output line to journald")
     parser.add_argument("run_id", type=int)
     args = parser.parse_args(argv)
+    return RunnerArgs(args.db_path, args.log_dir, args.run_id, args.kill_grace,
+                      args.runtime_max, args.journal)
+
+
+def execute(args: RunnerArgs) -> int:
+    """Run one run to its recorded end; the exit status of the runner process."""
     for name in STRIPPED_ENV:
         os.environ.pop(name, None)
     try:
@@ -350,6 +378,22 @@ def main(argv: list[str] | None = None) -> int:
         except Exception:
             traceback.print_exc()
         return 70
+
+
+def record_launch_failure(args: RunnerArgs, reason: str) -> int:
+    """The run could not even be set up (no scope, no user): end it FAILED, say why."""
+    print(f"minipipe-runner: run {args.run_id}: {reason}", file=sys.stderr)
+    try:
+        store = Store.open(args.db_path, create=False, busy_timeout_ms=RUNNER_BUSY_TIMEOUT_MS)
+        store.finish_run(args.run_id, RunState.FAILED, reason=reason)
+    except Exception:
+        traceback.print_exc()
+        return 70
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return execute(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -5,10 +5,12 @@ manager), a Launcher (start a runner, tell if it lives) and a LogSink / journal
 reader (run output). Without systemd the daemon uses the plain versions in
 daemon.py, launcher.py and logs.py.
 
-Scopes are started with `systemd-run --scope` rather than D-Bus StartTransientUnit:
-it needs no D-Bus library (nothing beyond the design card), it execs the runner in
-place so the runner stays the daemon's child (pidfd, exit status), it does the
-switch to `run_user` itself, and it costs ~5 ms, measured next to the rest in bench/.
+A runner joins its scope the way `systemd-run --scope` would, but from inside
+the process forked by the daemon: StartTransientUnit with its own pid, over
+systemd's private socket (dbus.py), then it waits for the job and switches to
+`run_user`. This saves a process start and a Python start per run (bench/
+measures both). With `minipipe_command` set, or a daemon not running as root,
+the runner is started by `systemd-run --scope` instead.
 Heavy modules (systemd.journal, sdnotify) are imported only where used.
 """
 
@@ -24,14 +26,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import procs
-from .launcher import LaunchedRunner
+from . import dbus, procs
+from .launcher import RUNNER_MODULE_COMMAND, LaunchedRunner, fork_runner
 from .logs import LogLine
 from .plan import Limits
-from .runner import clean_environment
+from .runner import RunnerArgs, clean_environment
 from .store import RunRow
 
 SLICE = "minipipe.slice"
+PRIVATE_BUS = "/run/systemd/private"
+SCOPE_JOB_TIMEOUT_SECONDS = 30.0
 SYSLOG_IDENTIFIER = "minipipe-run"
 PRIORITY = {"stdout": 6, "stderr": 4, "minipipe": 5}  # info, warning, notice
 # The scope ends the run on its own only if the runner's own runtime_max deadline
@@ -116,22 +120,86 @@ def scope_argv(run_id: int, runner_argv: list[str], *, run_user: str | None,
     return [*argv, "--", *runner_argv]
 
 
+def scope_dbus_properties(limits: Limits, description: str) -> list[tuple[str, Any]]:
+    """StartTransientUnit properties for a run's scope, as (name, (signature, value))."""
+    properties: list[tuple[str, Any]] = [
+        ("Description", ("s", description)), ("Slice", ("s", SLICE)),
+        ("CollectMode", ("s", "inactive-or-failed"))]  # = systemd-run --collect
+    if limits.memory_max is not None:
+        properties.append(("MemoryMax", ("t", limits.memory_max)))
+    if limits.cpu_quota is not None:
+        properties.append(("CPUQuotaPerSecUSec", ("t", round(limits.cpu_quota * 10_000))))
+    if limits.tasks_max is not None:
+        properties.append(("TasksMax", ("t", limits.tasks_max)))
+    if limits.runtime_max is not None:
+        seconds = int(limits.runtime_max) + RUNTIME_MAX_MARGIN_SECONDS
+        properties.append(("RuntimeMaxUSec", ("t", seconds * 1_000_000)))
+    return properties
+
+
+def join_new_scope(run_id: int, limits: Limits, description: str) -> None:
+    """Move this process into a new `minipipe-run-<id>.scope` and wait until it is in.
+
+    What `systemd-run --scope` does before it execs its command; needs root.
+    """
+    unit = unit_name(run_id)
+    results: dict[str, str] = {}
+
+    def on_signal(message: dbus.Message) -> None:
+        if message.member == "JobRemoved" and len(message.body) == 4:
+            results[message.body[2]] = message.body[3]  # unit -> "done", "failed", ...
+
+    manager = {"destination": "org.freedesktop.systemd1", "path": "/org/freedesktop/systemd1",
+               "interface": "org.freedesktop.systemd1.Manager", "on_signal": on_signal}
+    properties = [*scope_dbus_properties(limits, description), ("PIDs", ("au", [os.getpid()]))]
+    with dbus.Connection(PRIVATE_BUS, SCOPE_JOB_TIMEOUT_SECONDS) as bus:
+        bus.call(member="Subscribe", **manager)
+        bus.call(member="StartTransientUnit", signature="ssa(sv)a(sa(sv))",
+                 args=[unit, "fail", properties, []], **manager)
+        deadline = time.monotonic() + SCOPE_JOB_TIMEOUT_SECONDS
+        while unit not in results:
+            message = bus.receive(deadline)
+            if message.type == dbus.SIGNAL:
+                on_signal(message)
+    if results[unit] != "done":
+        raise dbus.DBusError(f"systemd could not start {unit} (job {results[unit]})")
+    with open("/proc/self/cgroup") as cgroup:
+        if f"/{unit}" not in cgroup.read():
+            raise dbus.DBusError(f"{unit} started but this process is not in it")
+
+
 class ScopeLauncher:
     """Runners in `minipipe-run-<id>.scope` under minipipe.slice, as `run_user`."""
 
-    def __init__(self, run_user: str | None) -> None:
+    def __init__(self, run_user: str | None, command: tuple[str, ...] = ()) -> None:
         self.run_user = run_user
+        self.command = command  # empty: fork, join the scope from inside (needs root)
+        self.fork = not command and os.geteuid() == 0
+        if self.fork:
+            from systemd import journal  # noqa: F401  (imported once here, not per run)
 
     def unit_name(self, run_id: int) -> str | None:
         return unit_name(run_id)
 
-    def launch(self, run_id: int, argv: list[str], limits: Limits) -> LaunchedRunner:
-        command = scope_argv(run_id, argv, run_user=self.run_user, limits=limits,
-                             description=f"minipipe run {run_id}")
+    def launch(self, args: RunnerArgs, limits: Limits) -> LaunchedRunner:
+        description = f"minipipe run {args.run_id}"
+        if self.fork:
+            child = fork_runner(args, lambda: self._setup(args.run_id, limits, description))
+            return LaunchedRunner(child.pid, procs.start_time(child.pid),
+                                  unit_name(args.run_id), child)
+        runner_argv = [*(self.command or RUNNER_MODULE_COMMAND), *args.argv()]
+        command = scope_argv(args.run_id, runner_argv, run_user=self.run_user, limits=limits,
+                             description=description)
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True,
                                    env=clean_environment(dict(os.environ)), close_fds=True)
-        return LaunchedRunner(process.pid, procs.start_time(process.pid), unit_name(run_id),
-                              process)
+        return LaunchedRunner(process.pid, procs.start_time(process.pid),
+                              unit_name(args.run_id), process)
+
+    def _setup(self, run_id: int, limits: Limits, description: str) -> None:
+        """In the forked runner: into the scope first, then become run_user."""
+        join_new_scope(run_id, limits, description)
+        if self.run_user:
+            os.environ.update(procs.become_user(self.run_user))
 
     def is_alive(self, run: RunRow) -> bool:
         return procs.is_alive(run.runner_pid, run.runner_start)

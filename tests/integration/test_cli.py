@@ -152,3 +152,47 @@ def test_user_outside_the_group_is_denied_cleanly() -> None:
         assert len(json.loads(instance.cli("ls", "--json").stdout)) == 1
     finally:
         shutil.rmtree(root)
+
+
+def _submit_both_ways(instance: Instance, *args: str) -> list[subprocess.CompletedProcess[str]]:
+    """The same submit through the click-free fast path and through click (--priority 0
+    is the plan's default priority, and any option sends the command line to click)."""
+    fast = instance.cli("submit", *args, check=False)
+    slow = instance.cli("submit", "--priority", "0", *args, check=False)
+    return [fast, slow]
+
+
+def test_the_fast_submit_path_and_click_agree(instance: Instance, tmp_path: Path) -> None:
+    good = instance.plan("good", TRIVIAL)
+    fast, slow = _submit_both_ways(instance, good)
+    assert (fast.returncode, slow.returncode) == (0, 0)
+    assert (fast.stdout, slow.stdout) == ("1\n", "2\n")
+    assert fast.stderr.replace("run 1", "run 2") == slow.stderr
+    assert "daemon is not running" in fast.stderr
+    fast, slow = _submit_both_ways(instance, "--json", good)
+    fast_run, slow_run = json.loads(fast.stdout), json.loads(slow.stdout)
+    assert fast_run.keys() == slow_run.keys() >= RUN_FIELDS | {"daemon_running"}
+    bad = instance.plan("bad", '[[steps]]\nid = "a"\nrun = 5\n')
+    fast, slow = _submit_both_ways(instance, bad)
+    assert (fast.returncode, slow.returncode) == (2, 2)
+    assert fast.stderr == slow.stderr and fast.stderr.startswith(f"Error: {bad}:3")
+    missing = str(tmp_path / "missing.toml")
+    fast, slow = _submit_both_ways(instance, missing)
+    assert (fast.returncode, slow.returncode) == (2, 2) and fast.stderr == slow.stderr
+    instance.config_path.write_text("{not json")
+    fast, slow = _submit_both_ways(instance, good)
+    assert (fast.returncode, slow.returncode) == (2, 2) and fast.stderr == slow.stderr
+    with instance.store() as store:
+        assert [r.id for r in store.list_runs(limit=None)] == [4, 3, 2, 1]
+
+
+def test_a_plain_submit_does_not_import_click(instance: Instance) -> None:
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "minipipe_svc", "--config",
+         str(instance.config_path), "submit", instance.plan("p", TRIVIAL)],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "minipipe_svc.submit" in imported
+    assert "click" not in imported and "minipipe_svc.cli" not in imported

@@ -295,3 +295,38 @@ def test_a_runner_waits_out_a_lock_longer_than_the_daemons(running: Instance) ->
         holder.close()
     run = running.wait_state(run_id, "FAILED")
     assert (run["exit_code"], run["reason"]) == (4, "step a: exited with status 4")
+
+
+def test_forked_runners_hold_nothing_of_the_daemon(running: Instance) -> None:
+    """A forked runner keeps no copy of the daemon's lock, socket or DB descriptors."""
+    run_id = running.submit(f"""
+[[steps]]
+id = "wait-for-gate"
+run = "{running.gated()}"
+""")
+    running.wait_started()
+    runner = _runner_pid(running, run_id)
+    assert Path(f"/proc/{runner}/comm").read_text().strip() == "minipipe-runner"
+    held = {os.readlink(f"/proc/{runner}/fd/{fd}") for fd in os.listdir(f"/proc/{runner}/fd")}
+    assert not any(path.endswith((".lock", ".sock")) or "socket:" in path for path in held), held
+    # The daemon's single-instance lock dies with it, although the runner lives on.
+    running.stop_daemon(signal.SIGKILL)
+    running.start_daemon()
+    running.open_gate()
+    assert running.wait_state(run_id, "SUCCEEDED")
+
+
+def test_minipipe_command_runs_the_runner_as_a_command(instance: Instance) -> None:
+    instance.write_config(minipipe_command=[sys.executable, "-m", "minipipe_svc.runner"])
+    instance.start_daemon()
+    run_id = instance.submit(f"""
+[[steps]]
+id = "wait-for-gate"
+run = "{instance.gated('echo exec path')}"
+""")
+    instance.wait_started()
+    cmdline = Path(f"/proc/{_runner_pid(instance, run_id)}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[1:4] == [b"-m", b"minipipe_svc.runner", b"--db-path"]
+    instance.open_gate()
+    instance.wait_state(run_id, "SUCCEEDED")
+    assert "exec path" in instance.cli("logs", str(run_id)).stdout

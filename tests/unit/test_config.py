@@ -1,10 +1,10 @@
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from minipipe_svc.config import ConfigError, build_config, load_config
+from minipipe_svc.runner import RunnerArgs, parse_args
 
 
 def write(tmp_path: Path, document: object) -> str:
@@ -21,8 +21,7 @@ def test_minimal_private_instance(tmp_path: Path) -> None:
     assert config.max_concurrent_runs == 4
     assert config.poll_interval_seconds == 5.0
     assert config.auto_cleanup_completed_runs is False
-    assert config.minipipe_command == (sys.executable, "-m", "minipipe_svc.runner")
-    assert config.runner_argv(7)[-1] == "7"
+    assert config.minipipe_command == ()  # the daemon forks its runners
 
 
 def test_defaults_without_a_file(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,12 +104,11 @@ def test_auto_isolation_follows_how_the_daemon_was_started(
     assert load_config(write(tmp_path, {"isolation": "scope"})).effective_isolation() == "scope"
 
 
-def test_runner_argv(tmp_path: Path) -> None:
-    config = load_config(write(tmp_path, {"minipipe_command": ["runner"],
-                                          "kill_grace_seconds": 2}))
-    assert config.runner_argv(5, journal=True, runtime_max=90.0) == [
-        "runner", "--db-path", config.db_path, "--log-dir", config.log_dir,
-        "--kill-grace", "2", "--journal", "--runtime-max", "90", "5"]
-    assert config.runner_argv(6) == [
-        "runner", "--db-path", config.db_path, "--log-dir", config.log_dir,
-        "--kill-grace", "2", "6"]
+def test_runner_args_as_a_command_line() -> None:
+    args = RunnerArgs("/db", "/logs", 5, kill_grace=2, runtime_max=90.0, journal=True)
+    assert args.argv() == ["--db-path", "/db", "--log-dir", "/logs", "--kill-grace", "2",
+                           "--journal", "--runtime-max", "90", "5"]
+    assert parse_args(args.argv()) == args
+    plain = RunnerArgs("/db", "/logs", 6)
+    assert plain.argv() == ["--db-path", "/db", "--log-dir", "/logs", "--kill-grace", "10", "6"]
+    assert parse_args(plain.argv()) == plain

@@ -12,6 +12,7 @@ from minipipe_svc.systemd import (
     RateLimit,
     journald_rate_limit,
     scope_argv,
+    scope_dbus_properties,
     scope_properties,
     unit_name,
 )
@@ -89,3 +90,14 @@ def test_budget_is_per_priority_pool() -> None:
         sink.write("s", 1, "stdout", str(i))
     sink.write("s", 1, "stderr", "err")  # another pool: still single
     assert [m for m, _f in sent][-1] == "err"
+
+
+def test_scope_dbus_properties_match_the_systemd_run_ones() -> None:
+    limits = Limits(memory_max=2 * 1024**3, cpu_quota=150.0, runtime_max=3600.0, tasks_max=64)
+    assert scope_dbus_properties(limits, "minipipe run 7") == [
+        ("Description", ("s", "minipipe run 7")), ("Slice", ("s", "minipipe.slice")),
+        ("CollectMode", ("s", "inactive-or-failed")),
+        ("MemoryMax", ("t", 2147483648)), ("CPUQuotaPerSecUSec", ("t", 1_500_000)),
+        ("TasksMax", ("t", 64)), ("RuntimeMaxUSec", ("t", 3660 * 1_000_000))]
+    assert [name for name, _ in scope_dbus_properties(Limits(), "x")] == [
+        "Description", "Slice", "CollectMode"]
