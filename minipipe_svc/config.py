@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .plan import LIMIT_PARSERS, Limits
 
@@ -44,19 +43,18 @@ class ConfigError(Exception):
     """A config file that cannot be used, phrased for the operator."""
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(NamedTuple):
     db_path: str = DEFAULT_DB_PATH
     isolation: str = "auto"
     run_user: str | None = DEFAULT_RUN_USER
-    default_limits: Limits = field(default_factory=Limits)
+    default_limits: Limits = Limits()
     max_concurrent_runs: int = 4
     poll_interval_seconds: float = 5.0
     auto_cleanup_completed_runs: bool = False
     completed_run_retention_days: float = 7.0
     log_dir: str = ""
     socket_path: str = ""
-    minipipe_command: tuple[str, ...] = field(default_factory=tuple)
+    minipipe_command: tuple[str, ...] = ()
     kill_grace_seconds: float = 10.0
     source: str | None = None  # the file it came from, None for built-in defaults
 

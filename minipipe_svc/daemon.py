@@ -22,7 +22,7 @@ import signal
 import socket
 import sqlite3
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from . import procs
@@ -376,7 +376,7 @@ class Daemon:
         for fixed in ("db_path", "socket_path", "isolation"):
             if getattr(new, fixed) != getattr(self.config, fixed):
                 log.warning("reload: %s changed; it takes effect only after a restart", fixed)
-                new = replace(new, **{fixed: getattr(self.config, fixed)})
+                new = new._replace(**{fixed: getattr(self.config, fixed)})
         self.config = new
         self.next_cleanup = 0.0
         log.info("config reloaded: up to %d runs, poll every %gs", new.max_concurrent_runs,

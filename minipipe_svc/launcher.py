@@ -127,6 +127,8 @@ class ProcessLauncher:
 
     def __init__(self, command: tuple[str, ...] = ()) -> None:
         self.command = command  # empty: fork
+        if not command:
+            procs.libc()  # once here rather than in every forked runner
 
     def unit_name(self, run_id: int) -> str | None:
         return None

@@ -12,8 +12,7 @@ import json
 import os
 import re
 import shlex
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .quantities import parse_cpu_quota, parse_duration, parse_size
 
@@ -54,21 +53,19 @@ class PlanError(Exception):
         return f"{text}\n  hint: {self.hint}" if self.hint else text
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(NamedTuple):
     memory_max: int | None = None      # bytes
     cpu_quota: float | None = None     # percent of one CPU
     runtime_max: float | None = None   # seconds for the whole run
     tasks_max: int | None = None
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(NamedTuple):
     id: str
     phase: str
     argv: tuple[str, ...]
     cwd: str
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str]  # never changed after parsing
     timeout: float | None = None
     retries: int = 0
     shell: bool = False
@@ -79,8 +76,7 @@ class Step:
         return self.argv[2] if self.shell else shlex.join(self.argv)
 
 
-@dataclass(frozen=True)
-class Plan:
+class Plan(NamedTuple):
     name: str
     steps: tuple[Step, ...]
     priority: int = 0
@@ -90,7 +86,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "description": self.description, "priority": self.priority,
-            "limits": self.limits.__dict__.copy(),
+            "limits": self.limits._asdict(),
             "steps": [
                 {"id": s.id, "phase": s.phase, "argv": list(s.argv), "shell": s.shell,
                  "cwd": s.cwd, "env": dict(s.env), "timeout": s.timeout, "retries": s.retries,
@@ -462,4 +458,4 @@ LIMIT_PARSERS = {"memory_max": parse_size, "cpu_quota": parse_cpu_quota,
 def merge_limits(plan: Limits, defaults: Limits) -> Limits:
     """The plan's limits, with the config's defaults where the plan sets none."""
     return Limits(**{key: default if getattr(plan, key) is None else getattr(plan, key)
-                     for key, default in defaults.__dict__.items()})
+                     for key, default in defaults._asdict().items()})

@@ -8,8 +8,10 @@ someone else. Every pid minipipe stores comes with the process's start time
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
+from typing import Any
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -105,13 +107,18 @@ def become_subreaper() -> bool:
     A step that double-forks a daemon (setsid, nohup … &) leaves its process group;
     as a subreaper the runner still finds it among its children and ends it.
     """
-    import ctypes
-
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        return libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+@functools.cache
+def libc() -> Any:
+    """The C library through ctypes (loaded once; the daemon loads it before forking)."""
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def children_of(pid: int) -> list[int]:

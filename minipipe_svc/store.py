@@ -10,12 +10,10 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from .model import (
     RUN_RETRYABLE,
@@ -125,12 +123,16 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _uri_path(path: str) -> str:
+    """A path as SQLite's URI syntax wants it: %, ? and # escaped (and nothing else)."""
+    return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
+
+
 def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-@dataclass(frozen=True)
-class RunRow:
+class RunRow(NamedTuple):
     id: int
     name: str
     state: RunState
@@ -152,8 +154,7 @@ class RunRow:
     cancel_requested: bool
 
 
-@dataclass(frozen=True)
-class StepRow:
+class StepRow(NamedTuple):
     run_id: int
     idx: int
     step_id: str
@@ -169,8 +170,7 @@ class StepRow:
     pid_start: int | None
 
 
-@dataclass(frozen=True)
-class EventRow:
+class EventRow(NamedTuple):
     id: int
     ts: str
     run_id: int | None
@@ -256,7 +256,7 @@ class Store:
                 # Group-writable (within the umask): SQLite would make it 0644, and its
                 # -wal and -shm files copy the DB file's mode.
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o660))
-        uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + ("?mode=ro" if readonly
+        uri = "file:" + _uri_path(os.path.abspath(path)) + ("?mode=ro" if readonly
                                                                     else "?mode=rwc")
         try:
             conn = sqlite3.connect(uri, uri=True, isolation_level=None,

@@ -8,8 +8,7 @@ they print and exit alike.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from .config import Config
 from .plan import Plan, load_plan
@@ -18,8 +17,7 @@ from .store import RunRow, Store
 from .wake import ping
 
 
-@dataclass(frozen=True)
-class Submitted:
+class Submitted(NamedTuple):
     run_id: int
     run: RunRow | None  # read back only when asked (--json)
     daemon_running: bool

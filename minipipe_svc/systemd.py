@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import functools
 import glob
 import os
 import subprocess
@@ -175,8 +176,11 @@ class ScopeLauncher:
         self.run_user = run_user
         self.command = command  # empty: fork, join the scope from inside (needs root)
         self.fork = not command and os.geteuid() == 0
-        if self.fork:
-            from systemd import journal  # noqa: F401  (imported once here, not per run)
+        if self.fork:  # what every forked runner needs, done once here
+            from systemd import journal  # noqa: F401
+
+            current_journald_rate_limit()
+            procs.libc()
 
     def unit_name(self, run_id: int) -> str | None:
         return unit_name(run_id)
@@ -260,6 +264,12 @@ def journald_rate_limit(paths: list[str] | None = None) -> RateLimit:
     return RateLimit(interval, burst)
 
 
+@functools.cache
+def current_journald_rate_limit() -> RateLimit:
+    """journald's rate limit, read once per process (the daemon reads it before forking)."""
+    return journald_rate_limit()
+
+
 class JournalSink:
     """Each output line as one journal entry with minipipe's fields.
 
@@ -278,7 +288,7 @@ class JournalSink:
         self.run_id = str(run_id)
         self.lines_lost = 0
         self.error: str | None = None
-        limit = rate_limit or journald_rate_limit()
+        limit = rate_limit or current_journald_rate_limit()
         self.interval = limit.interval
         self.budget = int(limit.burst * 0.8) if limit.burst and limit.interval else 0
         self.window_start = time.monotonic()
@@ -289,7 +299,9 @@ class JournalSink:
                lines: int = 1) -> None:
         fields = {"MINIPIPE_RUN_ID": self.run_id, "MINIPIPE_STEP_ID": step_id,
                   "MINIPIPE_ATTEMPT": str(attempt), "MINIPIPE_STREAM": stream,
-                  "PRIORITY": str(PRIORITY[stream]), "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER}
+                  "PRIORITY": str(PRIORITY[stream]), "SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER,
+                  # Any CODE_* field spares journal.send a stack walk per line.
+                  "CODE_FUNC": SYSLOG_IDENTIFIER}
         if lines > 1:
             fields["MINIPIPE_LINES"] = str(lines)
         try:

@@ -64,10 +64,10 @@ def test_lines_are_single_entries_under_the_budget() -> None:
     assert sent == [
         ("hello", {"MINIPIPE_RUN_ID": "3", "MINIPIPE_STEP_ID": "build", "MINIPIPE_ATTEMPT": "1",
                    "MINIPIPE_STREAM": "stdout", "PRIORITY": "6",
-                   "SYSLOG_IDENTIFIER": "minipipe-run"}),
+                   "SYSLOG_IDENTIFIER": "minipipe-run", "CODE_FUNC": "minipipe-run"}),
         ("oops", {"MINIPIPE_RUN_ID": "3", "MINIPIPE_STEP_ID": "build", "MINIPIPE_ATTEMPT": "1",
                   "MINIPIPE_STREAM": "stderr", "PRIORITY": "4",
-                  "SYSLOG_IDENTIFIER": "minipipe-run"})]
+                  "SYSLOG_IDENTIFIER": "minipipe-run", "CODE_FUNC": "minipipe-run"})]
 
 
 def test_over_the_budget_lines_are_packed_and_none_lost() -> None:
