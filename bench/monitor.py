@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if (ROOT / "minipipe_svc").is_dir():  # a checkout; inside the container: the package
+    sys.path.insert(0, str(ROOT))
 
 from minipipe_svc.model import RunState, StepState  # noqa: E402
 from minipipe_svc.monitor.app import MonitorApp  # noqa: E402
@@ -114,12 +115,11 @@ def tick_costs(db: Path, ticks: int) -> tuple[list[float], list[float], list[int
     return incremental, full, sizes
 
 
-def idle_cpu(db: Path, seconds: float) -> float | None:
+def idle_cpu(db: Path, seconds: float, monitor: str) -> float | None:
     if shutil.which("tmux") is None:
         return None
     session = f"mpbench{os.getpid()}"
-    command = (f"{sys.executable} -m minipipe_svc.monitor --db-path {db} "
-               f"--poll-interval 2")
+    command = f"{monitor} --db-path {db} --poll-interval 2"
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "48",
                     f"cd {ROOT} && {command}"], check=True)
     try:
@@ -147,9 +147,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=48)
     parser.add_argument("--ticks", type=int, default=20)
     parser.add_argument("--idle-seconds", type=float, default=30.0)
+    parser.add_argument("--prebuilt", type=Path, help="a DB built earlier by this script")
+    parser.add_argument("--monitor-command", default=f"{sys.executable} -m minipipe_svc.monitor",
+                        help="how to start the monitor for the idle figure")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
-    cached = WORK / f"monitor-{args.runs}x{args.steps}.db"
+    cached = args.prebuilt or WORK / f"monitor-{args.runs}x{args.steps}.db"
     if not cached.exists():
         print(f"building {cached.name} (once)...", flush=True)
         partial = cached.with_suffix(".building")
@@ -161,7 +164,8 @@ def main() -> None:
     shutil.copyfile(cached, db)
     for leftover in WORK.glob("monitor-run.db-*"):
         leftover.unlink()
-    idle_quiet = idle_cpu(db, args.idle_seconds)  # 50 PENDING runs, nothing running
+    # 50 PENDING runs, nothing running
+    idle_quiet = idle_cpu(db, args.idle_seconds, args.monitor_command)
     with Store.open(str(db)) as store:
         for run in store.pending_runs(ACTIVE):
             store.start_run(run.id)
@@ -169,7 +173,8 @@ def main() -> None:
         total = len(store.list_runs(limit=None))
     paints = [first_paint(db) for _ in range(3)]
     incremental, full, sizes = tick_costs(db, args.ticks)
-    idle = idle_cpu(db, args.idle_seconds)  # 50 RUNNING runs whose durations tick
+    # 50 RUNNING runs whose durations tick
+    idle = idle_cpu(db, args.idle_seconds, args.monitor_command)
     print(f"monitor benchmark: {total} runs, {events} events, {ACTIVE} active")
     print(f"first paint (headless, 160x48)  median {statistics.median(paints) * 1000:7.1f} ms"
           f"  (target <= 1000 ms)")

@@ -38,6 +38,7 @@ from .wake import WakeSocket
 log = logging.getLogger("minipipe.daemon")
 
 CLEANUP_EVERY_SECONDS = 3600.0
+REQUEUE_BACKOFF_SECONDS = 5.0
 
 
 class Notifier:
@@ -93,6 +94,7 @@ class Daemon:
         self.stop_requested = False
         self.reload_requested = False
         self.next_cleanup = 0.0
+        self.hold_starts_until = 0.0
         self.last_status = ""
         self.odd_datagrams = 0
         self.next_odd_report = 0.0
@@ -250,6 +252,12 @@ class Daemon:
 
     def runner_ended(self, run_id: int, status: int | None) -> None:
         run = self.store.get_run(run_id)
+        if run.state is RunState.PENDING:
+            # Requeued by its runner (the system is going down): no new starts for a
+            # moment, or the same run would bounce straight back.
+            log.info("run %d went back to the queue", run_id)
+            self.hold_starts_until = time.monotonic() + REQUEUE_BACKOFF_SECONDS
+            return
         if run.state is not RunState.RUNNING:
             log.info("run %d ended %s%s", run_id, run.state.value,
                      f" (exit {run.exit_code})" if run.exit_code not in (None, 0) else "")
@@ -301,7 +309,7 @@ class Daemon:
             self.cancels_sent.add(run.id)
 
     def start_pending(self) -> None:
-        if self.store.is_paused():
+        if self.store.is_paused() or time.monotonic() < self.hold_starts_until:
             return
         free = self.config.max_concurrent_runs - self.store.count_running()
         if free <= 0:

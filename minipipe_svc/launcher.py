@@ -35,6 +35,10 @@ RUNNER_MODULE_COMMAND = (sys.executable, "-m", "minipipe_svc.runner")
 RUNNER_PROCESS_NAME = "minipipe-runner"  # what ps and top show for a forked runner
 
 
+class TryLater(Exception):
+    """A runner's setup cannot succeed now but may later (e.g. during a shutdown)."""
+
+
 class ForkedProcess:
     """A forked runner, with the part of Popen's interface the daemon uses."""
 
@@ -77,7 +81,8 @@ def fork_runner(args: RunnerArgs, setup: Callable[[], None] | None = None) -> Fo
     """Fork a runner for `args.run_id`; `setup` runs in the child before the run.
 
     If `setup` fails (no scope, no such user), the child records the run FAILED
-    with the reason instead of running it. The caller must have no SQLite
+    with the reason instead of running it; if it raises TryLater, the run goes back
+    to the queue. The caller must have no SQLite
     connection open: SQLite's locking state does not survive fork().
     """
     sys.stdout.flush()  # or the child would write the daemon's buffered output again
@@ -91,6 +96,8 @@ def fork_runner(args: RunnerArgs, setup: Callable[[], None] | None = None) -> Fo
         try:
             if setup is not None:
                 setup()
+        except TryLater as exc:
+            status = runner.requeue(args, str(exc))
         except Exception as exc:
             status = runner.record_launch_failure(args, f"could not set up the run: {exc}")
         else:
@@ -115,6 +122,9 @@ def _leave_the_daemon() -> None:
     # The DB connection, the wake socket, pidfds and above all the single-instance
     # lock: a runner holding a copy of the lock would block the next daemon.
     os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    # Python-level streams may have pointed at one of those (when embedded, in tests).
+    sys.stdout = open(1, "w", closefd=False, buffering=1)  # noqa: SIM115
+    sys.stderr = open(2, "w", closefd=False, buffering=1)  # noqa: SIM115
     try:
         with open("/proc/self/comm", "w") as comm:
             comm.write(RUNNER_PROCESS_NAME)

@@ -46,11 +46,13 @@ RUN_TERMINAL = frozenset(
 # with attempt + 1. A SUCCEEDED run is resubmitted instead, never retried.
 RUN_RETRYABLE = RUN_TERMINAL - {RunState.SUCCEEDED}
 
+# RUNNING -> PENDING is a requeue: the runner could not begin the run (the system
+# is shutting down, so systemd refuses new scopes) and gives it back untouched.
 RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.PENDING: frozenset({RunState.RUNNING, RunState.CANCELLED}),
     RunState.RUNNING: frozenset(
         {RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT,
-         RunState.INTERRUPTED}
+         RunState.INTERRUPTED, RunState.PENDING}
     ),
     RunState.SUCCEEDED: frozenset(),
     RunState.FAILED: frozenset({RunState.PENDING}),

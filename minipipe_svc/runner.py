@@ -392,6 +392,19 @@ def record_launch_failure(args: RunnerArgs, reason: str) -> int:
     return 1
 
 
+def requeue(args: RunnerArgs, reason: str) -> int:
+    """The run cannot begin now but may later (the system is shutting down): give it
+    back to the queue, untouched, for the next boot or daemon start."""
+    print(f"minipipe-runner: run {args.run_id}: {reason}; back to the queue", file=sys.stderr)
+    try:
+        store = Store.open(args.db_path, create=False, busy_timeout_ms=RUNNER_BUSY_TIMEOUT_MS)
+        store.requeue_run(args.run_id, reason)
+    except Exception:
+        traceback.print_exc()
+        return 70
+    return 75  # EX_TEMPFAIL
+
+
 def main(argv: list[str] | None = None) -> int:
     return execute(parse_args(argv))
 

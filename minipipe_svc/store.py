@@ -499,6 +499,21 @@ class Store:
             self._event(conn, run_id, "run_started", unit=unit)
         return True
 
+    def requeue_run(self, run_id: int, reason: str) -> None:
+        """RUNNING -> PENDING before any step began: the runner could not start the run."""
+        with self._write() as conn:
+            state = self._run_state(conn, run_id)
+            begun = conn.execute("SELECT count(*) FROM steps WHERE run_id = ? AND "
+                                 "state != 'PENDING'", (run_id,)).fetchone()[0]
+            if state is not RunState.RUNNING or begun:
+                raise ConflictError(f"run {run_id} is {state.value} with {begun} step(s) "
+                                    "begun: it cannot go back to the queue")
+            check_run_transition(state, RunState.PENDING)
+            conn.execute(
+                "UPDATE runs SET state = 'PENDING', phase = NULL, started_at = NULL, "
+                "unit = NULL, runner_pid = NULL, runner_start = NULL WHERE id = ?", (run_id,))
+            self._event(conn, run_id, "run_requeued", reason=reason)
+
     def set_runner(self, run_id: int, pid: int, start_time: int | None) -> None:
         """Record which process executes the run (daemon and runner both call it)."""
         with self._write() as conn:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import dbus, procs
-from .launcher import RUNNER_MODULE_COMMAND, LaunchedRunner, fork_runner
+from .launcher import RUNNER_MODULE_COMMAND, LaunchedRunner, TryLater, fork_runner
 from .logs import LogLine
 from .plan import Limits
 from .runner import RunnerArgs, clean_environment
@@ -37,6 +37,9 @@ from .store import RunRow
 SLICE = "minipipe.slice"
 PRIVATE_BUS = "/run/systemd/private"
 SCOPE_JOB_TIMEOUT_SECONDS = 30.0
+# systemd's answers to a new unit while the system goes down: not the run's fault.
+SHUTTING_DOWN_ERRORS = ("org.freedesktop.systemd1.TransactionIsDestructive",
+                        "org.freedesktop.systemd1.ShuttingDown")
 SYSLOG_IDENTIFIER = "minipipe-run"
 PRIORITY = {"stdout": 6, "stderr": 4, "minipipe": 5}  # info, warning, notice
 # The scope ends the run on its own only if the runner's own runtime_max deadline
@@ -155,8 +158,14 @@ def join_new_scope(run_id: int, limits: Limits, description: str) -> None:
     properties = [*scope_dbus_properties(limits, description), ("PIDs", ("au", [os.getpid()]))]
     with dbus.Connection(PRIVATE_BUS, SCOPE_JOB_TIMEOUT_SECONDS) as bus:
         bus.call(member="Subscribe", **manager)
-        bus.call(member="StartTransientUnit", signature="ssa(sv)a(sa(sv))",
-                 args=[unit, "fail", properties, []], **manager)
+        try:
+            bus.call(member="StartTransientUnit", signature="ssa(sv)a(sa(sv))",
+                     args=[unit, "fail", properties, []], **manager)
+        except dbus.DBusError as exc:
+            if exc.name in SHUTTING_DOWN_ERRORS:
+                raise TryLater(f"systemd refused {unit}: the system is shutting down") \
+                    from None
+            raise
         deadline = time.monotonic() + SCOPE_JOB_TIMEOUT_SECONDS
         while unit not in results:
             message = bus.receive(deadline)

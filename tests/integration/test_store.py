@@ -175,3 +175,23 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
         assert "runs_by_finished" in indexes
         assert store.get_run(1).name == "old"
         assert store.integrity_check() == "ok"
+
+
+def test_a_run_no_step_of_which_began_can_go_back_to_the_queue(store: Store) -> None:
+    run_id = store.submit(PLAN, source=None, submitted_by="t")
+    assert store.start_run(run_id, unit="minipipe-run-1.scope")
+    store.set_runner(run_id, 4242, 99)
+    store.requeue_run(run_id, "systemd refused the scope: the system is shutting down")
+    run = store.get_run(run_id)
+    assert (run.state, run.started_at, run.unit, run.runner_pid) == (
+        RunState.PENDING, None, None, None)
+    assert run.attempt == 1  # not a new attempt: this one never began
+    kinds = [e.kind for e in store.events(run_id=run_id)]
+    assert kinds == ["run_submitted", "run_started", "run_requeued"]
+    assert [r.id for r in store.pending_runs(5)] == [run_id]
+    # Once a step has begun, the run has really started: no requeue.
+    assert store.start_run(run_id)
+    store.start_step(run_id, 0, "main")
+    with pytest.raises(ConflictError, match="cannot go back to the queue"):
+        store.requeue_run(run_id, "too late")
+    assert store.get_run(run_id).state is RunState.RUNNING

@@ -19,7 +19,7 @@ import pytest
 
 from tests.integration.conftest import wait_for
 
-from .container import Container, rootfs
+from .container import Container, build_deb, install_deb, rootfs
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 OPERATOR = "alice"  # an unprivileged user in group minipipe
@@ -29,22 +29,6 @@ OUTSIDER = "bob"  # an unprivileged user outside it
 def _missing_tools() -> list[str]:
     return [tool for tool in ("systemd-nspawn", "debootstrap", "nsenter")
             if shutil.which(tool) is None]
-
-
-def build_deb() -> Path:
-    """The package from this checkout, built once per session with packaging/build-deb."""
-    import subprocess
-
-    result = subprocess.run(["bash", str(ROOT / "packaging" / "build-deb")], cwd=ROOT,
-                            capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
-    return ROOT / result.stdout.strip().splitlines()[-1]
-
-
-def install_deb(box: Container, deb: Path) -> None:
-    """`apt install ./minipipe_*.deb`, exactly as a user would."""
-    box.put(deb, f"/root/{deb.name}")
-    box.sh(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/{deb.name}")
 
 
 def add_users(box: Container) -> None:

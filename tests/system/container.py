@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 
 # minipipe's dependencies are in the image (apt inside has no package lists), plus
-# what the monitor's over-SSH test needs.
+# what the monitor's over-SSH test needs, and the benchmarks' baseline (task-spooler).
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-systemd", "python3-click",
-            "python3-sdnotify", "adduser", "procps", "openssh-server", "tmux")
+            "python3-sdnotify", "adduser", "procps", "openssh-server", "tmux", "task-spooler")
+ROOT = Path(__file__).resolve().parent.parent.parent
 CACHE = Path(os.environ.get("MINIPIPE_TEST_CACHE", "/var/cache/minipipe-test"))
 
 
@@ -71,17 +72,52 @@ def rootfs() -> Path:
     return path
 
 
+def build_deb() -> Path:
+    """The package from this checkout, built with packaging/build-deb."""
+    result = subprocess.run(["bash", str(ROOT / "packaging" / "build-deb")], cwd=ROOT,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    return ROOT / result.stdout.strip().splitlines()[-1]
+
+
+def install_deb(box: Container, deb: Path) -> None:
+    """`apt install ./minipipe_*.deb`, exactly as a user would."""
+    box.put(deb, f"/root/{deb.name}")
+    box.sh(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/{deb.name}")
+
+
 class Container:
-    def __init__(self, image: Path, name: str, log_path: Path) -> None:
-        self.image, self.name, self.log_path = image, name, log_path
+    """One booted container. With `disk`, its changes survive shutdown and reboot: the
+    root is an overlay of the image with `disk` as the upper layer (instead of tmpfs)."""
+
+    def __init__(self, image: Path, name: str, log_path: Path, disk: Path | None = None) -> None:
+        self.image, self.name, self.log_path, self.disk = image, name, log_path, disk
         self.nspawn: subprocess.Popen[bytes] | None = None
         self.pid = 0
 
+    def _root(self) -> tuple[str, list[str]]:
+        """The directory to boot and how (--volatile, or a persistent overlay)."""
+        if self.disk is None:
+            return str(self.image), ["--volatile=overlay"]
+        merged = self.disk / "merged"
+        if not os.path.ismount(merged):
+            for part in ("upper", "work", "merged"):
+                (self.disk / part).mkdir(parents=True, exist_ok=True)
+            subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                            f"lowerdir={self.image},upperdir={self.disk / 'upper'},"
+                            f"workdir={self.disk / 'work'}", str(merged)], check=True)
+        return str(merged), []
+
+    def release_disk(self) -> None:
+        if self.disk is not None and os.path.ismount(self.disk / "merged"):
+            subprocess.run(["umount", str(self.disk / "merged")], check=False)
+
     def boot(self, timeout: float = 120.0) -> None:
         log = open(self.log_path, "ab")  # noqa: SIM115 - open as long as the container
+        root, volatile = self._root()
         self.nspawn = subprocess.Popen(
-            ["systemd-nspawn", "-D", str(self.image), "--register=no", "--keep-unit", "--boot",
-             "--volatile=overlay", f"--machine={self.name}", "--console=read-only", "-q",
+            ["systemd-nspawn", "-D", root, "--register=no", "--keep-unit", "--boot",
+             *volatile, f"--machine={self.name}", "--console=read-only", "-q",
              # its own network namespace: the SSH test's sshd listens on the
              # container's loopback only, never on this machine's.
              "--private-network"],
@@ -117,13 +153,14 @@ class Container:
                                  f"{result.stdout}\n{result.stderr}")
         return result
 
-    def copy_in(self, source: Path, destination: str) -> None:
+    def copy_in(self, source: Path, destination: str, exclude: tuple[str, ...] = ()) -> None:
         """Copy a host directory into the container's `destination` directory.
 
         Packs the directory by name (not "."), so the destination keeps its own mode.
         """
         packer = subprocess.Popen(
-            ["tar", "-C", str(source.parent), "--exclude=__pycache__", "-c", source.name],
+            ["tar", "-C", str(source.parent), "--exclude=__pycache__",
+             *(f"--exclude={pattern}" for pattern in exclude), "-c", source.name],
             stdout=subprocess.PIPE)
         subprocess.run(["nsenter", "-t", str(self.pid), "-a", "--", "sh", "-c",
                         f"mkdir -p {destination} && tar -C {destination} -x"],
@@ -140,6 +177,17 @@ class Container:
     def write(self, path: str, content: str, mode: str = "0644") -> None:
         self.sh(f"mkdir -p \"$(dirname {path})\" && cat > {path} && chmod {mode} {path}",
                 input=content)
+
+    def wait_down(self, timeout: float = 60.0) -> int:
+        """Wait for the container to end (after a poweroff, reboot or power cut)."""
+        assert self.nspawn is not None
+        return self.nspawn.wait(timeout=timeout)
+
+    def power_cut(self) -> None:
+        """SIGKILL the container's init: every process in it dies at once, nothing
+        is flushed or stopped, as when the power goes."""
+        os.kill(self.pid, signal.SIGKILL)
+        self.wait_down()
 
     def shutdown(self) -> None:
         if self.nspawn is None or self.nspawn.poll() is not None:

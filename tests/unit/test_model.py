@@ -19,6 +19,8 @@ LEGAL_RUN = {
     (R.PENDING, R.RUNNING), (R.PENDING, R.CANCELLED),
     (R.RUNNING, R.SUCCEEDED), (R.RUNNING, R.FAILED), (R.RUNNING, R.CANCELLED),
     (R.RUNNING, R.TIMED_OUT), (R.RUNNING, R.INTERRUPTED),
+    # requeue: a runner that could not begin the run (system shutting down)
+    (R.RUNNING, R.PENDING),
     # retry: every unsuccessful end may become a new attempt
     (R.FAILED, R.PENDING), (R.CANCELLED, R.PENDING), (R.TIMED_OUT, R.PENDING),
     (R.INTERRUPTED, R.PENDING),

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Run every benchmark in a booted bookworm container and write bench/RESULTS.md.
+
+    sudo python3 bench/run.py            # the full set, ~10 minutes on 2 cores
+    sudo python3 bench/run.py --quick    # small sizes, to check the harness
+    sudo python3 bench/run.py --only throughput,idle
+
+Builds the .deb from this checkout, boots the system tests' container image
+(tests/system/container.py: debootstrap once, then systemd-nspawn --volatile),
+installs the package with apt, copies bench/ in and runs bench/suite.py there as a
+transient service of the container's systemd (so its own `systemd-run --scope`
+baselines live in the container's cgroup tree). Needs root, systemd-nspawn,
+debootstrap and nsenter, like the system tests (`bash scripts/test` installs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.system.container import Container, build_deb, install_deb, rootfs  # noqa: E402
+
+MONITOR_DB = ROOT / "bench" / "_work" / "monitor-10000x48.db"
+
+
+def render(figures: list[dict], quick: bool) -> str:
+    commit = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                            capture_output=True, text=True).stdout.strip() or "unknown"
+    cgroup = "v2" if Path("/sys/fs/cgroup/cgroup.controllers").exists() else "v1/hybrid"
+    cpus = len([line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("processor")])
+    lines = [
+        "# Benchmark results", "",
+        "Written by `sudo python3 bench/run.py`" + (" --quick (small sizes!)" if quick else "")
+        + f" on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit `{commit}`: inside a booted",
+        "Debian bookworm container (systemd-nspawn, systemd 252 as PID 1) with the .deb",
+        f"installed by apt. Host: {cpus} CPUs, kernel {platform.release()}, cgroup {cgroup}.",
+        "Every baseline was measured in the same run; compare ratios, not absolute times.",
+        "",
+    ]
+    for figure in figures:
+        lines += [f"## {figure['title']}", ""]
+        if figure["rows"]:
+            lines += ["| measure | minipipe | baseline (same run) | ratio | target |",
+                      "|---|---:|---:|---:|---|"]
+            for row in figure["rows"]:
+                lines.append(f"| {row['what']} | {row['ours']} | {row['baseline']} | "
+                             f"{row['ratio']} | {row['target']} |")
+            lines.append("")
+        micro = figure.get("extra", {}).get("micro")
+        if micro:
+            lines += ["Where one run's time goes, each part timed alone (p50):", "",
+                      "| part | ms |", "|---|---:|"]
+            lines += [f"| {part} | {value:.2f} |" for part, value in micro.items()]
+            lines.append("")
+        for note in figure["notes"]:
+            lines.append(f"- {note}" if not note.startswith(" ") else f"  {note.strip()}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes (harness check)")
+    parser.add_argument("--only", help="comma-separated figures: submit,latency,throughput,"
+                                       "idle,logs,monitor,store")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    args = parser.parse_args()
+    print("building the .deb ...", flush=True)
+    deb = build_deb()
+    box = Container(rootfs(), f"minipipe-bench-{uuid.uuid4().hex[:8]}",
+                    ROOT / "bench" / "_work" / "console.log")
+    (ROOT / "bench" / "_work").mkdir(exist_ok=True)
+    print("booting the container ...", flush=True)
+    box.boot()
+    try:
+        install_deb(box, deb)
+        box.copy_in(ROOT / "bench", "/root", exclude=("_work", "RESULTS.md"))
+        if MONITOR_DB.exists() and not args.quick:
+            box.put(MONITOR_DB, "/root/bench-monitor.db")
+        suite = ["python3", "/root/bench/suite.py", "--json", "/root/results.json"]
+        if args.quick:
+            suite.append("--quick")
+        if args.only:
+            suite += ["--only", args.only]
+        # A transient service of the container's systemd, output piped here live.
+        command = ["systemd-run", "--wait", "--pipe", "--quiet", "--collect",
+                   "--property=PrivateTmp=no", "--setenv=PYTHONUNBUFFERED=1", *suite]
+        status = subprocess.run(["nsenter", "-t", str(box.pid), "-a", "--", *command]).returncode
+        if status != 0:
+            print(f"the suite failed (status {status})", file=sys.stderr)
+            return 1
+        figures = json.loads(box.sh("cat /root/results.json").stdout)
+        if not MONITOR_DB.exists() and not args.quick and box.sh(
+                "test -e /root/bench/_work/monitor-10000x48.db", check=False).returncode == 0:
+            with open(MONITOR_DB, "wb") as out:  # keep the slow-to-build DB for next time
+                subprocess.run(box.argv("cat /root/bench/_work/monitor-10000x48.db"),
+                               stdout=out, check=True)
+    finally:
+        box.shutdown()
+    args.output.write_text(render(figures, args.quick))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
