@@ -66,7 +66,7 @@ class OutputReader:
             return
         cursor, count = None, 0
         while True:
-            lines, cursor = read_journal(self.run.id, cursor)
+            lines, cursor = read_journal(self.run.id, cursor, since=self.run.created_at)
             yield from lines
             count += len(lines)
             if self.run.state.is_terminal and not lines:
@@ -83,12 +83,12 @@ class OutputReader:
         """All journal lines if the journal has them all; else the file's, with a note."""
         from .systemd import read_journal
 
-        lines, _cursor = read_journal(self.run.id)
+        lines, _cursor = read_journal(self.run.id, since=self.run.created_at)
         expected = self.store.output_lines(self.run.id) if self.run.state.is_terminal else None
         deadline = time.monotonic() + JOURNAL_CATCH_UP_SECONDS
         while expected is not None and len(lines) < expected and time.monotonic() < deadline:
             time.sleep(FOLLOW_POLL_SECONDS)
-            lines, _cursor = read_journal(self.run.id)
+            lines, _cursor = read_journal(self.run.id, since=self.run.created_at)
         if expected is None or len(lines) >= expected:
             return lines
         self.notes.append(f"{_shortfall(len(lines), expected)}; showing the complete file "
@@ -119,7 +119,7 @@ def journal_shortfall(store: Store, run: RunRow) -> tuple[int, int] | None:
     expected = store.output_lines(run.id)
     if expected is None or not journal_readable():
         return None
-    kept = count_journal_lines(run.id)
+    kept = count_journal_lines(run.id, since=run.created_at)
     return (kept, expected) if kept < expected else None
 
 
@@ -133,6 +133,7 @@ class OutputFollower:
 
     def __init__(self, run: RunRow, log_dir: str, *, backlog: int = 2000) -> None:
         self.run_id = run.id
+        self.created_at = run.created_at
         self.path = log_path(log_dir, run.id)
         self.backlog = backlog
         self.cursor: str | None = None
@@ -152,7 +153,8 @@ class OutputFollower:
         if self.source == "journal":
             from .systemd import read_journal
 
-            lines, self.cursor = read_journal(self.run_id, self.cursor)
+            lines, self.cursor = read_journal(self.run_id, self.cursor,
+                                              since=self.created_at)
             if self.first and not lines and os.path.exists(self.path):
                 self.source = "file"
                 self.note = "the journal has no lines for this run; showing the file mirror"

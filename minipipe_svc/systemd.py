@@ -25,6 +25,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from . import dbus, procs
@@ -345,13 +346,17 @@ class JournalSink:
         self.flush()
 
 
-def read_journal(run_id: int, cursor: str | None = None) -> tuple[list[LogLine], str | None]:
+def read_journal(run_id: int, cursor: str | None = None, *,
+                 since: str | None = None) -> tuple[list[LogLine], str | None]:
     """The run's journal lines after `cursor`, and the cursor to continue from.
+
+    `since` is the run's created_at: older entries with the same run id belong to an
+    earlier DB (ids start again at 1 after a purge) and are skipped.
 
     A user who may not read the system journal simply gets no lines; callers
     compare with the runner's line count and fall back to the file mirror.
     """
-    with _run_entries(run_id) as reader:
+    with _run_entries(run_id, since) as reader:
         if cursor:
             reader.seek_cursor(cursor)
             reader.get_next()  # the cursor's own entry was returned last time
@@ -368,21 +373,24 @@ def read_journal(run_id: int, cursor: str | None = None) -> tuple[list[LogLine],
         return lines, cursor
 
 
-def count_journal_lines(run_id: int) -> int:
+def count_journal_lines(run_id: int, since: str | None = None) -> int:
     """How many output lines of the run the journal holds (packed entries count fully)."""
-    with _run_entries(run_id) as reader:
+    with _run_entries(run_id, since) as reader:
         reader.data_threshold = 64  # only the small fields are needed, not the messages
         return sum(int(entry.get("MINIPIPE_LINES", 1) or 1) for entry in reader)
 
 
 @contextlib.contextmanager
-def _run_entries(run_id: int) -> Iterator[Any]:
-    """A system journal reader matching one run's entries."""
+def _run_entries(run_id: int, since: str | None = None) -> Iterator[Any]:
+    """A system journal reader matching one run's entries (from `since`, an ISO time)."""
     from systemd import journal
 
     reader = journal.Reader(flags=journal.SYSTEM_ONLY)
     try:
         reader.add_match(MINIPIPE_RUN_ID=str(run_id))
+        if since:
+            # A float: python-systemd would read a datetime's fields as local time.
+            reader.seek_realtime(datetime.fromisoformat(since).timestamp() - 1.0)
         yield reader
     finally:
         reader.close()

@@ -68,3 +68,25 @@ def test_lines_the_journal_lost_are_reported_and_served_from_the_file(service: B
     assert "journal:" in shown and "journald dropped" in shown
     missing = service.run(run_id)["journal_lines_missing"]
     assert missing > 0
+
+
+def test_journal_lines_of_an_earlier_db_with_the_same_run_id_are_not_shown(
+        service: Box) -> None:
+    """Run ids start again at 1 after a purge; the journal keeps the old runs' lines."""
+    import json
+
+    listed = json.loads(service.minipipe("ls --all --json").stdout)
+    next_id = max([run["id"] for run in listed], default=0) + 1
+    service.sh("python3 -c \"from systemd import journal; journal.send('ghost of an old run', "
+               f"MINIPIPE_RUN_ID='{next_id}', MINIPIPE_STEP_ID='old', MINIPIPE_ATTEMPT='1', "
+               "MINIPIPE_STREAM='stdout', SYSLOG_IDENTIFIER='minipipe-run')\"")
+    time.sleep(1.5)  # the reader looks from one second before the run's creation
+    run_id = service.submit('[[steps]]\nid = "new"\nrun = ["echo", "the new run"]\n')
+    assert run_id == next_id
+    service.wait_state(run_id, "SUCCEEDED")
+    logs = service.minipipe(f"logs {run_id}")
+    assert "the new run" in logs.stdout
+    assert "ghost of an old run" not in logs.stdout
+    assert "journal kept" not in logs.stderr  # and no false shortfall either
+    assert "ghost of an old run" in service.sh(
+        f"journalctl -q -o cat MINIPIPE_RUN_ID={run_id}").stdout, "the entry is there"
