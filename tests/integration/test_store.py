@@ -169,12 +169,42 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with Store.open(str(path)) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 2
+        assert store.schema_version() == SCHEMA_VERSION == 3
         indexes = {row[0] for row in store.conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert "runs_by_finished" in indexes
         assert store.get_run(1).name == "old"
         assert store.integrity_check() == "ok"
+        # v3 counted the runs already there, and its triggers count from then on.
+        assert store.counts()["SUCCEEDED"] == 1
+        store.submit(PLAN, source=None, submitted_by="t")
+        assert (store.counts()["SUCCEEDED"], store.counts()["PENDING"]) == (1, 1)
+
+
+def _counted_by_hand(store: Store) -> dict[str, int]:
+    counts = {state.value: 0 for state in RunState}
+    counts.update(store.conn.execute("SELECT state, count(*) FROM runs GROUP BY state"))
+    return counts
+
+
+def test_state_counts_follow_every_transition(store: Store) -> None:
+    ids = [store.submit(PLAN, source=None, submitted_by="t") for _ in range(6)]
+    assert store.counts() == _counted_by_hand(store) and store.counts()["PENDING"] == 6
+    for run_id in ids[:5]:
+        store.start_run(run_id)
+    assert store.counts() == _counted_by_hand(store)
+    store.finish_run(ids[0], RunState.SUCCEEDED, exit_code=0)
+    store.finish_run(ids[1], RunState.FAILED, exit_code=1)
+    store.finish_run(ids[2], RunState.INTERRUPTED, reason="gone")
+    store.requeue_run(ids[3], "shutting down")
+    store.request_cancel(ids[5])
+    assert store.counts() == _counted_by_hand(store)
+    store.retry(ids[1])
+    store.retry(ids[2])
+    assert store.counts() == _counted_by_hand(store)
+    store.delete_finished_before("9999-01-01T00:00:00.000Z")
+    assert store.counts() == _counted_by_hand(store)
+    assert sum(store.counts().values()) == len(store.list_runs(limit=None))
 
 
 def test_a_run_no_step_of_which_began_can_go_back_to_the_queue(store: Store) -> None:

@@ -7,6 +7,7 @@ with the stock config; a test that changes either restores it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -85,10 +86,10 @@ class Box:
         self.sh("minipipe resume")
 
 
-@pytest.fixture(scope="session")
-def box(tmp_path_factory: pytest.TempPathFactory, deb: Path) -> Iterator[Box]:
-    log = tmp_path_factory.mktemp("container") / "console.log"
-    container = Container(rootfs(), f"minipipe-test-{uuid.uuid4().hex[:8]}", log)
+@contextlib.contextmanager
+def minipipe_box(prefix: str, log: Path, deb: Path, disk: Path | None = None) -> Iterator[Box]:
+    """A booted container with the package installed and the test users added."""
+    container = Container(rootfs(), f"{prefix}-{uuid.uuid4().hex[:8]}", log, disk=disk)
     container.boot()
     try:
         install_deb(container, deb)
@@ -96,6 +97,14 @@ def box(tmp_path_factory: pytest.TempPathFactory, deb: Path) -> Iterator[Box]:
         yield Box(container)
     finally:
         container.shutdown()
+        container.release_disk()
+
+
+@pytest.fixture(scope="session")
+def box(tmp_path_factory: pytest.TempPathFactory, deb: Path) -> Iterator[Box]:
+    log = tmp_path_factory.mktemp("container") / "console.log"
+    with minipipe_box("minipipe-test", log, deb) as booted:
+        yield booted
 
 
 @pytest.fixture(scope="session")

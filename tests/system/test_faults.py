@@ -19,8 +19,7 @@ import pytest
 
 from tests.integration.conftest import wait_for
 
-from .conftest import OPERATOR, Box, add_users, install_deb
-from .container import Container, rootfs
+from .conftest import OPERATOR, Box, minipipe_box
 from .test_scopes import GATES, open_gate, start_gated
 
 # Reads the DB as root, read-only: integrity, states, and events checked against the
@@ -32,6 +31,7 @@ one = lambda sql: db.execute(sql).fetchone()[0]
 print(json.dumps({
     "integrity": one("PRAGMA integrity_check"),
     "states": dict(db.execute("SELECT state, count(*) FROM runs GROUP BY state").fetchall()),
+    "counted": dict(db.execute("SELECT state, n FROM run_counts WHERE n != 0").fetchall()),
     # Every run: one submit event, and one start (not given back) and one finish event
     # per attempt.
     "runs_with_odd_events": db.execute('''
@@ -63,6 +63,7 @@ def audit(box: Box) -> dict:
 def assert_consistent(box: Box) -> dict:
     report = audit(box)
     assert report["integrity"] == "ok", report
+    assert report["counted"] == report["states"], "the trigger-kept counts drifted"
     assert report["runs_with_odd_events"] == [], report
     assert report["steps_with_odd_events"] == [], report
     return report
@@ -253,16 +254,9 @@ def test_five_hundred_runs_from_ten_concurrent_submitters_all_finish(service: Bo
 @pytest.fixture
 def disk_box(tmp_path: Path, deb: Path) -> Iterator[Box]:
     """A container whose disk survives power cuts and reboots."""
-    container = Container(rootfs(), f"minipipe-disk-{uuid.uuid4().hex[:8]}",
-                          tmp_path / "console.log", disk=tmp_path / "disk")
-    container.boot()
-    try:
-        install_deb(container, deb)
-        add_users(container)
-        yield Box(container)
-    finally:
-        container.shutdown()
-        container.release_disk()
+    with minipipe_box("minipipe-disk", tmp_path / "console.log", deb,
+                      disk=tmp_path / "disk") as booted:
+        yield booted
 
 
 def _reboot_story(box: Box, name: str, cut_power: bool) -> tuple[dict, list[dict]]:

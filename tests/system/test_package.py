@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -102,7 +103,10 @@ def test_install_use_upgrade_remove_purge(fresh_box: Container, deb: Path,
     wait_for(lambda: c.sh(f"test -e {GATE}/started", check=False).returncode == 0, 60,
              "the run to start")
     # as an older minipipe would have left it: schema version 1
-    c.sh(f"{SQL} 'DROP INDEX runs_by_finished' && {SQL} 'PRAGMA user_version = 1'")
+    for undo in ("DROP INDEX runs_by_finished", "DROP TRIGGER run_counts_insert",
+                 "DROP TRIGGER run_counts_update", "DROP TRIGGER run_counts_delete",
+                 "DROP TABLE run_counts", "PRAGMA user_version = 1"):
+        c.sh(f"{SQL} '{undo}'")
     before = box.main_pid()
     newer = bumped(deb, tmp_path, "0.1.0+upgrade1")
     install_deb(c, newer)
@@ -110,7 +114,8 @@ def test_install_use_upgrade_remove_purge(fresh_box: Container, deb: Path,
     assert c.sh("systemctl is-active minipipe").stdout.strip() == "active"
     assert box.main_pid() != before, "the upgrade restarts the scheduler"
     assert box.run(flight)["state"] == "RUNNING"
-    assert c.sh(f"{SQL} 'PRAGMA user_version'").stdout.strip() == "[(2,)]"
+    assert c.sh(f"{SQL} 'PRAGMA user_version'").stdout.strip() == "[(3,)]"
+    assert json.loads(box.minipipe("status --json").stdout)["counts"]["RUNNING"] == 1
     c.sh(f"touch {GATE}/open")
     run = box.wait_state(flight, "SUCCEEDED")
     assert run["exit_code"] == 0
