@@ -38,6 +38,10 @@ from .wake import WakeSocket
 log = logging.getLogger("minipipe.daemon")
 
 CLEANUP_EVERY_SECONDS = 3600.0
+# STATUS= and WATCHDOG=1 at most this often: under load the daemon makes a pass per
+# run start and end, and each message costs PID 1 work (and a PropertiesChanged
+# signal to every bus client, for STATUS).
+STATUS_EVERY_SECONDS = 1.0
 REQUEUE_BACKOFF_SECONDS = 5.0
 
 
@@ -96,6 +100,9 @@ class Daemon:
         self.next_cleanup = 0.0
         self.hold_starts_until = 0.0
         self.last_status = ""
+        self.status_sent_at = 0.0
+        self.status_pending = False
+        self.watchdog_sent_at = 0.0
         self.odd_datagrams = 0
         self.next_odd_report = 0.0
         self.selector = selectors.DefaultSelector()
@@ -135,7 +142,8 @@ class Daemon:
                     # Not a healthy pass: no watchdog ping. A DB that stays unusable
                     # lets the watchdog restart us; a passing lock is simply retried.
                     log.error("scheduler pass failed, retrying: %s", exc)
-                self.wait(min(self.config.poll_interval_seconds, self.max_sleep or 3600.0))
+                self.wait(min(self.config.poll_interval_seconds, self.max_sleep or 3600.0,
+                              self.status_wait()))
         finally:
             self.notifier.stopping()
             self.shutdown()
@@ -191,10 +199,20 @@ class Daemon:
         self.cleanup_if_due()
         self.report_odd_datagrams()
         status = self.current_status()
-        if status != self.last_status:
+        now = time.monotonic()
+        if status != self.last_status and now >= self.status_sent_at + STATUS_EVERY_SECONDS:
             self.notifier.status(status)
-            self.last_status = status
-        self.notifier.watchdog()
+            self.last_status, self.status_sent_at = status, now
+        self.status_pending = status != self.last_status
+        if now >= self.watchdog_sent_at + STATUS_EVERY_SECONDS:  # a healthy pass
+            self.notifier.watchdog()
+            self.watchdog_sent_at = now
+
+    def status_wait(self) -> float:
+        """How long the loop may sleep before a held-back status line is due."""
+        if not self.status_pending:
+            return 3600.0
+        return max(0.0, self.status_sent_at + STATUS_EVERY_SECONDS - time.monotonic())
 
     def wait(self, timeout: float) -> None:
         for key, _mask in self.selector.select(timeout):

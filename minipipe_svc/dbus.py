@@ -182,14 +182,25 @@ class Reader:
 
 @dataclass
 class Message:
+    """A received message; its body is unmarshalled only if someone reads it (a
+    connection to systemd sees every unit's signals, most of them of no interest)."""
+
     type: int
     serial: int
     fields: dict[int, Any] = field(default_factory=dict)
-    body: list[Any] = field(default_factory=list)
+    raw_body: bytes = b""
+    endian: str = "<"
+    _body: list[Any] | None = None
 
     @property
     def member(self) -> str | None:
         return self.fields.get(MEMBER)
+
+    @property
+    def body(self) -> list[Any]:
+        if self._body is None:
+            self._body = Reader(self.raw_body, self.endian).read(self.fields.get(SIGNATURE, ""))
+        return self._body
 
 
 def encode_call(serial: int, *, destination: str, path: str, interface: str, member: str,
@@ -221,9 +232,8 @@ def decode(data: bytes) -> Message:
     _e, kind, _flags, _version, body_length, serial, fields = reader.read("yyyyuua(yv)")
     reader.align(8)
     header_fields = {code: value for code, (_sig, value) in fields}
-    body_reader = Reader(data[reader.pos:reader.pos + body_length], endian)
-    body = body_reader.read(header_fields.get(SIGNATURE, ""))
-    return Message(kind, serial, header_fields, body)
+    return Message(kind, serial, header_fields, data[reader.pos:reader.pos + body_length],
+                   endian)
 
 
 class Connection:

@@ -157,8 +157,8 @@ def join_new_scope(run_id: int, limits: Limits, description: str) -> None:
     manager = {"destination": "org.freedesktop.systemd1", "path": "/org/freedesktop/systemd1",
                "interface": "org.freedesktop.systemd1.Manager", "on_signal": on_signal}
     properties = [*scope_dbus_properties(limits, description), ("PIDs", ("au", [os.getpid()]))]
+    # On its private socket systemd sends every signal to every client (no Subscribe).
     with dbus.Connection(PRIVATE_BUS, SCOPE_JOB_TIMEOUT_SECONDS) as bus:
-        bus.call(member="Subscribe", **manager)
         try:
             bus.call(member="StartTransientUnit", signature="ssa(sv)a(sa(sv))",
                      args=[unit, "fail", properties, []], **manager)
