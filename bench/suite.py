@@ -386,7 +386,7 @@ def idle(quick: bool) -> Figure:
     figure.add(f"CPU over {seconds} s", f"{cpu[pid]:.2f} s", f"{cpu[tsp]:.2f} s tsp server")
     figure.add("wake-ups per second (context switches)", f"{wakes[pid] / seconds:.2f}",
                f"{wakes[tsp] / seconds:.2f} tsp server", "",
-               "only the watchdog's (every 10 s) and the poll (every 5 s)")
+               "only the watchdog's, every 10 s: 0.10")
     figure.add("RSS", f"{rss[pid]:.1f} MiB", f"{rss[tsp]:.1f} MiB tsp server", "", "<= 40 MB")
     return figure
 

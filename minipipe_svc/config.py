@@ -28,7 +28,8 @@ KEYS: dict[str, tuple[Any, str]] = {
     "default_limits": ({}, "limits for runs whose plan sets none: memory_max, cpu_quota, "
                            "runtime_max, tasks_max"),
     "max_concurrent_runs": (4, "runs executing at once (1-1024)"),
-    "poll_interval_seconds": (5.0, "fallback wake-up of the scheduler; submits wake it at once"),
+    "poll_interval_seconds": (30.0, "fallback wake-up of the scheduler; queue changes and "
+                                    "runner exits wake it at once"),
     "auto_cleanup_completed_runs": (False, "delete finished runs older than the retention"),
     "completed_run_retention_days": (7.0, "age of a finished run before auto-cleanup"),
     "log_dir": (None, "per-run output files (null: <db dir>/logs)"),
@@ -49,7 +50,7 @@ class Config(NamedTuple):
     run_user: str | None = DEFAULT_RUN_USER
     default_limits: Limits = Limits()
     max_concurrent_runs: int = 4
-    poll_interval_seconds: float = 5.0
+    poll_interval_seconds: float = 30.0
     auto_cleanup_completed_runs: bool = False
     completed_run_retention_days: float = 7.0
     log_dir: str = ""

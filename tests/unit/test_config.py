@@ -19,7 +19,7 @@ def test_minimal_private_instance(tmp_path: Path) -> None:
     assert config.log_dir == str(tmp_path / "logs")
     assert config.socket_path == str(tmp_path / "minipipe.sock")
     assert config.max_concurrent_runs == 4
-    assert config.poll_interval_seconds == 5.0
+    assert config.poll_interval_seconds == 30.0
     assert config.auto_cleanup_completed_runs is False
     assert config.minipipe_command == ()  # the daemon forks its runners
 
