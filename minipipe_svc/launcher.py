@@ -82,8 +82,8 @@ def fork_runner(args: RunnerArgs, setup: Callable[[], None] | None = None) -> Fo
 
     If `setup` fails (no scope, no such user), the child records the run FAILED
     with the reason instead of running it; if it raises TryLater, the run goes back
-    to the queue. The caller must have no SQLite
-    connection open: SQLite's locking state does not survive fork().
+    to the queue. The caller must have no SQLite connection open: SQLite's locking
+    state does not survive fork().
     """
     sys.stdout.flush()  # or the child would write the daemon's buffered output again
     sys.stderr.flush()

@@ -356,9 +356,7 @@ def execute(args: RunnerArgs) -> int:
     for name in STRIPPED_ENV:
         os.environ.pop(name, None)
     try:
-        # The runner alone knows how its run ends: it waits far longer for a DB lock
-        # than the daemon or the CLI before giving up on recording a result.
-        store = Store.open(args.db_path, create=False, busy_timeout_ms=RUNNER_BUSY_TIMEOUT_MS)
+        store = _open_store(args)
     except StoreError as exc:
         print(f"minipipe-runner: {exc}", file=sys.stderr)
         return 1
@@ -380,12 +378,17 @@ def execute(args: RunnerArgs) -> int:
         return 70
 
 
+def _open_store(args: RunnerArgs) -> Store:
+    """The runner alone knows how its run ends: it waits far longer for a DB lock
+    than the daemon or the CLI before giving up on recording a result."""
+    return Store.open(args.db_path, create=False, busy_timeout_ms=RUNNER_BUSY_TIMEOUT_MS)
+
+
 def record_launch_failure(args: RunnerArgs, reason: str) -> int:
     """The run could not even be set up (no scope, no user): end it FAILED, say why."""
     print(f"minipipe-runner: run {args.run_id}: {reason}", file=sys.stderr)
     try:
-        store = Store.open(args.db_path, create=False, busy_timeout_ms=RUNNER_BUSY_TIMEOUT_MS)
-        store.finish_run(args.run_id, RunState.FAILED, reason=reason)
+        _open_store(args).finish_run(args.run_id, RunState.FAILED, reason=reason)
     except Exception:
         traceback.print_exc()
         return 70
@@ -397,8 +400,7 @@ def requeue(args: RunnerArgs, reason: str) -> int:
     back to the queue, untouched, for the next boot or daemon start."""
     print(f"minipipe-runner: run {args.run_id}: {reason}; back to the queue", file=sys.stderr)
     try:
-        store = Store.open(args.db_path, create=False, busy_timeout_ms=RUNNER_BUSY_TIMEOUT_MS)
-        store.requeue_run(args.run_id, reason)
+        _open_store(args).requeue_run(args.run_id, reason)
     except Exception:
         traceback.print_exc()
         return 70
