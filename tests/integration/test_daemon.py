@@ -81,16 +81,15 @@ run = "{running.gated()}"
 
 
 def test_kill_9_runner_marks_the_run_interrupted(running: Instance) -> None:
-    started = running.root / "started"
     run_id = running.submit(f"""
 [[steps]]
 id = "long"
-run = "touch {started}; {running.sleeper(300)}"
+run = "touch {running.root}/started; {running.sleeper(300)}"
 [[steps]]
 id = "after"
 run = ["true"]
 """)
-    wait_for(started.exists, 30, "the step to start")
+    running.wait_started()
     wait_for(running.tagged_pids, 10, "the step's sleeper")
     os.kill(_runner_pid(running, run_id), signal.SIGKILL)
     run = running.wait_state(run_id, "INTERRUPTED")
@@ -101,13 +100,12 @@ run = ["true"]
 
 
 def test_runner_gone_while_daemon_down_is_interrupted_on_start(running: Instance) -> None:
-    started = running.root / "started"
     run_id = running.submit(f"""
 [[steps]]
 id = "long"
-run = "touch {started}; {running.sleeper(300)}"
+run = "touch {running.root}/started; {running.sleeper(300)}"
 """)
-    wait_for(started.exists, 30, "the step to start")
+    running.wait_started()
     runner = _runner_pid(running, run_id)
     running.stop_daemon(signal.SIGKILL)
     os.kill(runner, signal.SIGKILL)

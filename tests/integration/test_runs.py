@@ -101,16 +101,15 @@ run = "{running.sleeper(300)} > /dev/null 2>&1 & echo $! > {pids}; echo done"
 
 
 def test_cancel_mid_step_leaves_no_process(running: Instance) -> None:
-    started = running.root / "started"
     run_id = running.submit(f"""
 [[steps]]
 id = "long"
-run = "touch {started}; {running.sleeper(300)} & {running.sleeper(300)}"
+run = "touch {running.root}/started; {running.sleeper(300)} & {running.sleeper(300)}"
 [[steps]]
 id = "after"
 run = ["true"]
 """)
-    wait_for(started.exists, 30, "the step to start")
+    running.wait_started()
     wait_for(lambda: len(running.tagged_pids()) >= 2, 10, "the sleepers")
     out = running.cli("cancel", str(run_id)).stdout
     assert "cancel requested" in out
