@@ -400,7 +400,7 @@ def idle(quick: bool) -> Figure:
 
 
 def log_path(quick: bool) -> Figure:
-    from minipipe_svc.systemd import count_journal_lines
+    from minipipe_svc.journal import count_journal_lines
 
     figure = Figure("4. Log path: steps printing 100,000 lines each into the journal")
     lines = 20_000 if quick else 100_000

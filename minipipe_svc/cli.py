@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -26,6 +26,9 @@ from .config import Config, ConfigError, load_config
 from .model import RunState
 from .procs import user_name
 from .store import ConflictError, NoSuchRun, Store, StoreError
+
+if TYPE_CHECKING:
+    from .client import ClientError
 
 EXIT_FAILURE, EXIT_BAD_INPUT, EXIT_TIMEOUT = 1, 2, 124
 
@@ -109,6 +112,20 @@ class Context:
             return click.style(text, fg=colour, bold=bold)
         return click.style(text, **kwargs)
 
+    def call(self, op: str, **fields: Any) -> dict[str, Any]:
+        """One request to the daemon; its refusal becomes the CLI error it names."""
+        from .client import ClientError, call
+
+        try:
+            return call(self.config.socket_path, op, **fields)
+        except ClientError as exc:
+            raise _cli_error(exc) from None
+
+
+def _cli_error(exc: ClientError) -> click.ClickException:
+    error = UserError(str(exc)) if exc.exit_status == EXIT_BAD_INPUT else Failure(str(exc))
+    return error
+
 
 pass_ctx = click.make_pass_decorator(Context)
 
@@ -136,17 +153,24 @@ def cli(click_ctx: click.Context, config_path: str | None) -> None:
 
 
 @cli.command()
+@click.option("--db-path", metavar="PATH",
+              help="State DB to use instead of the config's db_path (as the MINI_PIPE "
+                   "daemon took it).")
 @pass_ctx
-def daemon(ctx: Context) -> None:
+def daemon(ctx: Context, db_path: str | None) -> None:
     """Run the scheduler in the foreground (what minipipe.service runs).
 
-    Starts PENDING runs up to max_concurrent_runs, adopts live runs after a
-    restart and marks vanished ones INTERRUPTED. SIGTERM/SIGINT stop it without
-    stopping any run; SIGHUP reloads the config.
+    The only writer of state: serves the API socket (submit, cancel, retry,
+    pause, resume), starts PENDING runs up to max_concurrent_runs, adopts live
+    runs after a restart and marks vanished ones INTERRUPTED. SIGTERM/SIGINT
+    stop it without stopping any run; SIGHUP reloads the config.
     """
     from .daemon import serve
 
-    sys.exit(serve(ctx.config, ctx.config_path))
+    config = ctx.config
+    if db_path is not None:
+        config = config._replace(db_path=os.path.abspath(db_path))
+    sys.exit(serve(config, ctx.config_path))
 
 
 @cli.command()
@@ -165,25 +189,13 @@ def submit(ctx: Context, plan: str, priority: int | None, fmt: str | None,
     run's id. An invalid plan is reported with its file, line and key, and
     nothing is queued (exit status 2).
     """
-    from .plan import PlanError
-    from .submit import not_running_notice, submit_plan, submitted_json
+    from .submit import submit_and_report
 
-    try:
-        submitted, warnings = submit_plan(
-            ctx.config, plan, priority=priority, fmt=fmt,
-            stdin=sys.stdin.buffer.read() if plan == "-" else None, read_back=as_json)
-    except PlanError as exc:
-        raise UserError(str(exc)) from None
-    except StoreError as exc:
-        raise Failure(str(exc)) from None
-    for warning in warnings:
-        click.echo(f"minipipe: warning: {warning}", err=True)
-    if as_json:
-        _echo_json(submitted_json(submitted))
-    else:
-        click.echo(submitted.run_id)
-    if not submitted.daemon_running:
-        click.echo(not_running_notice(submitted.run_id), err=True)
+    status = submit_and_report(ctx.config.socket_path, plan, as_json=as_json, fmt=fmt,
+                               priority=priority,
+                               stdin=sys.stdin.buffer.read() if plan == "-" else None)
+    if status:
+        sys.exit(status)
 
 
 @cli.command(name="ls")
@@ -193,20 +205,26 @@ def submit(ctx: Context, plan: str, priority: int | None, fmt: str | None,
 @click.option("--state", "states", multiple=True, metavar="STATE",
               type=click.Choice([s.value for s in RunState], case_sensitive=False),
               help="Only runs in this state (repeatable).")
+@click.option("--mine", is_flag=True, help="Only runs you submitted.")
+@click.option("--user", "owner", metavar="NAME", help="Only runs this user submitted.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @pass_ctx
 def list_runs(ctx: Context, show_all: bool, limit: int, states: tuple[str, ...],
-              as_json: bool) -> None:
+              mine: bool, owner: str | None, as_json: bool) -> None:
     """List runs, newest first.
 
     Columns: id, name, state, phase, steps done/total, duration (live while
-    running), and how long ago it was submitted.
+    running), and how long ago it was submitted. `--json` includes each run's
+    submitted_by (the user the daemon saw submit it).
     """
     from .render import run_json, runs_table
 
+    if mine and owner:
+        raise UserError("use either --mine or --user NAME")
     with ctx.store(readonly=True) as store:
         runs = store.list_runs(limit=None if show_all else limit,
-                               states=tuple(RunState(s.upper()) for s in states) or None)
+                               states=tuple(RunState(s.upper()) for s in states) or None,
+                               submitted_by=user_name() if mine else owner)
     if as_json:
         _echo_json([run_json(r) for r in runs])
         return
@@ -230,7 +248,11 @@ def _colour_state_cell(ctx: Context, line: str, state: str) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print run, steps and events as JSON.")
 @pass_ctx
 def show(ctx: Context, run_id: int, event_count: int, as_json: bool) -> None:
-    """Show one run: its state, its steps and its latest events."""
+    """Show one run: its state, its steps and its latest events.
+
+    On a terminal, control characters in the run's text (name, steps, reasons,
+    events) are shown as escapes, e.g. ESC as \\x1b; --json keeps them JSON-escaped.
+    """
     from .output import journal_shortfall
     from .render import event_json, event_text, run_json, step_json, steps_table
 
@@ -248,9 +270,10 @@ def show(ctx: Context, run_id: int, event_count: int, as_json: bool) -> None:
                     "output_lines": output_lines,
                     "journal_lines_missing": shortfall[1] - shortfall[0] if shortfall else 0})
         return
-    from .render import elapsed
+    from .render import elapsed, keep, printable, stdout_is_terminal
 
-    click.echo(f"{ctx.style(f'run {run.id}', bold=True)}  {run.name}  "
+    shown = printable if stdout_is_terminal() else keep
+    click.echo(f"{ctx.style(f'run {run.id}', bold=True)}  {shown(run.name)}  "
                f"{ctx.style(run.state.value, run.state.value)}")
     facts = [("phase", run.phase or "-"), ("steps", f"{run.steps_done}/{run.steps_total}"),
              ("attempt", str(run.attempt)), ("priority", str(run.priority)),
@@ -273,9 +296,9 @@ def show(ctx: Context, run_id: int, event_count: int, as_json: bool) -> None:
                                  f"dropped {shortfall[1] - shortfall[0]}); `minipipe logs` "
                                  "shows the complete file mirror"))
     for key, value in facts:
-        click.echo(f"  {key + ':':<11}{value}")
+        click.echo(f"  {key + ':':<11}{shown(value)}")
     click.echo()
-    lines = steps_table(steps)
+    lines = steps_table(steps, shown=shown)
     click.echo(ctx.style(lines[0], bold=True))
     for line, step in zip(lines[1:], steps, strict=True):
         click.echo(_colour_state_cell(ctx, line, step.state.value))
@@ -283,14 +306,16 @@ def show(ctx: Context, run_id: int, event_count: int, as_json: bool) -> None:
         click.echo()
         click.echo(ctx.style("events", bold=True))
         for event in events:
-            click.echo(f"  {event_text(event)}")
+            click.echo(f"  {shown(event_text(event))}")
 
 
 @cli.command()
 @click.argument("run_id", type=RUN_ID)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the run ends.")
 @click.option("--step", "step_id", metavar="STEP", help="Only this step's output.")
-@click.option("--raw", is_flag=True, help="Print only the output text, without step prefixes.")
+@click.option("--raw", is_flag=True,
+              help="Print only the output text, without step prefixes, exactly as the "
+                   "steps wrote it (no escaping of control characters, even on a terminal).")
 @click.option("--source", type=click.Choice(["auto", "journal", "file"]), default="auto",
               show_default=True,
               help="Where to read: the journal (runs in a scope) or the log_dir file mirror. "
@@ -304,8 +329,16 @@ def logs(ctx: Context, run_id: int, follow: bool, step_id: str | None, raw: bool
     on a terminal, minipipe's own notes (step start/end) dimmed. If the journal
     lost lines (journald's rate limit) or cannot be read by you, the complete
     file mirror is used and a note on stderr says so.
+
+    On a terminal, control characters in the output and step ids (which could
+    move the cursor, clear the screen, retitle the window or hide text) are
+    shown as escapes: ESC as \\x1b, CR as \\x0d, U+202E as \\u202e. Piped or
+    redirected, and with --raw, the output is printed exactly as written.
     """
     from .output import OutputReader
+    from .render import keep, printable, stdout_is_terminal
+
+    shown = printable if not raw and stdout_is_terminal() else keep
 
     with ctx.store(readonly=True) as store:
         run = store.get_run(run_id)
@@ -317,12 +350,12 @@ def logs(ctx: Context, run_id: int, follow: bool, step_id: str | None, raw: bool
                 continue
             if raw and line.stream == "minipipe":
                 continue
-            text = line.text if raw else f"{line.step_id} | {line.text}"
+            text = line.text if raw else f"{shown(line.step_id)} | {shown(line.text)}"
             if line.stream == "stderr":
                 text = ctx.style(text, fg="red")
             elif line.stream == "minipipe":
                 text = ctx.style(text, dim=True)
-            click.echo(text)
+            click.echo(text, color=True)  # click would strip escapes from a pipe
     for note in reader.notes:
         click.echo(f"minipipe: {note}", err=True)
 
@@ -336,23 +369,27 @@ def cancel(ctx: Context, run_ids: tuple[int, ...], cancel_all: bool) -> None:
 
     A pending run ends at once. A running run's current step (its whole process
     group) gets SIGTERM, then SIGKILL after kill_grace_seconds; the run ends
-    CANCELLED.
+    CANCELLED. You may cancel your own runs; root and members of the admin group
+    (config admin_group) anyone's. `--all` cancels every run you may cancel.
     """
-    from .wake import ping
-
     if not run_ids and not cancel_all:
         raise UserError("name the run(s) to cancel, or use --all")
-    with ctx.store() as store:
-        if cancel_all:
-            run_ids = tuple(r.id for r in store.list_runs(
-                limit=None, states=(RunState.PENDING, RunState.RUNNING)))
-        for run_id in run_ids:
-            was = store.request_cancel(run_id, by=user_name())
-            click.echo(f"run {run_id}: " + ("cancelled" if was is RunState.PENDING
-                                            else "cancel requested"))
-    if not ping(ctx.config.socket_path) and any(True for _ in run_ids):
-        click.echo("minipipe: the daemon is not running; running runs stop when it starts",
-                   err=True)
+    requests = [{"all": True}] if cancel_all else [{"run": run_id} for run_id in run_ids]
+    failed: click.ClickException | None = None
+    for fields in requests:
+        try:
+            reply = ctx.call("cancel", **fields)
+        except click.ClickException as exc:
+            click.echo(f"Error: {exc.message}", err=True)
+            failed = failed or exc
+            continue
+        for result in reply["results"]:
+            click.echo(f"run {result['run']}: " + (
+                "cancelled" if result["was"] == "PENDING" else "cancel requested"))
+        if cancel_all and not reply["results"]:
+            click.echo("nothing to cancel", err=True)
+    if failed is not None:
+        sys.exit(failed.exit_code)
 
 
 @cli.command()
@@ -361,15 +398,11 @@ def cancel(ctx: Context, run_ids: tuple[int, ...], cancel_all: bool) -> None:
 def retry(ctx: Context, run_id: int) -> None:
     """Queue a run that did not succeed again.
 
-    The run keeps its id and becomes attempt N+1; all its steps run again.
+    The run keeps its id and becomes attempt N+1; all its steps run again. You
+    may retry your own runs; root and members of the admin group anyone's.
     """
-    from .wake import ping
-
-    with ctx.store() as store:
-        attempt = store.retry(run_id, by=user_name())
-    click.echo(f"run {run_id}: queued again (attempt {attempt})")
-    if not ping(ctx.config.socket_path):
-        click.echo("minipipe: the daemon is not running; the run starts when it does", err=True)
+    reply = ctx.call("retry", run=run_id)
+    click.echo(f"run {run_id}: queued again (attempt {reply['attempt']})")
 
 
 @cli.command()
@@ -403,9 +436,7 @@ def status(ctx: Context, as_json: bool) -> None:
 
     Is the daemon running, is the queue paused, how many runs are in each state.
     """
-    from .wake import is_listening
-
-    alive = is_listening(ctx.config.socket_path)
+    alive = _daemon_running(ctx.config.lock_path)
     with ctx.store(readonly=True) as store:
         counts = store.counts()
         paused = store.is_paused()
@@ -413,34 +444,50 @@ def status(ctx: Context, as_json: bool) -> None:
         _echo_json({"daemon_running": alive, "paused": paused, "counts": counts,
                     "db_path": ctx.config.db_path})
         return
-    click.echo(f"daemon: {'running' if alive else ctx.style('not running', fg='red')}")
+    activation = "; socket-activated: the next request starts it" if (
+        not alive and os.path.exists(ctx.config.socket_path)) else ""
+    click.echo(f"daemon: {'running' if alive else ctx.style('not running', fg='red')}"
+               f"{activation}")
     click.echo(f"queue:  {ctx.style('paused', fg='yellow') if paused else 'accepting'}")
     for state, count in counts.items():
         click.echo(f"  {ctx.style(f'{state:<12}', state)}{count}")
 
 
+def _daemon_running(lock_path: str) -> bool:
+    """Whether a daemon holds its lock, tested without asking it (asking would start a
+    socket-activated one)."""
+    import fcntl
+
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 @cli.command()
 @pass_ctx
 def pause(ctx: Context) -> None:
-    """Stop starting new runs; running runs finish.
+    """Stop starting new runs; running runs finish (root and admins only).
 
     For maintenance: the pause is stored in the DB and survives daemon restarts.
     """
-    with ctx.store(create=True) as store:
-        changed = store.set_paused(True, by=user_name())
+    changed = ctx.call("pause")["changed"]
     click.echo("queue paused" if changed else "queue was already paused")
 
 
 @cli.command()
 @pass_ctx
 def resume(ctx: Context) -> None:
-    """Start runs again after `minipipe pause`."""
-    from .wake import ping
-
-    with ctx.store(create=True) as store:
-        changed = store.set_paused(False, by=user_name())
+    """Start runs again after `minipipe pause` (root and admins only)."""
+    changed = ctx.call("resume")["changed"]
     click.echo("queue resumed" if changed else "queue was not paused")
-    ping(ctx.config.socket_path)
 
 
 def main() -> NoReturn:

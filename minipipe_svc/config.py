@@ -18,13 +18,19 @@ DEFAULT_DB_PATH = "/var/lib/minipipe/state.db"
 CONFIG_ENV = "MINIPIPE_CONFIG"
 ISOLATIONS = ("auto", "none", "scope")
 DEFAULT_RUN_USER = "minipipe"
+DEFAULT_ADMIN_GROUP = "minipipe-admin"
 
 # key -> (default, one line of documentation); README and `minipipe config` show these.
 KEYS: dict[str, tuple[Any, str]] = {
     "db_path": (DEFAULT_DB_PATH, "SQLite state database (relative paths: to the config file)"),
     "isolation": ("auto", '"scope": one transient systemd scope per run; "none": plain process '
                           'groups; "auto": scope when started by systemd, else none'),
-    "run_user": (DEFAULT_RUN_USER, "user that runs execute as with isolation scope (never root)"),
+    "run_user": (DEFAULT_RUN_USER, "user that root's runs execute as, and every run's with "
+                                   "run_as set to it (never root)"),
+    "run_as": ("submitter", '"submitter": steps run as the user who submitted the run, with '
+                            'their groups (root\'s runs as run_user); or a fixed user name'),
+    "admin_group": (DEFAULT_ADMIN_GROUP, "members may cancel and retry anyone's run and pause "
+                                         "or resume the queue"),
     "default_limits": ({}, "limits for runs whose plan sets none: memory_max, cpu_quota, "
                            "runtime_max, tasks_max"),
     "max_concurrent_runs": (4, "runs executing at once (1-1024)"),
@@ -33,7 +39,9 @@ KEYS: dict[str, tuple[Any, str]] = {
     "auto_cleanup_completed_runs": (False, "delete finished runs older than the retention"),
     "completed_run_retention_days": (7.0, "age of a finished run before auto-cleanup"),
     "log_dir": (None, "per-run output files (null: <db dir>/logs)"),
-    "socket_path": (None, "the daemon's wake-up socket (null: <db dir>/minipipe.sock)"),
+    "socket_path": (None, "the daemon's API socket, where clients submit, cancel, retry, "
+                          "pause and resume (null: <db dir>/minipipe.sock); its directory "
+                          "also holds the daemon's lock file"),
     "minipipe_command": (None, "argv that executes one run, e.g. to wrap the runner in a "
                                "profiler (null: the daemon forks runners, much faster)"),
     "kill_grace_seconds": (10.0, "SIGTERM to SIGKILL grace when a step times out or is cancelled"),
@@ -48,6 +56,8 @@ class Config(NamedTuple):
     db_path: str = DEFAULT_DB_PATH
     isolation: str = "auto"
     run_user: str | None = DEFAULT_RUN_USER
+    run_as: str = "submitter"
+    admin_group: str | None = DEFAULT_ADMIN_GROUP
     default_limits: Limits = Limits()
     max_concurrent_runs: int = 4
     poll_interval_seconds: float = 30.0
@@ -58,6 +68,12 @@ class Config(NamedTuple):
     minipipe_command: tuple[str, ...] = ()
     kill_grace_seconds: float = 10.0
     source: str | None = None  # the file it came from, None for built-in defaults
+
+    @property
+    def lock_path(self) -> str:
+        """The single-instance lock: beside the socket, in a directory only the daemon's
+        user may write (/run/minipipe under systemd)."""
+        return os.path.join(os.path.dirname(self.socket_path), "minipipe.lock")
 
     def effective_isolation(self) -> str:
         """"auto" resolved: a scope per run when systemd started us, else none."""
@@ -137,6 +153,15 @@ def build_config(document: dict[str, Any], *, source: str | None) -> Config:
     if run_user in ("root", "0"):
         raise ConfigError(f"{label}: 'run_user' must not be root: runs never execute as root; "
                           "use the minipipe system user (the default)")
+    run_as = values["run_as"]
+    if not isinstance(run_as, str) or not run_as.strip() or "\0" in run_as:
+        raise bad("run_as", '"submitter" or a user name')
+    if run_as in ("root", "0"):
+        raise ConfigError(f"{label}: 'run_as' must not be root: steps never execute as root")
+    admin_group = values["admin_group"]
+    if admin_group is not None and (not isinstance(admin_group, str) or not admin_group.strip()
+                                    or "\0" in admin_group):
+        raise bad("admin_group", "a group name or null")
     default_limits = _limits(values["default_limits"], label)
     concurrency = values["max_concurrent_runs"]
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not (
@@ -168,6 +193,8 @@ def build_config(document: dict[str, Any], *, source: str | None) -> Config:
         db_path=db_path,
         isolation=values["isolation"],
         run_user=run_user,
+        run_as=run_as,
+        admin_group=admin_group,
         default_limits=default_limits,
         max_concurrent_runs=concurrency,
         poll_interval_seconds=numbers["poll_interval_seconds"],

@@ -1,7 +1,8 @@
-"""The scheduler daemon: starts PENDING runs, watches runners, repairs after crashes.
+"""The scheduler daemon: the only writer of state. Serves the API, starts PENDING runs,
+watches runners, repairs after crashes.
 
-One loop, woken by a submit ping on the wake socket, a runner exit (pidfd), a
-signal, or the fallback poll. Each pass:
+One loop, woken by an API request (server.py, actions.py), a runner exit (pidfd),
+a signal, or the fallback poll. Each pass:
 
     reload config if asked · collect exited runners · deliver cancel requests ·
     start PENDING runs (priority, then age) up to max_concurrent_runs ·
@@ -14,6 +15,7 @@ INTERRUPTED with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -25,15 +27,17 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from . import procs
+from . import __version__, procs
+from .actions import Actions
 from .config import Config, ConfigError, load_config
-from .launcher import LaunchedRunner, Launcher, ProcessLauncher
+from .identity import IdentityError, run_identity
+from .launcher import LaunchedRunner, Launcher, ProcessLauncher, ScopeLauncher
 from .logs import log_path
 from .model import RunState
 from .plan import Limits, Plan, merge_limits
 from .runner import RunnerArgs
-from .store import RunRow, Store, StoreError
-from .wake import WakeSocket
+from .server import ApiServer, listening_socket
+from .store import RunRow, Store, StoreError, unsafe_directory
 
 log = logging.getLogger("minipipe.daemon")
 
@@ -43,6 +47,7 @@ CLEANUP_EVERY_SECONDS = 3600.0
 # signal to every bus client, for STATUS).
 STATUS_EVERY_SECONDS = 1.0
 REQUEUE_BACKOFF_SECONDS = 5.0
+LOCK_WAIT_SECONDS = 2.0  # `minipipe status` may hold the lock for a moment to test it
 
 
 class Notifier:
@@ -84,8 +89,10 @@ def status_line(counts: dict[str, int], limit: int, paused: bool) -> str:
 class Daemon:
     def __init__(self, config: Config, *, config_path: str | None,
                  launcher: Launcher | None = None, notifier: Notifier | None = None,
-                 isolation: str = "none", watchdog_seconds: float | None = None) -> None:
+                 isolation: str = "none", watchdog_seconds: float | None = None,
+                 private_tmp: bool = False) -> None:
         self.config = config
+        self.private_tmp = private_tmp
         self.config_path = config_path
         self.launcher = launcher or ProcessLauncher()
         self.notifier = notifier or Notifier()
@@ -103,33 +110,39 @@ class Daemon:
         self.status_sent_at = 0.0
         self.status_pending = False
         self.watchdog_sent_at = 0.0
-        self.odd_datagrams = 0
-        self.next_odd_report = 0.0
         self.selector = selectors.DefaultSelector()
 
     # ------------------------------------------------------------ lifecycle
 
     def run(self) -> int:
-        try:
-            self.store = Store.open(self.config.db_path)
-        except StoreError as exc:
-            log.error("cannot open the state DB: %s", exc)
+        problem = self._unsafe_directories()
+        if problem:
+            log.error("%s", problem)
             return 1
         try:
             self.lock = self._take_lock()
         except OSError as exc:
             log.error("%s", exc)
             return 1
+        try:
+            self.store = Store.open(self.config.db_path)
+        except StoreError as exc:
+            log.error("cannot open the state DB: %s", exc)
+            return 1
         self._install_signals()
         self.reconcile()
-        # The socket appears only once the DB is repaired: like READY=1, its presence
-        # means "this daemon is serving". Submits made meanwhile are in the DB anyway.
+        # Requests are answered only once the DB is repaired (like READY=1); with
+        # socket activation they wait in the socket's backlog meanwhile.
         try:
-            self.wake = WakeSocket(self.config.socket_path)
+            listener, by_systemd = listening_socket(self.config.socket_path,
+                                                    self._socket_group())
         except OSError as exc:
             log.error("cannot listen on %s: %s", self.config.socket_path, exc)
             return 1
-        self.selector.register(self.wake, selectors.EVENT_READ, "wake")
+        self.actions = Actions(self.store, self.config, private_tmp=self.private_tmp,
+                               version=__version__)
+        self.api = ApiServer(listener, self.actions.handle, self.selector,
+                             owned_by_systemd=by_systemd, path=self.config.socket_path)
         log.info("minipipe daemon started (pid %d, db %s, isolation %s, up to %d runs)",
                  os.getpid(), self.config.db_path, self.isolation,
                  self.config.max_concurrent_runs)
@@ -149,16 +162,42 @@ class Daemon:
             self.shutdown()
         return 0
 
+    def _unsafe_directories(self) -> str | None:
+        """As root: every directory this process creates files in is root's alone."""
+        if os.geteuid() != 0:
+            return None
+        for directory in {os.path.dirname(self.config.db_path), self.config.log_dir,
+                          os.path.dirname(self.config.lock_path)}:
+            if os.path.isdir(directory) and (problem := unsafe_directory(directory)):
+                return problem
+        return None
+
+    def _socket_group(self) -> str | None:
+        import grp
+
+        try:  # the group of the DB's directory: the operators who may use minipipe
+            return grp.getgrgid(os.stat(os.path.dirname(self.config.db_path)).st_gid).gr_name
+        except (KeyError, OSError):
+            return None
+
     def _take_lock(self) -> int:
-        path = self.config.db_path + ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o660)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise OSError(f"another minipipe daemon already runs on {self.config.db_path}") \
-                from None
-        return fd
+        """One daemon per socket directory. The lock file is world-readable so that
+        `minipipe status` can test it without asking (and so starting) the daemon."""
+        path = self.config.lock_path
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                os.close(fd)
+                raise OSError(f"another minipipe daemon already runs (it holds {path})") \
+                    from None
 
     def _install_signals(self) -> None:
         self._signal_r, signal_w = socket.socketpair()
@@ -182,7 +221,7 @@ class Daemon:
         for watch in self.watches.values():
             os.close(watch.pidfd)
         self.watches.clear()
-        self.wake.close()
+        self.api.shutdown()
         os.close(self.lock)
         self.store.close()
         log.info("daemon stopped; %d run(s) keep running and will be adopted on the next start",
@@ -197,7 +236,6 @@ class Daemon:
         self.deliver_cancels()
         self.start_pending()
         self.cleanup_if_due()
-        self.report_odd_datagrams()
         status = self.current_status()
         now = time.monotonic()
         if status != self.last_status and now >= self.status_sent_at + STATUS_EVERY_SECONDS:
@@ -215,10 +253,12 @@ class Daemon:
         return max(0.0, self.status_sent_at + STATUS_EVERY_SECONDS - time.monotonic())
 
     def wait(self, timeout: float) -> None:
-        for key, _mask in self.selector.select(timeout):
-            if key.data == "wake":
-                _count, odd = self.wake.drain()
-                self.odd_datagrams += odd
+        deadline = self.api.next_deadline()
+        if deadline is not None:
+            timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+        for key, mask in self.selector.select(timeout):
+            if isinstance(key.data, tuple) and key.data[0] == "api":
+                self.api.on_event(key.data[1], mask)
             elif key.data == "signal":
                 try:
                     while self._signal_r.recv(64):
@@ -226,14 +266,7 @@ class Daemon:
                 except BlockingIOError:
                     pass
             # pidfds need nothing here: collect_exited() checks them next pass.
-
-    def report_odd_datagrams(self) -> None:
-        """Log (at most once a minute) datagrams on the wake socket that were not ours."""
-        if self.odd_datagrams and time.monotonic() >= self.next_odd_report:
-            log.warning("ignored %d unexpected datagram(s) on %s (only wake-ups are read)",
-                        self.odd_datagrams, self.config.socket_path)
-            self.odd_datagrams = 0
-            self.next_odd_report = time.monotonic() + 60.0
+        self.api.expire()
 
     def current_status(self) -> str:
         return status_line(self.store.counts(), self.config.max_concurrent_runs,
@@ -288,13 +321,7 @@ class Daemon:
         self.interrupt(run, f"runner (pid {run.runner_pid}) {how} before recording a result")
 
     def interrupt(self, run: RunRow, reason: str) -> None:
-        killed = 0
-        for step in self.store.get_steps(run.id):
-            if step.state.value == "RUNNING":
-                killed += procs.kill_orphaned_group(step.pid, step.pid_start)
-        if killed:
-            reason += f"; killed {killed} leftover step process(es)"
-        if done := self.launcher.stop_leftovers(run):
+        if done := self.launcher.stop_leftovers(run, self.store.get_steps(run.id)):
             reason += f"; {done}"
         self.store.finish_run(run.id, RunState.INTERRUPTED, reason=reason)
         log.warning("run %d INTERRUPTED: %s", run.id, reason)
@@ -318,12 +345,11 @@ class Daemon:
         for run in self.store.cancel_requests():
             if run.id in self.cancels_sent or run.id not in self.watches:
                 continue
-            try:
-                os.kill(self.watches[run.id].pid, signal.SIGTERM)
+            # Through the pidfd this daemon holds: it can only reach that very process.
+            with contextlib.suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self.watches[run.id].pidfd, signal.SIGTERM)
                 log.info("run %d: cancel requested, sent SIGTERM to runner %d", run.id,
                          self.watches[run.id].pid)
-            except ProcessLookupError:
-                pass
             self.cancels_sent.add(run.id)
 
     def start_pending(self) -> None:
@@ -334,15 +360,17 @@ class Daemon:
             return
         ready: list[tuple[RunRow, RunnerArgs, Limits]] = []
         for run in self.store.pending_runs(free):
-            unit = self.launcher.unit_name(run.id)
-            if not self.store.start_run(run.id, unit=unit):
+            try:
+                prepared = self.prepare(run)
+            except (IdentityError, ValueError, KeyError, TypeError) as exc:
+                # One bad row (or a user that vanished) fails its run, never the daemon.
+                if self.store.start_run(run.id, unit=None):
+                    self.store.finish_run(run.id, RunState.FAILED,
+                                          reason=f"could not start: {exc}")
+                log.error("run %d FAILED before it started: %s", run.id, exc)
                 continue
-            limits = merge_limits(Plan.from_dict(self.store.run_plan(run.id)).limits,
-                                  self.config.default_limits)
-            ready.append((run, RunnerArgs(
-                self.config.db_path, self.config.log_dir, run.id,
-                kill_grace=self.config.kill_grace_seconds, runtime_max=limits.runtime_max,
-                journal=self.journal), limits))
+            if prepared is not None:
+                ready.append(prepared)
         if not ready:
             return
         # Runners are forked from this process, and SQLite forbids carrying an open
@@ -357,6 +385,7 @@ class Daemon:
                     launched.append((run, exc))
         finally:
             self.store = Store.open(self.config.db_path)
+            self.actions.store = self.store
         for run, runner in launched:
             if isinstance(runner, OSError):
                 reason = f"could not start the runner: {runner.strerror or runner}"
@@ -369,6 +398,20 @@ class Daemon:
                 self.runner_ended(run.id, None)
             log.info("run %d (%s) started: runner pid %d%s", run.id, run.name, runner.pid,
                      f", unit {runner.unit}" if runner.unit else "")
+
+    def prepare(self, run: RunRow) -> tuple[RunRow, RunnerArgs, Limits] | None:
+        """Check what the run needs (its plan, its user), then mark it RUNNING."""
+        limits = merge_limits(Plan.from_dict(self.store.run_plan(run.id)).limits,
+                              self.config.default_limits)
+        identity = run_identity(self.config, run.submitted_uid)
+        umask = run.umask if isinstance(run.umask, int) and 0 <= run.umask <= 0o777 else None
+        if not self.store.start_run(run.id, unit=self.launcher.unit_name(run.id),
+                                    run_user=identity.user if identity else procs.user_name()):
+            return None
+        return run, RunnerArgs(
+            self.config.db_path, self.config.log_dir, run.id,
+            kill_grace=self.config.kill_grace_seconds, runtime_max=limits.runtime_max,
+            journal=self.journal, identity=identity, umask=umask), limits
 
     # ------------------------------------------------------------ housekeeping
 
@@ -404,6 +447,7 @@ class Daemon:
                 log.warning("reload: %s changed; it takes effect only after a restart", fixed)
                 new = new._replace(**{fixed: getattr(self.config, fixed)})
         self.config = new
+        self.actions.config = new
         self.next_cleanup = 0.0
         log.info("config reloaded: up to %d runs, poll every %gs", new.max_concurrent_runs,
                  new.poll_interval_seconds)
@@ -434,15 +478,20 @@ def serve(config: Config, config_path: str | None) -> int:
         systemd_notifier = SystemdNotifier()
         notifier, watchdog_seconds = systemd_notifier, systemd_notifier.watchdog_seconds
     isolation = config.effective_isolation()
-    launcher: Launcher = ProcessLauncher(config.minipipe_command)
+    if os.geteuid() == 0 and isolation != "scope":
+        log.error('refusing to run as root with isolation "%s": steps would run as root '
+                  'or share the daemon\'s uid. Use isolation "scope" under systemd '
+                  '(minipipe.service), or run a private instance as an ordinary user',
+                  isolation)
+        return 1
+    launcher: Launcher = (ScopeLauncher(config.minipipe_command) if isolation == "scope"
+                          else ProcessLauncher(config.minipipe_command))
+    private_tmp = False
     if isolation == "scope":
-        if os.geteuid() == 0 and not config.run_user:
-            log.error("isolation scope as root needs run_user: runs never execute as root")
-            return 1
-        from .systemd import ScopeLauncher
+        from .systemd import private_tmp as has_private_tmp
 
-        launcher = ScopeLauncher(config.run_user if os.geteuid() == 0 else None,
-                                 config.minipipe_command)
+        private_tmp = has_private_tmp()
     daemon = Daemon(config, config_path=config_path, launcher=launcher, notifier=notifier,
-                    isolation=isolation, watchdog_seconds=watchdog_seconds)
+                    isolation=isolation, watchdog_seconds=watchdog_seconds,
+                    private_tmp=private_tmp)
     return daemon.run()

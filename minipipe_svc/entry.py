@@ -4,16 +4,15 @@
 importing click costs more than the submit itself (bench/ measures both), so that
 exact form is served here. Every other command line, including any other option,
 `--help` and every mistake, goes to the click CLI (cli.py), which owns usage.
-Both paths queue through submit.py, so they print and exit alike.
+Both paths submit through submit.py, so they print and exit alike.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import NoReturn
 
-EXIT_FAILURE, EXIT_BAD_INPUT = 1, 2
+EXIT_BAD_INPUT = 2
 
 
 def plain_submit(argv: list[str]) -> tuple[str | None, bool, str] | None:
@@ -36,25 +35,14 @@ def plain_submit(argv: list[str]) -> tuple[str | None, bool, str] | None:
 
 def quick_submit(config_path: str | None, as_json: bool, plan: str) -> int:
     from .config import ConfigError, load_config
-    from .plan import PlanError
-    from .store import StoreError
-    from .submit import not_running_notice, submit_plan, submitted_json
+    from .submit import submit_and_report
 
     try:
         config = load_config(config_path)
-        submitted, warnings = submit_plan(config, plan, read_back=as_json)
-    except (ConfigError, PlanError) as exc:
+    except ConfigError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except StoreError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
-    for warning in warnings:
-        print(f"minipipe: warning: {warning}", file=sys.stderr)
-    print(json.dumps(submitted_json(submitted), indent=2) if as_json else submitted.run_id)
-    if not submitted.daemon_running:
-        print(not_running_notice(submitted.run_id), file=sys.stderr)
-    return 0
+    return submit_and_report(config.socket_path, plan, as_json=as_json)
 
 
 def main() -> NoReturn:

@@ -1,17 +1,23 @@
-"""Starting runners and telling whether they still live, with isolation "none".
+"""The launch strategies, all in one place: how a runner starts, lives and is cleaned up.
+
+- ProcessLauncher (isolation "none"): the runner is a process group of its own.
+- ScopeLauncher (isolation "scope"): the runner lives in `minipipe-run-<id>.scope`
+  under minipipe.slice, created through the systemd adapter (systemd.py).
 
 A runner is forked from the daemon, which has already imported everything it
 needs: starting one costs a fork (about a millisecond), not a Python start and
 its imports (~20-100 ms, measured in bench/). The child leaves the daemon's
 session, drops every inherited descriptor and signal handler, optionally joins
-its scope and switches user (systemd.py), then runs `runner.execute`.
+its scope, opens its log sinks and runs `runner.execute` with them. The runner
+keeps the daemon's user (root under systemd); each step drops to the run's user.
 
 When the config sets `minipipe_command`, the runner is exec'd as that command
 instead (slower, but lets an operator wrap it, e.g. in a profiler).
 
 Each runner is in its own session, so a Ctrl-C or SIGTERM aimed at the daemon
-never reaches it. The systemd adapter provides the same interface for isolation
-"scope".
+never reaches it. Root acts only on what it computes: unit names come from run
+ids, and a pid read back from the DB is signalled only after its identity (start
+time, and under systemd the run's own cgroup) is checked.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from . import procs, runner
+from . import procs, runner, systemd
+from .logs import open_sinks
 from .plan import Limits
 from .runner import RunnerArgs, clean_environment
-from .store import RunRow
+from .store import RunRow, StepRow
 
 RUNNER_MODULE_COMMAND = (sys.executable, "-m", "minipipe_svc.runner")
 RUNNER_PROCESS_NAME = "minipipe-runner"  # what ps and top show for a forked runner
@@ -73,7 +80,7 @@ class Launcher(Protocol):
 
     def is_alive(self, run: RunRow) -> bool: ...
 
-    def stop_leftovers(self, run: RunRow) -> str | None:
+    def stop_leftovers(self, run: RunRow, steps: list[StepRow]) -> str | None:
         """After a runner vanished: stop what is left of its run; say what was done."""
 
 
@@ -96,12 +103,13 @@ def fork_runner(args: RunnerArgs, setup: Callable[[], None] | None = None) -> Fo
         try:
             if setup is not None:
                 setup()
-        except TryLater as exc:
+        except (TryLater, systemd.ShuttingDown) as exc:
             status = runner.requeue(args, str(exc))
         except Exception as exc:
             status = runner.record_launch_failure(args, f"could not set up the run: {exc}")
         else:
-            status = runner.execute(args)
+            status = runner.execute(args, open_sinks(args.log_dir, args.run_id,
+                                                     journal=args.journal))
     except BaseException:
         traceback.print_exc()
     finally:
@@ -157,5 +165,62 @@ class ProcessLauncher:
     def is_alive(self, run: RunRow) -> bool:
         return procs.is_alive(run.runner_pid, run.runner_start)
 
-    def stop_leftovers(self, run: RunRow) -> str | None:
-        return None  # the daemon kills the step's process group itself
+    def stop_leftovers(self, run: RunRow, steps: list[StepRow]) -> str | None:
+        """Kill what is left of the steps' process groups (members no older than the
+        recorded leader, so a reused pgid is never hit)."""
+        killed = sum(procs.kill_orphaned_group(step.pid, step.pid_start)
+                     for step in steps if step.state.value == "RUNNING")
+        return f"killed {killed} leftover step process(es)" if killed else None
+
+
+class ScopeLauncher:
+    """Runners in `minipipe-run-<id>.scope` under minipipe.slice.
+
+    Forked (the daemon is root): the child joins its scope itself, then runs.
+    With `minipipe_command` (or a daemon that is not root) `systemd-run --scope`
+    starts the runner command instead.
+    """
+
+    def __init__(self, command: tuple[str, ...] = ()) -> None:
+        self.command = command  # empty: fork, join the scope from inside (needs root)
+        self.fork = not command and os.geteuid() == 0
+        if self.fork:  # what every forked runner needs, done once here
+            from systemd import journal  # noqa: F401
+
+            from .journal import current_journald_rate_limit
+
+            current_journald_rate_limit()
+            procs.libc()
+
+    def unit_name(self, run_id: int) -> str | None:
+        return systemd.unit_name(run_id)
+
+    def launch(self, args: RunnerArgs, limits: Limits) -> LaunchedRunner:
+        description = f"minipipe run {args.run_id}"
+        unit = systemd.unit_name(args.run_id)
+        if self.fork:
+            child = fork_runner(args, lambda: systemd.join_new_scope(args.run_id, limits,
+                                                                    description))
+            return LaunchedRunner(child.pid, procs.start_time(child.pid), unit, child)
+        runner_argv = [*(self.command or RUNNER_MODULE_COMMAND), *args.argv()]
+        command = systemd.scope_argv(args.run_id, runner_argv, limits=limits,
+                                     description=description)
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True,
+                                   env=clean_environment(dict(os.environ)), close_fds=True)
+        return LaunchedRunner(process.pid, procs.start_time(process.pid), unit, process)
+
+    def is_alive(self, run: RunRow) -> bool:
+        """The recorded runner lives, is the same process, and is in the run's scope."""
+        return (procs.is_alive(run.runner_pid, run.runner_start) and run.runner_pid is not None
+                and systemd.in_unit(run.runner_pid, systemd.unit_name(run.id)))
+
+    def stop_leftovers(self, run: RunRow, steps: list[StepRow]) -> str | None:
+        """Stop the run's scope if something still lives in it; returns what was done.
+
+        The unit name is computed from the run id, never read from the DB.
+        """
+        unit = systemd.unit_name(run.id)
+        if systemd.unit_state(unit) not in ("active", "activating", "deactivating"):
+            return None
+        systemd.stop_unit(unit)
+        return f"stopped {unit}"

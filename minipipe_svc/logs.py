@@ -46,6 +46,16 @@ def log_path(log_dir: str, run_id: int) -> str:
     return os.path.join(log_dir, f"run-{run_id}.log")
 
 
+def open_sinks(log_dir: str, run_id: int, *, journal: bool) -> list[LogSink]:
+    """A runner's sinks: always the file mirror; under systemd the journal too."""
+    sinks: list[LogSink] = [FileLogSink(log_path(log_dir, run_id))]
+    if journal:
+        from .journal import JournalSink
+
+        sinks.append(JournalSink(run_id))
+    return sinks
+
+
 class FileLogSink:
     """Appends records to the run's file; counts (never hides) lines it could not write."""
 
@@ -54,8 +64,12 @@ class FileLogSink:
         self.lines_lost = 0
         self.error: str | None = None
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            self._file = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+            os.makedirs(os.path.dirname(path), mode=0o750, exist_ok=True)
+            # Never through a link: the runner may be root (the log dir is root's alone,
+            # but a file it appends to must be the one it means).
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o640)
+            self._file = open(fd, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
         except OSError as exc:
             self._file = None
             self.error = f"cannot open {path}: {exc.strerror or exc}"

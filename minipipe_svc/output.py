@@ -55,7 +55,7 @@ class OutputReader:
                               f"({self.path} does not exist)")
 
     def _from_journal(self, follow: bool) -> Iterator[LogLine]:
-        from .systemd import journal_readable, read_journal
+        from .journal import journal_readable, read_journal
 
         if not journal_readable():
             self.notes.append(f"{NO_JOURNAL_ACCESS}; showing the file mirror {self.path}")
@@ -81,7 +81,7 @@ class OutputReader:
 
     def _complete_journal(self) -> list[LogLine]:
         """All journal lines if the journal has them all; else the file's, with a note."""
-        from .systemd import read_journal
+        from .journal import read_journal
 
         lines, _cursor = read_journal(self.run.id, since=self.run.created_at)
         expected = self.store.output_lines(self.run.id) if self.run.state.is_terminal else None
@@ -114,7 +114,7 @@ def journal_shortfall(store: Store, run: RunRow) -> tuple[int, int] | None:
     """(lines the journal kept, lines written) for a finished run in a scope, if short."""
     if not run.unit or not run.state.is_terminal or not _journal_module():
         return None
-    from .systemd import count_journal_lines, journal_readable
+    from .journal import count_journal_lines, journal_readable
 
     expected = store.output_lines(run.id)
     if expected is None or not journal_readable():
@@ -142,7 +142,7 @@ class OutputFollower:
         self.note: str | None = None
         self.source = "file"
         if run.unit and _journal_module():
-            from .systemd import journal_readable
+            from .journal import journal_readable
 
             if journal_readable():
                 self.source = "journal"
@@ -151,7 +151,7 @@ class OutputFollower:
 
     def poll(self) -> list[LogLine]:
         if self.source == "journal":
-            from .systemd import read_journal
+            from .journal import read_journal
 
             lines, self.cursor = read_journal(self.run_id, self.cursor,
                                               since=self.created_at)

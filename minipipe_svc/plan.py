@@ -14,9 +14,11 @@ import re
 import shlex
 from typing import Any, NamedTuple
 
+from .planfile import MAX_PLAN_BYTES, PlanError, read_plan_file
 from .quantities import parse_cpu_quota, parse_duration, parse_size
 
-MAX_PLAN_BYTES = 1024 * 1024
+__all__ = ["MAX_PLAN_BYTES", "Limits", "Plan", "PlanError", "Step", "load_plan", "parse_plan"]
+
 MAX_STEPS = 1000
 MAX_RETRIES = 100
 MAX_NAME_CHARS = 100
@@ -36,21 +38,6 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # service manager or the step's view of which run it belongs to.
 RESERVED_ENV = re.compile(r"NOTIFY_SOCKET|WATCHDOG_(PID|USEC)|LISTEN_(FDS|PID|FDNAMES)|MINIPIPE_.*")
 DEFAULT_PHASE = "main"
-
-
-class PlanError(Exception):
-    """One problem in one plan, phrased for the person who wrote it."""
-
-    def __init__(self, source: str, message: str, *, line: int | None = None,
-                 where: str | None = None, hint: str | None = None) -> None:
-        self.source, self.line, self.where, self.message, self.hint = (
-            source, line, where, message, hint)
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        location = self.source if self.line is None else f"{self.source}:{self.line}"
-        text = f"{location}: {self.where + ': ' if self.where else ''}{self.message}"
-        return f"{text}\n  hint: {self.hint}" if self.hint else text
 
 
 class Limits(NamedTuple):
@@ -117,7 +104,7 @@ def load_plan(path: str, *, fmt: str | None = None, stdin: bytes | None = None) 
         data = stdin or b""
         base_dir = os.getcwd()
     else:
-        data = _read_plan_file(path)
+        data = read_plan_file(path)
         base_dir = os.path.dirname(os.path.abspath(path))
     if fmt is None:
         fmt = "json" if path.lower().endswith(".json") else "toml"
@@ -130,25 +117,6 @@ def _default_name(path: str) -> str:
         return "stdin"
     stem = os.path.splitext(os.path.basename(path))[0]
     return stem[:MAX_NAME_CHARS] or "plan"
-
-
-def _read_plan_file(path: str) -> bytes:
-    try:
-        if os.path.isdir(path):
-            raise PlanError(path, "is a directory", hint="give the path of a .toml or .json plan")
-        size = os.path.getsize(path)
-        if size > MAX_PLAN_BYTES:
-            raise PlanError(path, f"is too large ({size / 1e6:.1f} MB); plans are at most "
-                            f"{MAX_PLAN_BYTES // 1024} KiB",
-                            hint="a plan lists commands; keep data in files the steps read")
-        with open(path, "rb") as handle:
-            return handle.read(MAX_PLAN_BYTES + 1)
-    except FileNotFoundError:
-        raise PlanError(path, "no such file", hint="check the path and try again") from None
-    except PermissionError:
-        raise PlanError(path, "permission denied while reading the plan") from None
-    except OSError as exc:
-        raise PlanError(path, f"cannot read the plan: {exc.strerror or exc}") from None
 
 
 def parse_plan(data: bytes, *, source: str, fmt: str, base_dir: str,

@@ -35,27 +35,6 @@ def user_name(uid: int | None = None) -> str:
         return str(uid)
 
 
-def become_user(name: str) -> dict[str, str]:
-    """Switch this (root) process to user `name` for good, with its groups.
-
-    Returns the login variables a step of that user expects (HOME, USER, LOGNAME,
-    SHELL), as `systemd-run --uid` sets them. Refuses root: runs never run as root.
-    """
-    import pwd
-
-    try:
-        entry = pwd.getpwnam(name)
-    except KeyError:
-        raise LookupError(f"there is no user {name!r} (config key run_user)") from None
-    if entry.pw_uid == 0:
-        raise PermissionError(f"user {name!r} is root; runs never execute as root")
-    os.initgroups(name, entry.pw_gid)
-    os.setgid(entry.pw_gid)
-    os.setuid(entry.pw_uid)
-    return {"HOME": entry.pw_dir, "USER": name, "LOGNAME": name,
-            "SHELL": entry.pw_shell or "/bin/sh"}
-
-
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot, or None if it is gone."""
     fields = _stat_fields(pid)

@@ -1,10 +1,16 @@
 """Turning store rows into what the CLI prints: JSON dicts with stable names, and tables.
 
-Pure functions of their inputs (plus "now" for durations), so they are tested exactly.
+Pure functions of their inputs (plus "now" for durations, and `stdout_is_terminal`, the
+one question asked of the outside), so they are tested exactly.
+Everything in a run (its name, phases, step ids, commands, reasons, output) comes from
+users; `printable` is what makes such text safe to show on a terminal.
 """
 
 from __future__ import annotations
 
+import re
+import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +28,45 @@ STATE_COLOURS: dict[str, tuple[str, bool]] = {
     RunState.INTERRUPTED.value: ("yellow", True),
     StepState.SKIPPED.value: ("bright_black", False),
 }
+
+
+# What a terminal acts on instead of showing: C0 controls but TAB, DEL, the C1
+# controls, and the bidi embeddings/overrides/isolates that reorder or hide text.
+_UNPRINTABLE = [*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F, *range(0x80, 0xA0),
+                *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_ESCAPES = {code: rf"\x{code:02x}" if code < 0x100 else rf"\u{code:04x}"
+            for code in _UNPRINTABLE}
+_HAS_UNPRINTABLE = re.compile("[" + "".join(re.escape(chr(c)) for c in _UNPRINTABLE) + "]")
+
+
+def printable(text: str) -> str:
+    r"""`text` with every character a terminal would act on shown as its escape.
+
+    C0 controls except TAB (newline and carriage return included), DEL, the C1
+    controls U+0080-U+009F and the Unicode bidi controls U+202A-U+202E and
+    U+2066-U+2069 become the Python-style escape of their code point: `\xNN`
+    below U+0100 (ESC is `\x1b`, NUL `\x00`, 8-bit CSI `\x9b`), `\uNNNN` above
+    (RIGHT-TO-LEFT OVERRIDE is `\u202e`). Everything else, TAB and backslashes
+    included, is kept as it is: text that already held the four characters `\x1b`
+    looks like an escaped ESC, and the exact text is what a pipe or
+    `minipipe logs --raw` gives.
+    """
+    if not _HAS_UNPRINTABLE.search(text):
+        return text
+    return text.translate(_ESCAPES)
+
+
+def keep(text: str) -> str:
+    """The identity, for where text goes out as it is (a pipe, `--raw`)."""
+    return text
+
+
+def stdout_is_terminal() -> bool:
+    """Whether the CLI prints to a terminal, so user text needs `printable`.
+
+    Apart from colour: NO_COLOR turns colours off, never this. Tests replace it.
+    """
+    return sys.stdout.isatty()
 
 
 def run_json(run: RunRow) -> dict[str, Any]:
@@ -77,19 +122,26 @@ def table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return [line(headers), *(line(r) for r in rows)]
 
 
-def runs_table(runs: list[RunRow], now: datetime | None = None) -> tuple[list[str], list[str]]:
-    """The `ls` table lines, and each row's state (for colouring)."""
-    rows = [[str(r.id), _clip(r.name, 30), r.state.value, r.phase or "-",
+def runs_table(runs: list[RunRow], now: datetime | None = None, *,
+               shown: Callable[[str], str] = keep) -> tuple[list[str], list[str]]:
+    """The `ls` table lines, and each row's state (for colouring).
+
+    `shown` is applied to the user's text (name, phase): `printable` on a terminal.
+    """
+    rows = [[str(r.id), _clip(shown(r.name), 30), r.state.value, shown(r.phase or "-"),
              f"{r.steps_done}/{r.steps_total}", elapsed(r.started_at, r.finished_at, now),
              age(r.created_at, now)] for r in runs]
     lines = table(["ID", "NAME", "STATE", "PHASE", "STEPS", "DURATION", "CREATED"], rows)
     return lines, [r.state.value for r in runs]
 
 
-def steps_table(steps: list[StepRow], now: datetime | None = None) -> list[str]:
-    rows = [[str(s.idx + 1), s.step_id, s.phase, s.state.value, str(s.attempt),
+def steps_table(steps: list[StepRow], now: datetime | None = None, *,
+                shown: Callable[[str], str] = keep) -> list[str]:
+    """The `show` steps table; `shown` is applied to the user's text (`printable`)."""
+    rows = [[str(s.idx + 1), shown(s.step_id), shown(s.phase), s.state.value, str(s.attempt),
              "-" if s.exit_code is None else str(s.exit_code),
-             elapsed(s.started_at, s.finished_at, now), _clip(s.command, 60)] for s in steps]
+             elapsed(s.started_at, s.finished_at, now), _clip(shown(s.command), 60)]
+            for s in steps]
     return table(["#", "STEP", "PHASE", "STATE", "TRY", "EXIT", "DURATION", "COMMAND"], rows)
 
 

@@ -10,6 +10,11 @@ the step.
 SIGTERM, SIGINT and SIGHUP to the runner mean "cancel this run". The daemon sends
 SIGTERM when an operator asks for a cancel.
 
+The runner is trusted (under systemd it is root in the run's scope: it records
+state and sends the journal lines); the steps are not. Each step drops to the
+run's user in its own child just before exec (`RunIdentity`), and enters its
+working directory only as that user. The runner is handed its log sinks.
+
 Kept free of click and other heavy imports: forked, it costs no imports at all;
 started as a command, it pays for each one once per run.
 """
@@ -17,6 +22,7 @@ started as a command, it pays for each one once per run.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import selectors
 import signal
@@ -27,7 +33,8 @@ import traceback
 from dataclasses import dataclass
 
 from . import procs
-from .logs import FileLogSink, LogSink, TeeSink, log_path
+from .identity import RunIdentity, identity_of
+from .logs import LogSink, TeeSink, open_sinks
 from .model import RUN_STATE_FOR_STEP_FAILURE, RunState, StepState
 from .plan import Plan, Step
 from .quantities import format_duration
@@ -71,9 +78,12 @@ def step_outcome(returncode: int, stopped_for: str | None, why: str | None) -> S
 
 class Runner:
     def __init__(self, store: Store, run_id: int, sinks: list[LogSink],
-                 kill_grace: float, runtime_max: float | None = None) -> None:
+                 kill_grace: float, runtime_max: float | None = None,
+                 identity: RunIdentity | None = None, umask: int | None = None) -> None:
         self.store, self.run_id, self.kill_grace = store, run_id, kill_grace
         self.runtime_max = runtime_max  # the daemon's merge of plan and config limits
+        self.identity = identity  # None: steps run as the runner's own user
+        self.umask = umask  # the submitter's, as Slurm does
         self.sink = TeeSink(*sinks)
         self.stop_signal: int | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -166,18 +176,50 @@ class Runner:
 
     def step_environment(self, step: Step, attempt: int) -> dict[str, str]:
         env = clean_environment(dict(os.environ))
+        if self.identity is not None:
+            env.update(self.identity.login_environment())
         env.update(step.env)
         env.update(MINIPIPE_RUN_ID=str(self.run_id), MINIPIPE_STEP_ID=step.id,
                    MINIPIPE_ATTEMPT=str(attempt))
         return env
 
+    def identity_options(self, step: Step) -> dict[str, object]:
+        """Popen options that make the step's child its run's user before exec.
+
+        Popen changes directory before it changes user; the step must enter its cwd
+        as its own user (a directory only root may enter stays closed), so the
+        chdir happens in preexec_fn, after setgroups/setgid/setuid. The runner has
+        no threads, which is what makes preexec_fn safe here.
+        """
+        options: dict[str, object] = {}
+        if self.umask is not None:
+            options["umask"] = self.umask
+        if self.identity is None:
+            options["cwd"] = step.cwd
+            return options
+        identity = self.identity
+        if identity.uid == 0:
+            raise PermissionError("steps never execute as root")
+        options.update(user=identity.uid, group=identity.gid,
+                       extra_groups=list(identity.groups),
+                       preexec_fn=functools.partial(os.chdir, step.cwd))
+        return options
+
     def execute(self, idx: int, step: Step, attempt: int, run_deadline: float | None,
                 runtime_max: float | None) -> StepResult:
+        if not os.path.isdir(step.cwd):
+            return StepResult(StepState.FAILED, 127, f"working directory not found: {step.cwd}")
         try:
             proc = subprocess.Popen(
-                step.argv, cwd=step.cwd, env=self.step_environment(step, attempt),
+                step.argv, env=self.step_environment(step, attempt),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                start_new_session=True, close_fds=True)
+                start_new_session=True, close_fds=True,
+                **self.identity_options(step))  # type: ignore[call-overload]
+        except subprocess.SubprocessError:  # preexec_fn: the chdir as the run's user
+            user = self.identity.user if self.identity else procs.user_name()
+            return StepResult(StepState.FAILED, 126, (
+                f"permission denied: user {user} cannot enter the working directory "
+                f"{step.cwd}; set the step's cwd to a directory it may use"))
         except FileNotFoundError as exc:
             missing = step.cwd if exc.filename == step.cwd else step.argv[0]
             what = "working directory" if missing == step.cwd else "command"
@@ -250,9 +292,11 @@ class Runner:
                         _drain(fd)
                     elif fd == pidfd:
                         selector.unregister(pidfd)
-                        proc.wait()
-                        # Whatever the step left running in its group goes with it.
+                        # Whatever the step left running in its group goes with it;
+                        # killed before the leader is reaped, so its pid (= the pgid)
+                        # cannot have been reused by anyone else yet.
                         procs.kill_group(proc.pid, signal.SIGKILL)
+                        proc.wait()
                         leader_gone_at = time.monotonic()
                     elif not self.pump(fd, streams[fd], partial, step.id, attempt):
                         selector.unregister(fd)
@@ -324,12 +368,18 @@ class RunnerArgs:
     kill_grace: float = 10.0
     runtime_max: float | None = None  # seconds the whole run may take (plan or config)
     journal: bool = False  # also send every output line to journald
+    identity: RunIdentity | None = None  # whom the steps execute as (None: as the runner)
+    umask: int | None = None
 
     def argv(self) -> list[str]:
         """The same, as the command line of `python3 -m minipipe_svc.runner`."""
         extra = ["--journal"] if self.journal else []
         if self.runtime_max is not None:
             extra += ["--runtime-max", f"{self.runtime_max:g}"]
+        if self.identity is not None:
+            extra += ["--run-as", self.identity.user]
+        if self.umask is not None:
+            extra += ["--umask", f"{self.umask:o}"]
         return ["--db-path", self.db_path, "--log-dir", self.log_dir,
                 "--kill-grace", f"{self.kill_grace:g}", *extra, str(self.run_id)]
 
@@ -345,13 +395,24 @@ def parse_args(argv: list[str] | None = None) -> RunnerArgs:
                         help="seconds the whole run may take (plan or config default)")
     parser.add_argument("--journal", action="store_true",
                         help="also send every output line to journald")
+    parser.add_argument("--run-as", metavar="USER", help="the user the steps execute as")
+    parser.add_argument("--umask", type=lambda text: int(text, 8), default=None,
+                        help="the steps' umask (octal)")
     parser.add_argument("run_id", type=int)
     args = parser.parse_args(argv)
+    identity = None
+    if args.run_as:
+        import pwd
+
+        try:
+            identity = identity_of(pwd.getpwnam(args.run_as))
+        except KeyError:
+            parser.error(f"there is no user {args.run_as!r}")
     return RunnerArgs(args.db_path, args.log_dir, args.run_id, args.kill_grace,
-                      args.runtime_max, args.journal)
+                      args.runtime_max, args.journal, identity, args.umask)
 
 
-def execute(args: RunnerArgs) -> int:
+def execute(args: RunnerArgs, sinks: list[LogSink]) -> int:
     """Run one run to its recorded end; the exit status of the runner process."""
     for name in STRIPPED_ENV:
         os.environ.pop(name, None)
@@ -360,12 +421,8 @@ def execute(args: RunnerArgs) -> int:
     except StoreError as exc:
         print(f"minipipe-runner: {exc}", file=sys.stderr)
         return 1
-    sinks: list[LogSink] = [FileLogSink(log_path(args.log_dir, args.run_id))]
-    if args.journal:
-        from .systemd import JournalSink
-
-        sinks.append(JournalSink(args.run_id))
-    runner = Runner(store, args.run_id, sinks, args.kill_grace, args.runtime_max)
+    runner = Runner(store, args.run_id, sinks, args.kill_grace, args.runtime_max,
+                    args.identity, args.umask)
     try:
         return runner.run()
     except Exception as exc:  # the run must still end in the DB, with the reason
@@ -408,7 +465,8 @@ def requeue(args: RunnerArgs, reason: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return execute(parse_args(argv))
+    args = parse_args(argv)
+    return execute(args, open_sinks(args.log_dir, args.run_id, journal=args.journal))
 
 
 if __name__ == "__main__":

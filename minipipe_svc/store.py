@@ -11,7 +11,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -114,8 +114,17 @@ CREATE TRIGGER run_counts_delete AFTER DELETE ON runs BEGIN
 END;
 """
 
+# v4: runs have an identity. Who submitted (the uid the daemon got from SO_PEERCRED,
+# not a name a client claims), with which umask, and the user the steps run as.
+_SCHEMA_V4 = """
+ALTER TABLE runs ADD COLUMN submitted_uid INTEGER;
+ALTER TABLE runs ADD COLUMN umask INTEGER;
+ALTER TABLE runs ADD COLUMN run_user TEXT;
+CREATE INDEX runs_by_submitter ON runs (submitted_by, id);
+"""
+
 # Migration N (1-based) brings user_version from N-1 to N. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -159,6 +168,82 @@ def _uri_path(path: str) -> str:
     return path.replace("%", "%25").replace("?", "%3f").replace("#", "%23")
 
 
+def _prepare_writable(path: str, directory: str, exists: bool) -> None:
+    """Checks and creation for the one writer (the daemon, its runners).
+
+    As root, refuse a DB directory that anyone but root may write: whoever can
+    write it can swap the DB or its -wal/-shm for a symlink to any file.
+    """
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(f"cannot create {directory}: {exc.strerror}") from None
+    if os.geteuid() == 0:
+        problem = unsafe_directory(directory)
+        if problem:
+            raise StoreError(problem)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise StoreError(f"permission denied: cannot write in {directory}; only the daemon "
+                         "writes the DB (submit, cancel and retry go through it)")
+    if exists and os.path.islink(path):
+        raise StoreError(f"{path} is a symbolic link; the state DB must be a regular file")
+    if not exists:
+        # Readable by the group (members read the DB directly), writable by us alone.
+        # O_EXCL | O_NOFOLLOW: never create through a link someone else placed.
+        with suppress(FileExistsError):
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o640))
+
+
+def unsafe_directory(directory: str) -> str | None:
+    """Why a directory root writes in is unsafe (others may write it), or None."""
+    try:
+        info = os.lstat(directory)
+    except OSError as exc:
+        return f"cannot check {directory}: {exc.strerror}"
+    import stat
+
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{directory} is not a directory"
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        return (f"{directory} may be written by others than root (mode "
+                f"{stat.filemode(info.st_mode)}, owner uid {info.st_uid}); a process running "
+                f"as root refuses to write there: `chown root {directory} && chmod go-w "
+                f"{directory}`")
+    return None
+
+
+def _connect(path: str, readonly: bool, busy_timeout_ms: int) -> sqlite3.Connection:
+    """A connection; a reader falls back to an immutable view when nobody writes.
+
+    A WAL database needs its -wal and -shm files, which only the writer may create.
+    While any writer has the DB open they exist and a read-only connection uses
+    them; after the last writer closed cleanly they are gone, the DB file holds
+    everything, and `immutable=1` reads it without them.
+    """
+    base = "file:" + _uri_path(os.path.abspath(path))
+    conn = _connect_uri(base + ("?mode=ro" if readonly else "?mode=rwc"), busy_timeout_ms)
+    if not readonly:
+        return conn
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error:
+        conn.close()
+        if os.path.exists(path + "-wal"):
+            raise
+        conn = _connect_uri(base + "?mode=ro&immutable=1", busy_timeout_ms)
+    return conn
+
+
+def _connect_uri(uri: str, busy_timeout_ms: int) -> sqlite3.Connection:
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None,
+                           timeout=busy_timeout_ms / 1000, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
 def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
@@ -183,6 +268,9 @@ class RunRow(NamedTuple):
     runner_pid: int | None
     runner_start: int | None
     cancel_requested: bool
+    submitted_uid: int | None
+    umask: int | None
+    run_user: str | None
 
 
 class StepRow(NamedTuple):
@@ -214,7 +302,8 @@ _RUN_COLUMNS = """
     r.id, r.name, r.state, r.phase, r.priority, r.steps_total,
     (SELECT count(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'SUCCEEDED') AS steps_done,
     r.attempt, r.exit_code, r.reason, r.created_at, r.started_at, r.finished_at,
-    r.plan_source, r.submitted_by, r.unit, r.runner_pid, r.runner_start, r.cancel_requested
+    r.plan_source, r.submitted_by, r.unit, r.runner_pid, r.runner_start, r.cancel_requested,
+    r.submitted_uid, r.umask, r.run_user
 """
 
 
@@ -240,8 +329,9 @@ def _event_row(row: sqlite3.Row) -> EventRow:
 def _friendly(exc: sqlite3.Error, path: str) -> StoreError:
     message = str(exc)
     if "readonly" in message or "unable to open" in message:
-        return StoreError(f"permission denied: cannot write {path} ({message}); "
-                          "add yourself to group minipipe (then log in again)")
+        return StoreError(f"permission denied: cannot use {path} ({message}); only the "
+                          "daemon writes it, and reading it needs group minipipe (then log "
+                          "in again)")
     if "locked" in message or "busy" in message:
         return StoreError(f"{path} is locked by another process for too long; try again")
     if "malformed" in message or "not a database" in message:
@@ -262,39 +352,24 @@ class Store:
              busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Store:
         """Open (and for writers, create and migrate) the DB at `path`.
 
+        Only the daemon and its runners write; everyone else opens it read-only.
         `busy_timeout_ms` is how long a write waits for another writer's lock.
         """
-        exists = os.path.exists(path)
+        exists = os.path.lexists(path)
         directory = os.path.dirname(os.path.abspath(path))
         if not exists and os.path.isdir(directory) and not os.access(directory, os.X_OK):
             raise StoreError(f"permission denied: cannot reach {path}; add yourself to group "
                              "minipipe (then log in again)")
         if not exists and (readonly or not create):
             raise StoreMissing(f"{path} does not exist yet; start the daemon "
-                               "(`minipipe daemon` or `systemctl start minipipe`) or submit a run")
-        if exists and not os.access(path, os.R_OK | (0 if readonly else os.W_OK)):
-            raise StoreError(f"permission denied: cannot {'read' if readonly else 'write'} "
-                             f"{path}; add yourself to group minipipe (then log in again)")
+                               "(`minipipe daemon` or `systemctl start minipipe`)")
+        if exists and not os.access(path, os.R_OK):
+            raise StoreError(f"permission denied: cannot read {path}; add yourself to group "
+                             "minipipe (then log in again)")
         if not readonly:
-            try:
-                os.makedirs(directory, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"cannot create {directory}: {exc.strerror}") from None
-            if not os.access(directory, os.W_OK | os.X_OK):
-                raise StoreError(f"permission denied: cannot write in {directory}; add "
-                                 "yourself to group minipipe (then log in again)")
-            if not exists:
-                # Group-writable (within the umask): SQLite would make it 0644, and its
-                # -wal and -shm files copy the DB file's mode.
-                os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o660))
-        uri = "file:" + _uri_path(os.path.abspath(path)) + ("?mode=ro" if readonly
-                                                                    else "?mode=rwc")
+            _prepare_writable(path, directory, exists)
         try:
-            conn = sqlite3.connect(uri, uri=True, isolation_level=None,
-                                   timeout=busy_timeout_ms / 1000, check_same_thread=False)
-            conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            conn.execute("PRAGMA foreign_keys = ON")
+            conn = _connect(path, readonly, busy_timeout_ms)
             store = cls(conn, path, readonly)
             if not readonly:
                 conn.execute("PRAGMA journal_mode = WAL")
@@ -417,12 +492,18 @@ class Store:
         return json.loads(row[0])
 
     def list_runs(self, *, limit: int | None = 20,
-                  states: tuple[RunState, ...] | None = None) -> list[RunRow]:
+                  states: tuple[RunState, ...] | None = None,
+                  submitted_by: str | None = None) -> list[RunRow]:
         """Newest first; `limit=None` lists every run."""
-        where, args = "", []
+        conditions: list[str] = []
+        args: list[Any] = []
         if states:
-            where = f"WHERE r.state IN ({','.join('?' * len(states))})"
+            conditions.append(f"r.state IN ({','.join('?' * len(states))})")
             args = [s.value for s in states]
+        if submitted_by is not None:
+            conditions.append("r.submitted_by = ?")
+            args.append(submitted_by)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         sql = f"SELECT {_RUN_COLUMNS} FROM runs r {where} ORDER BY r.id DESC"
         if limit is not None:
             sql += " LIMIT ?"
@@ -478,14 +559,16 @@ class Store:
     # ------------------------------------------------------------ submitting
 
     def submit(self, plan: dict[str, Any], *, source: str | None, submitted_by: str | None,
-               priority: int | None = None) -> int:
+               priority: int | None = None, submitted_uid: int | None = None,
+               umask: int | None = None) -> int:
         priority = plan["priority"] if priority is None else priority
         with self._write() as conn:
             cursor = conn.execute(
                 "INSERT INTO runs (name, plan, plan_source, state, priority, steps_total, "
-                "created_at, submitted_by) VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?)",
+                "created_at, submitted_by, submitted_uid, umask) "
+                "VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?, ?, ?)",
                 (plan["name"], json.dumps(plan), source, priority, len(plan["steps"]),
-                 utc_now(), submitted_by))
+                 utc_now(), submitted_by, submitted_uid, umask))
             run_id = cursor.lastrowid
             assert run_id is not None
             conn.executemany(
@@ -513,7 +596,8 @@ class Store:
             raise NoSuchRun(f"run {run_id} has no step #{idx}")
         return StepState(row[0]), row[1]
 
-    def start_run(self, run_id: int, *, unit: str | None = None) -> bool:
+    def start_run(self, run_id: int, *, unit: str | None = None,
+                  run_user: str | None = None) -> bool:
         """PENDING -> RUNNING, by the daemon just before it launches the runner.
 
         Returns False when the run is no longer PENDING (cancelled meanwhile).
@@ -524,9 +608,10 @@ class Store:
                 return False
             check_run_transition(state, RunState.RUNNING)
             conn.execute(
-                "UPDATE runs SET state = 'RUNNING', started_at = ?, unit = ?, runner_pid = NULL, "
-                "runner_start = NULL WHERE id = ?", (utc_now(), unit, run_id))
-            self._event(conn, run_id, "run_started", unit=unit)
+                "UPDATE runs SET state = 'RUNNING', started_at = ?, unit = ?, run_user = ?, "
+                "runner_pid = NULL, runner_start = NULL WHERE id = ?",
+                (utc_now(), unit, run_user, run_id))
+            self._event(conn, run_id, "run_started", unit=unit, user=run_user)
         return True
 
     def requeue_run(self, run_id: int, reason: str) -> None:

@@ -1,89 +1,37 @@
 """Queueing a plan: the work behind `minipipe submit`, without click.
 
 `minipipe submit plan.toml` is the command scripts call in loops, so it has a
-fast path (entry.py) that never imports click; both paths share this code, so
-they print and exit alike.
+fast path (entry.py) that never imports click, sqlite3 or tomllib; both paths
+call `submit_and_report`, so they print and exit alike. The daemon validates the
+plan and answers with the run id or the plan's file:line error.
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any, NamedTuple
+import json
+import sys
 
-from .config import Config
-from .plan import Plan, load_plan
-from .procs import user_name
-from .store import RunRow, Store
-from .wake import ping
+from .client import ClientError, PlanError, submit
+from .protocol import EXIT_FOR_ERROR
 
-
-class Submitted(NamedTuple):
-    run_id: int
-    run: RunRow | None  # read back only when asked (--json)
-    daemon_running: bool
+EXIT_BAD_INPUT = EXIT_FOR_ERROR["bad_plan"]
 
 
-def submit_plan(config: Config, plan_arg: str, *, priority: int | None = None,
-                fmt: str | None = None, stdin: bytes | None = None,
-                read_back: bool = False) -> tuple[Submitted, list[str]]:
-    """Validate and queue one plan; returns the result and warnings for the user.
-
-    Raises PlanError for a bad plan, StoreError when the DB cannot take it.
-    """
-    parsed = load_plan(plan_arg, fmt=fmt, stdin=stdin)
-    warnings = cwd_warnings(parsed, config)
-    source = None if plan_arg == "-" else os.path.abspath(plan_arg)
-    store = Store.open(config.db_path, create=True)
+def submit_and_report(socket_path: str, plan_arg: str, *, as_json: bool,
+                      fmt: str | None = None, priority: int | None = None,
+                      stdin: bytes | None = None) -> int:
+    """Submit one plan, print the run id (or its JSON) or the error; the exit status."""
     try:
-        run_id = store.submit(parsed.to_dict(), source=source, submitted_by=user_name(),
-                              priority=priority)
-        run = store.get_run(run_id) if read_back else None
-    finally:
-        store.close()
-    return Submitted(run_id, run, ping(config.socket_path)), warnings
-
-
-def not_running_notice(run_id: int) -> str:
-    return (f"minipipe: queued run {run_id}, but the daemon is not running; it starts "
-            "when the daemon does (`minipipe daemon` or `systemctl start minipipe`)")
-
-
-def submitted_json(submitted: Submitted) -> dict[str, Any]:
-    from .render import run_json
-
-    assert submitted.run is not None
-    return {**run_json(submitted.run), "daemon_running": submitted.daemon_running}
-
-
-def cwd_warnings(plan: Plan, config: Config) -> list[str]:
-    """Working directories the run user will not be able to enter (a common first trap)."""
-    import grp
-    import pwd
-    import stat
-
-    if config.isolation == "none" or not config.run_user:
-        return []
-    try:
-        user = pwd.getpwnam(config.run_user)
-    except KeyError:
-        return []
-    if user.pw_uid == os.getuid():
-        return []
-    groups = {g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem} | {user.pw_gid}
-    warnings = []
-    for cwd in sorted({step.cwd for step in plan.steps}):
-        path = "/"
-        for part in [p for p in cwd.split("/") if p] + [""]:
-            path = os.path.join(path, part) if part else path
-            try:
-                info = os.stat(path)
-            except OSError:
-                break
-            bit = (stat.S_IXUSR if info.st_uid == user.pw_uid else
-                   stat.S_IXGRP if info.st_gid in groups else stat.S_IXOTH)
-            if not info.st_mode & bit:
-                warnings.append(f"{config.run_user} (the user runs execute as) cannot enter "
-                                f"{path}, so steps with cwd {cwd} will fail; set cwd in the "
-                                "plan or keep the plan in a directory it can read")
-                break
-    return warnings
+        reply = submit(socket_path, plan_arg, fmt=fmt, priority=priority, stdin=stdin,
+                       read_back=as_json)
+    except PlanError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ClientError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    if as_json:
+        print(json.dumps(reply["run_json"], indent=2))
+    else:
+        print(reply["run"])
+    return 0

@@ -23,6 +23,7 @@ from textual.widgets import DataTable, Footer, Input, Static
 from ..logs import LogLine
 from ..model import RunState
 from ..output import OutputFollower
+from ..render import printable
 from ..store import EventRow, StepRow
 from .data import MonitorData, Update
 from .messages import RunChosen
@@ -155,7 +156,7 @@ class MonitorApp(App[None]):
         if sync.problem != self.problem_shown:
             self.problem_shown = sync.problem
             banner = self.query_one("#banner", Static)
-            banner.update(Text(f"⚠ {sync.problem}") if sync.problem else "")
+            banner.update(Text(f"⚠ {printable(sync.problem)}") if sync.problem else "")
             banner.set_class(bool(sync.problem), "visible")
         update = sync.update
         table = self.query_one(RunsTable)
@@ -201,7 +202,7 @@ class MonitorApp(App[None]):
                  f"{finished} recent finished"]
         flags = ["active only" if self.active_only else "all runs"]
         if self.filter_text:
-            flags.append(f"filter: {self.filter_text}")
+            flags.append(f"filter: {printable(self.filter_text)}")
         if not self.follow:
             flags.append("follow off")
         line = f"  {' · '.join(parts)}  [{', '.join(flags)}]"

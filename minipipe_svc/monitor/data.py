@@ -66,7 +66,8 @@ class MonitorData:
             return Update()
         self.last_event_id = events[-1].id
         touched = {e.run_id for e in events if e.run_id is not None}
-        deleted = {i for e in events if e.kind == "runs_deleted" for i in e.detail["ids"]}
+        deleted = {i for e in events if e.kind == "runs_deleted"
+                   for i in e.detail.get("ids") or [] if isinstance(i, int)}
         fresh = {run.id: run for run in self.store.runs_by_ids(sorted(touched))}
         self.runs.update(fresh)
         removed = (touched - set(fresh)) | (deleted & set(self.runs))

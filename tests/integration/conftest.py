@@ -1,5 +1,11 @@
 """A private minipipe instance in a temp dir: real SQLite, a real daemon process, the real CLI.
 
+A private instance is what an ordinary user runs without systemd, and a root
+daemon refuses isolation "none" (its steps would run as root). So when the tests
+run as root (CI does), the daemon, the CLI and therefore the steps run as an
+unprivileged test user, `minipipe-it`, created here; the test itself stays root
+to inspect and to attack.
+
 Tests wait for conditions with a timeout (`wait_for`), never sleep and hope.
 """
 
@@ -7,7 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -18,9 +26,41 @@ from typing import Any
 import pytest
 
 from minipipe_svc.store import Store
-from minipipe_svc.wake import is_listening
 
 ROOT = Path(__file__).resolve().parent.parent.parent
+TEST_USER = "minipipe-it"
+
+
+def test_user() -> pwd.struct_passwd | None:
+    """The unprivileged user private instances run as when the tests run as root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent",
+                        "--shell", "/usr/sbin/nologin", TEST_USER], check=True)
+        return pwd.getpwnam(TEST_USER)
+
+
+def as_user(user: pwd.struct_passwd | None, home: Path) -> dict[str, Any]:
+    """subprocess options that run a command as `user` (nothing when not root)."""
+    env = {k: v for k, v in os.environ.items() if k != "MINIPIPE_CONFIG"}
+    if user is None:
+        return {"env": env}
+    env.update(HOME=str(home), USER=user.pw_name, LOGNAME=user.pw_name)
+    return {"env": env, "user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+
+def is_listening(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
@@ -46,7 +86,16 @@ def pid_alive(pid: int) -> bool:
 class Instance:
     def __init__(self, root: Path, **config: Any) -> None:
         self.root = root
+        self.user = test_user()
         self.config_path = root / "config.json"
+        if self.user is not None:
+            os.chown(root, self.user.pw_uid, self.user.pw_gid)
+            # pytest's temp dirs are root's alone (0700): let the test user pass through
+            # (search only, no listing) to reach its instance.
+            for parent in root.parents:
+                mode = parent.stat().st_mode
+                if not mode & 0o001:
+                    os.chmod(parent, (mode & 0o7777) | 0o001)
         self.write_config(**config)
         self.daemon: subprocess.Popen[str] | None = None
         self.daemon_log = root / "daemon.log"
@@ -55,6 +104,13 @@ class Instance:
         document = {"db_path": "state.db", "isolation": "none", "poll_interval_seconds": 1.0,
                     "kill_grace_seconds": 1.0, **overrides}
         self.config_path.write_text(json.dumps(document))
+        self.config_path.chmod(0o644)
+
+    def give(self, path: Path) -> Path:
+        """Hand a file or directory the test made to the user the steps run as."""
+        if self.user is not None:
+            os.chown(path, self.user.pw_uid, self.user.pw_gid)
+        return path
 
     @property
     def db_path(self) -> Path:
@@ -69,7 +125,8 @@ class Instance:
         log = open(self.daemon_log, "a")  # noqa: SIM115 - lives as long as the daemon
         self.daemon = subprocess.Popen(
             [sys.executable, "-m", "minipipe_svc", "--config", str(self.config_path), "daemon"],
-            stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            **as_user(self.user, self.root))
         socket_path = str(self.root / "minipipe.sock")
         # A killed daemon leaves its socket file behind: wait for a listener.
         wait_for(lambda: is_listening(socket_path) or self.daemon.poll() is not None,
@@ -89,7 +146,7 @@ class Instance:
         result = subprocess.run(
             [sys.executable, "-m", "minipipe_svc", "--config", str(self.config_path), *args],
             capture_output=True, text=True, input=input, timeout=120,
-            env={k: v for k, v in os.environ.items() if k != "MINIPIPE_CONFIG"})
+            **as_user(self.user, self.root))
         assert "Traceback" not in result.stderr, result.stderr
         if check:
             assert result.returncode == 0, (result.stdout, result.stderr)
@@ -98,6 +155,7 @@ class Instance:
     def plan(self, name: str, text: str) -> str:
         path = self.root / f"{name}.toml"
         path.write_text(text)
+        path.chmod(0o644)
         return str(path)
 
     @property

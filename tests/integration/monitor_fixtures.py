@@ -87,3 +87,45 @@ def freeze_times(db: Path) -> None:
                  "printf('%02d', id) || '.000Z'")
     conn.commit()
     conn.close()
+
+
+# What an attacker puts wherever a run carries text: markup that would crash Rich or
+# forge a link, and escape sequences that would retitle or clear the terminal.
+HOSTILE = ["[/x]", "[bold red]pwned[/]", "[link=file:///etc/passwd]x[/link]",
+           "\x1b]0;title\x07", "\x1b[2J", "a\u202eb\x9b2J\nc\rd"]
+
+
+def in_file(text: str) -> str:
+    """`text` as an output line or a step id in the file mirror: one record has no
+    newline (the runner splits output at newlines; step ids are validated)."""
+    return text.replace("\n", "")
+
+
+def hostile_plan(text: str) -> dict:
+    """A plan whose every text field is `text` (built directly: the DB is the boundary)."""
+    base = parse_plan(b'[[steps]]\nid = "s"\nrun = "true"\n', source="t.toml", fmt="toml",
+                      base_dir="/").to_dict()
+    base["name"] = text
+    base["steps"][0].update(id=text, phase=text, command=f"echo {text}")
+    return base
+
+
+def build_hostile_db(root: Path) -> Path:
+    """One run per HOSTILE string, named so, with that text in its step, reason,
+    events and output; the last run is still running (its cells are updated live)."""
+    db = root / "state.db"
+    logs = root / "logs"
+    with Store.open(str(db)) as store:
+        for number, text in enumerate(HOSTILE, 1):
+            run_id = store.submit(hostile_plan(text), source=text, submitted_by=text)
+            store.start_run(run_id)
+            store.start_step(run_id, 0, text)
+            store.note(run_id, text, detail=text)
+            sink = FileLogSink(log_path(str(logs), run_id))
+            for stream in ("stdout", "stderr", "minipipe"):
+                sink.write(in_file(text), 1, stream, f"{stream}:{in_file(text)}")
+            sink.close()
+            if number < len(HOSTILE):
+                store.finish_step(run_id, 0, StepState.FAILED, exit_code=1, reason=text)
+                store.finish_run(run_id, RunState.FAILED, exit_code=1, reason=text)
+    return db

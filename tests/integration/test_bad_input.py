@@ -23,9 +23,11 @@ EXPECTED = json.loads((DATA / "bad_plans.json").read_text())
 def queue(tmp_path_factory: pytest.TempPathFactory):
     """One instance with one queued run, shared by the bad-input cases (none may change it)."""
     instance = Instance(tmp_path_factory.mktemp("bad-input"))
+    instance.start_daemon()
     instance.cli("pause")
     instance.submit('[[steps]]\nid = "a"\nrun = ["true"]\n')
     yield instance
+    instance.close()
     with instance.store() as store:
         assert store.counts()["PENDING"] == 1 and sum(store.counts().values()) == 1
         assert store.integrity_check() == "ok"
@@ -68,6 +70,8 @@ def test_hostile_plan_files(queue: Instance, tmp_path: Path, name: str,
             handle.truncate(50 * 1000 * 1000)
     else:
         path.write_bytes(content)
+    tmp_path.chmod(0o755)  # the CLI runs as the test user: it must fail on content, not access
+    path.chmod(0o644)
     before = _state(queue)
     result = queue.cli("submit", str(path), check=False)
     assert result.returncode == 2, (name, result.stderr)

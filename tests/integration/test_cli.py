@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, Instance
+from .conftest import ROOT, Instance, as_user
 
 RUN_FIELDS = {"id", "name", "state", "phase", "priority", "steps_total", "steps_done",
               "attempt", "exit_code", "reason", "created_at", "started_at", "finished_at"}
@@ -40,7 +40,9 @@ def test_json_outputs_have_the_documented_fields(running: Instance) -> None:
     assert status["paused"] is False and status["daemon_running"] is True
 
 
-def test_ls_shows_recent_runs_and_all_on_request(instance: Instance) -> None:
+def test_ls_shows_recent_runs_and_all_on_request(running: Instance) -> None:
+    instance = running
+    instance.cli("pause")
     plan = instance.plan("p", TRIVIAL)
     for _ in range(25):
         instance.cli("submit", plan)
@@ -55,23 +57,27 @@ def test_ls_shows_recent_runs_and_all_on_request(instance: Instance) -> None:
     assert len(pending) == 25
 
 
-def test_invalid_plan_exits_2_and_queues_nothing(instance: Instance) -> None:
+def test_invalid_plan_exits_2_and_queues_nothing(running: Instance) -> None:
+    instance = running
     result = instance.cli("submit", instance.plan("bad", '[[steps]]\nid = "a"\nrun = 5\n'),
                           check=False)
     assert result.returncode == 2
     assert "bad.toml:3: step 'a': 'run' must be a list of strings or a string" in result.stderr
     assert result.stdout == ""
-    assert not instance.db_path.exists(), "nothing may be queued (not even a DB created)"
+    with instance.store() as store:
+        assert store.list_runs(limit=None) == [] and store.count_events() == 0
 
 
-def test_submit_from_stdin(instance: Instance) -> None:
+def test_submit_from_stdin(running: Instance) -> None:
+    instance = running
     run_id = int(instance.cli("submit", "-", input=TRIVIAL).stdout)
     assert instance.run(run_id)["name"] == "stdin"
 
 
 @pytest.mark.parametrize("bad_id", ["1;rm", "-1", "0", "abc", "1.5", "99999999999999999999",
                                     "", "٣"])
-def test_malformed_run_ids_are_usage_errors(instance: Instance, bad_id: str) -> None:
+def test_malformed_run_ids_are_usage_errors(running: Instance, bad_id: str) -> None:
+    instance = running
     instance.cli("submit", instance.plan("p", TRIVIAL))
     for verb in ("show", "logs", "cancel", "retry", "wait"):
         result = instance.cli(verb, bad_id, check=False)
@@ -81,7 +87,8 @@ def test_malformed_run_ids_are_usage_errors(instance: Instance, bad_id: str) -> 
         assert expected in result.stderr
 
 
-def test_unknown_run_is_a_clear_error(instance: Instance) -> None:
+def test_unknown_run_is_a_clear_error(running: Instance) -> None:
+    instance = running
     instance.cli("submit", instance.plan("p", TRIVIAL))
     for verb in ("show", "logs", "cancel", "retry", "wait"):
         result = instance.cli(verb, "42", check=False)
@@ -130,15 +137,14 @@ def test_help_teaches(instance: Instance) -> None:
 
 
 def test_user_outside_the_group_is_denied_cleanly() -> None:
-    # Not under pytest's tmp dir: that one is private to root, and the point here is
-    # a user who can reach the state directory but is not in its group.
+    # Not under pytest's tmp dir: the point here is a user who can reach the state
+    # directory but may neither read the DB nor connect to the daemon's socket.
     root = Path(tempfile.mkdtemp(prefix="minipipe-perm-"))
+    instance = Instance(root)
     try:
         os.chmod(root, 0o755)
-        instance = Instance(root)
-        instance.cli("submit", "-", input=TRIVIAL)
-        os.chmod(instance.db_path, 0o640)
-        os.chmod(instance.config_path, 0o644)
+        instance.start_daemon()
+        instance.submit(TRIVIAL)
         as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
                      sys.executable, "-m", "minipipe_svc", "--config", str(instance.config_path)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -151,6 +157,7 @@ def test_user_outside_the_group_is_denied_cleanly() -> None:
             assert "Traceback" not in result.stderr
         assert len(json.loads(instance.cli("ls", "--json").stdout)) == 1
     finally:
+        instance.close()
         shutil.rmtree(root)
 
 
@@ -165,10 +172,14 @@ def _submit_both_ways(instance: Instance, *args: str) -> list[subprocess.Complet
 def test_the_fast_submit_path_and_click_agree(instance: Instance, tmp_path: Path) -> None:
     good = instance.plan("good", TRIVIAL)
     fast, slow = _submit_both_ways(instance, good)
+    assert (fast.returncode, slow.returncode) == (1, 1)
+    assert fast.stderr == slow.stderr and "daemon is not running" in fast.stderr
+    instance.start_daemon()
+    instance.cli("pause")
+    fast, slow = _submit_both_ways(instance, good)
     assert (fast.returncode, slow.returncode) == (0, 0)
     assert (fast.stdout, slow.stdout) == ("1\n", "2\n")
-    assert fast.stderr.replace("run 1", "run 2") == slow.stderr
-    assert "daemon is not running" in fast.stderr
+    assert fast.stderr == slow.stderr == ""
     fast, slow = _submit_both_ways(instance, "--json", good)
     fast_run, slow_run = json.loads(fast.stdout), json.loads(slow.stdout)
     assert fast_run.keys() == slow_run.keys() >= RUN_FIELDS | {"daemon_running"}
@@ -186,13 +197,16 @@ def test_the_fast_submit_path_and_click_agree(instance: Instance, tmp_path: Path
         assert [r.id for r in store.list_runs(limit=None)] == [4, 3, 2, 1]
 
 
-def test_a_plain_submit_does_not_import_click(instance: Instance) -> None:
+def test_a_plain_submit_does_not_import_click(running: Instance) -> None:
+    instance = running
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "minipipe_svc", "--config",
          str(instance.config_path), "submit", instance.plan("p", TRIVIAL)],
-        capture_output=True, text=True, timeout=60)
+        capture_output=True, text=True, timeout=60, **as_user(instance.user, instance.root))
     assert result.returncode == 0, result.stderr
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()
                 if line.startswith("import time:")}
     assert "minipipe_svc.submit" in imported
     assert "click" not in imported and "minipipe_svc.cli" not in imported
+    # The daemon parses and stores: the client needs neither TOML nor SQLite.
+    assert "tomllib" not in imported and "sqlite3" not in imported

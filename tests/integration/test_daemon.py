@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,9 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from minipipe_svc.store import Store
-from minipipe_svc.wake import is_listening
 
-from .conftest import Instance, pid_alive, wait_for
+from .conftest import Instance, as_user, is_listening, pid_alive, wait_for
 
 
 def _runner_pid(instance: Instance, run_id: int) -> int:
@@ -139,7 +139,7 @@ def test_sighup_with_a_good_config_applies_it(running: Instance) -> None:
 def test_second_daemon_on_the_same_db_refuses_to_start(running: Instance) -> None:
     second = subprocess.run(
         [sys.executable, "-m", "minipipe_svc", "--config", str(running.config_path), "daemon"],
-        capture_output=True, text=True, timeout=30)
+        capture_output=True, text=True, timeout=30, **as_user(running.user, running.root))
     assert second.returncode == 1
     assert "another minipipe daemon already runs" in second.stderr
     assert running.daemon.poll() is None
@@ -209,11 +209,12 @@ def test_daemon_started_with_notify_variables_does_not_pass_them_on(tmp_path: Pa
     instance = Instance(tmp_path)
     env_file = tmp_path / "env"
     log = open(instance.daemon_log, "a")  # noqa: SIM115
+    options = as_user(instance.user, instance.root)
+    options["env"].update(NOTIFY_SOCKET=str(tmp_path / "nobody-listens"),
+                          WATCHDOG_USEC="1000000", WATCHDOG_PID="1")
     daemon = subprocess.Popen(
         [sys.executable, "-m", "minipipe_svc", "--config", str(instance.config_path), "daemon"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "NOTIFY_SOCKET": str(tmp_path / "nobody-listens"),
-             "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"})
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **options)
     try:
         wait_for(lambda: is_listening(str(tmp_path / "minipipe.sock")), 30, "the daemon")
         run_id = instance.submit(f'[[steps]]\nid = "a"\nrun = "env > {env_file}"\n')
@@ -225,59 +226,118 @@ def test_daemon_started_with_notify_variables_does_not_pass_them_on(tmp_path: Pa
         daemon.wait(30)
 
 
-def test_queue_survives_without_a_daemon(instance: Instance) -> None:
-    submitted = instance.cli("submit", instance.plan("p", '[[steps]]\nid = "a"\nrun = ["true"]\n'))
-    run_id = int(submitted.stdout)
-    assert "the daemon is not running" in submitted.stderr
-    assert instance.run(run_id)["state"] == "PENDING"
-    time.sleep(0.2)
+def test_without_a_daemon_submit_says_so_and_the_queue_waits_for_it(instance: Instance) -> None:
+    plan = instance.plan("p", '[[steps]]\nid = "a"\nrun = ["true"]\n')
+    refused = instance.cli("submit", plan, check=False)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert "the minipipe daemon is not running" in refused.stderr
     instance.start_daemon()
+    instance.cli("pause")
+    run_id = int(instance.cli("submit", plan).stdout)
+    instance.stop_daemon()
+    assert instance.run(run_id)["state"] == "PENDING"  # reads need no daemon
+    instance.start_daemon()
+    instance.cli("resume")
     instance.wait_state(run_id, "SUCCEEDED")
     with Store.open(str(instance.db_path), readonly=True) as store:
         assert json.loads(json.dumps(store.counts()))["SUCCEEDED"] == 1
 
 
-def test_garbage_and_floods_on_the_wake_socket_are_ignored_and_logged(running: Instance) -> None:
-    path = str(running.root / "minipipe.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    sent = 0
+def _api(path: str, payload: bytes, *, read: bool = True) -> dict[str, object] | None:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        for payload in (b"", b"\x00" * 64, b"DROP TABLE runs;", b"\xff\xfe" * 30, b"submit 1"):
-            sock.sendto(payload, path)
-            sent += 1
-        for _ in range(20_000):  # a flood: the daemon must keep serving
-            try:
-                sock.sendto(b"x" * 60, path)
-                sent += 1
-            except BlockingIOError:
-                time.sleep(0.001)
+        sock.connect(path)  # blocking: waits while the daemon's backlog is full
+        sock.settimeout(30)
+        # The daemon may refuse the rest (too large): its reply is still there.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(payload)
+        if not read:
+            return None
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+        return json.loads(reply)
     finally:
         sock.close()
-    run_id = running.submit('[[steps]]\nid = "a"\nrun = ["echo", "still here"]\n')
-    running.wait_state(run_id, "SUCCEEDED")
-    wait_for(lambda: "unexpected datagram(s)" in running.daemon_log.read_text(), 10,
-             "the ignored datagrams to be logged")
+
+
+def test_garbage_on_the_api_socket_gets_clear_errors_and_changes_nothing(
+        running: Instance) -> None:
+    path = str(running.root / "minipipe.sock")
+    os.chmod(path, 0o666)  # this test speaks to it as root, i.e. as the daemon's admin
+    cases = {
+        b"\n": "bad_request", b"not json\n": "bad_request", b"[1, 2]\n": "bad_request",
+        b'{"v": 1, "op": "drop_tables"}\n': "bad_request",
+        b'{"v": 99, "op": "ping"}\n': "bad_request",
+        b'{"v": 1, "op": "retry", "run": "1; DROP TABLE runs"}\n': "bad_request",
+        b'{"v": 1, "op": "cancel", "run": 424242}\n': "no_such_run",
+        b'{"v": 1, "op": "submit", "plan": 5, "source": "x", "cwd": "/"}\n': "bad_request",
+        b'{"v": 1, "op": "submit", "plan": "", "source": "x", "cwd": "relative"}\n':
+            "bad_request",
+        b"\xff\xfe" * 10 + b"\n": "bad_request",
+        b"[" * 100_000 + b"\n": "bad_request",
+        b"x" * (5 * 1024 * 1024): "too_large",
+    }
+    for payload, code in cases.items():
+        reply = _api(path, payload)
+        assert reply is not None and reply["ok"] is False and reply["error"] == code, (
+            payload[:40], reply)
+    # Clients that connect and hang up, or never finish: the daemon keeps serving.
+    for _ in range(300):
+        _api(path, b'{"v": 1, "op": "pi', read=False)
+    # More idle connections than one user may hold: the others' requests still pass.
+    idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(100)]
+    for sock in idle:
+        sock.connect(path)
+    try:
+        busy = _api(path, b'{"v": 1, "op": "ping"}\n')
+        assert busy is not None and busy["error"] == "busy", busy
+        run_id = running.submit('[[steps]]\nid = "a"\nrun = ["echo", "still here"]\n')
+        running.wait_state(run_id, "SUCCEEDED")
+    finally:
+        for sock in idle:
+            sock.close()
+    slow = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    slow.connect(path)
+    time.sleep(1.0)  # let the daemon drop the idle clients above (they hung up)
+    slow.sendall(b'{"v": 1, "op": "ping"')  # and never the end of the line
+    slow.settimeout(30)
+    assert json.loads(slow.recv(4096))["error"] == "timeout"
+    slow.close()
     assert running.daemon.poll() is None
     with running.store() as store:
         assert store.integrity_check() == "ok"
         assert store.counts()["SUCCEEDED"] == 1 and sum(store.counts().values()) == 1
 
 
-def test_a_long_write_lock_is_survived_and_retried(instance: Instance) -> None:
-    instance.write_config(poll_interval_seconds=0.5)
-    run_id = instance.submit('[[steps]]\nid = "a"\nrun = ["true"]\n')  # queued, no daemon
-    holder = sqlite3.connect(instance.db_path, isolation_level=None)
+def test_a_long_write_lock_is_survived_and_retried(running: Instance) -> None:
+    running.write_config(poll_interval_seconds=0.5, max_concurrent_runs=1)
+    running.stop_daemon()
+    running.start_daemon()
+    first = running.submit(f'[[steps]]\nid = "a"\nrun = "{running.gated()}"\n')
+    second = running.submit('[[steps]]\nid = "a"\nrun = ["true"]\n')  # waits for the slot
+    running.wait_started()
+    with running.store() as store:
+        runner_pid = store.get_run(first).runner_pid
+    holder = sqlite3.connect(running.db_path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")  # longer than the daemon's 10 s busy timeout
     try:
-        instance.start_daemon()  # reads work (WAL); starting the run needs a write
-        wait_for(lambda: "scheduler pass failed, retrying" in instance.daemon_log.read_text(),
+        # The runner dies: recording that (and starting the next run) needs a write.
+        os.kill(runner_pid, signal.SIGKILL)
+        wait_for(lambda: "scheduler pass failed, retrying" in running.daemon_log.read_text(),
                  40, "the daemon to hit the lock")
-        assert instance.daemon.poll() is None, "the daemon must survive a locked DB"
+        assert running.daemon.poll() is None, "the daemon must survive a locked DB"
+        refused = running.cli("cancel", str(second), check=False)  # an API write meanwhile
+        assert refused.returncode == 1 and "locked" in refused.stderr, refused.stderr
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    instance.wait_state(run_id, "SUCCEEDED")
+    assert running.wait_state(first, "INTERRUPTED")["reason"].startswith("runner (pid")
+    running.wait_state(second, "SUCCEEDED")
+    running.open_gate()
 
 
 def test_a_runner_waits_out_a_lock_longer_than_the_daemons(running: Instance) -> None:

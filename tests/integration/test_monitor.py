@@ -85,7 +85,7 @@ def test_moving_selects_and_enter_opens_tab_cycles(tmp_path: Path) -> None:
         assert app.query_one(StepsPanel).border_title == "Run 2 · release-build"
         events = app.query_one(EventsTable)
         assert events.row_count > 0
-        assert {events.get_row_at(i)[1] for i in range(events.row_count)} == {"2"}
+        assert {str(events.get_row_at(i)[1]) for i in range(events.row_count)} == {"2"}
         await pilot.press("k")
         await settle(app, pilot)
         assert app.selected == 4
@@ -153,7 +153,8 @@ def test_events_of_the_selected_run_or_all(tmp_path: Path) -> None:
 
     async def scenario(pilot) -> None:
         events = app.query_one(EventsTable)
-        runs_in = lambda: {events.get_row_at(i)[1] for i in range(events.row_count)}  # noqa: E731
+        runs_in = lambda: {str(events.get_row_at(i)[1])  # noqa: E731
+                           for i in range(events.row_count)}
         assert runs_in() == {"3"}
         await pilot.press("e")
         assert runs_in() == {"1", "2", "3", "4", "5"}

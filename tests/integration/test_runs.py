@@ -167,6 +167,7 @@ def test_concurrency_cap_is_never_exceeded(instance: Instance) -> None:
     instance.start_daemon()
     spans = instance.root / "spans"
     spans.mkdir()
+    instance.give(spans)
     stamp = f"date +%s.%N > {spans}/$MINIPIPE_RUN_ID"
     ids = [instance.submit(f"""
 [[steps]]

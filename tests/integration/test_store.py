@@ -169,7 +169,7 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with Store.open(str(path)) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 3
+        assert store.schema_version() == SCHEMA_VERSION == 4
         indexes = {row[0] for row in store.conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert "runs_by_finished" in indexes
@@ -179,6 +179,9 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
         assert store.counts()["SUCCEEDED"] == 1
         store.submit(PLAN, source=None, submitted_by="t")
         assert (store.counts()["SUCCEEDED"], store.counts()["PENDING"]) == (1, 1)
+        # v4: runs from before identities were recorded have no submitter uid.
+        old = store.get_run(1)
+        assert (old.submitted_uid, old.umask, old.run_user) == (None, None, None)
 
 
 def _counted_by_hand(store: Store) -> dict[str, int]:

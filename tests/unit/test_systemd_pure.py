@@ -6,16 +6,9 @@ that journald really keeps every line is proven in tests/system with real journa
 
 from pathlib import Path
 
+from minipipe_svc.journal import JournalSink, RateLimit, journald_rate_limit, unit_name
 from minipipe_svc.plan import Limits
-from minipipe_svc.systemd import (
-    JournalSink,
-    RateLimit,
-    journald_rate_limit,
-    scope_argv,
-    scope_dbus_properties,
-    scope_properties,
-    unit_name,
-)
+from minipipe_svc.systemd import scope_argv, scope_dbus_properties, scope_properties
 
 
 def test_unit_name_comes_from_the_id_only() -> None:
@@ -24,10 +17,10 @@ def test_unit_name_comes_from_the_id_only() -> None:
 
 def test_scope_argv() -> None:
     limits = Limits(memory_max=2 * 1024**3, cpu_quota=150.0, runtime_max=3600.0, tasks_max=64)
-    assert scope_argv(7, ["python3", "-m", "minipipe_svc.runner", "7"], run_user="minipipe",
+    assert scope_argv(7, ["python3", "-m", "minipipe_svc.runner", "7"],
                       limits=limits, description="minipipe run 7") == [
         "systemd-run", "--scope", "--quiet", "--collect", "--unit=minipipe-run-7.scope",
-        "--slice=minipipe.slice", "--description=minipipe run 7", "--uid=minipipe",
+        "--slice=minipipe.slice", "--description=minipipe run 7",
         "--property=MemoryMax=2147483648", "--property=CPUQuota=150%",
         "--property=TasksMax=64", "--property=RuntimeMaxSec=3660",
         "--", "python3", "-m", "minipipe_svc.runner", "7"]
@@ -101,3 +94,15 @@ def test_scope_dbus_properties_match_the_systemd_run_ones() -> None:
         ("TasksMax", ("t", 64)), ("RuntimeMaxUSec", ("t", 3660 * 1_000_000))]
     assert [name for name, _ in scope_dbus_properties(Limits(), "x")] == [
         "Description", "Slice", "CollectMode"]
+
+
+def test_private_tmp_is_read_from_the_tmp_mount_root() -> None:
+    from minipipe_svc.systemd import private_tmp
+
+    service = ("50 29 8:1 /tmp/systemd-private-3f2a-minipipe.service-Ab12/tmp /tmp rw,nosuid "
+               "shared:5 - ext4 /dev/sda1 rw\n")
+    host = "29 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
+    tmpfs = "40 29 0:30 / /tmp rw,nosuid shared:9 - tmpfs tmpfs rw\n"
+    assert private_tmp(host + service)
+    assert not private_tmp(host)
+    assert not private_tmp(host + tmpfs)

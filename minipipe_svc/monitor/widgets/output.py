@@ -6,6 +6,7 @@ from rich.text import Text
 from textual.widgets import RichLog
 
 from ...logs import LogLine
+from ...render import printable
 
 MAX_LINES = 5000
 
@@ -16,13 +17,14 @@ class OutputLog(RichLog):
 
     def reset(self, title: str, note: str | None = None) -> None:
         self.clear()
-        self.border_title = title
+        self.border_title = Text(title)
         if note:
-            self.write(Text(note, style="yellow"))
+            self.write(Text(printable(note), style="yellow"))
 
     def add(self, lines: list[LogLine]) -> None:
+        # Output is the steps' own bytes: Text (not markup), control characters escaped.
         for line in lines:
-            text = Text(f"{line.step_id} │ ", style="dim")
+            text = Text(f"{printable(line.step_id)} │ ", style="dim")
             style = {"stderr": "red", "minipipe": "dim italic"}.get(line.stream, "")
-            text.append(line.text, style=style)
+            text.append(printable(line.text), style=style)
             self.write(text)

@@ -84,6 +84,7 @@ class RunsTable(PaneTable):
     @staticmethod
     def _cells(run: RunRow, now: datetime) -> tuple[object, ...]:
         started = run.started_at[11:19] if run.started_at else "-"
+        # str cells become literal Text in PaneTable: never markup, controls escaped.
         return (Text(str(run.id), justify="right"), run.name[:28], state_badge(run.state.value),
                 run.phase or "-", f"{run.steps_done}/{run.steps_total}",
                 elapsed(run.started_at, run.finished_at, now), started)

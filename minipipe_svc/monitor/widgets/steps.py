@@ -10,9 +10,9 @@ from textual.containers import Vertical
 from textual.widgets import Static
 
 from ...model import StepState
-from ...render import elapsed
+from ...render import elapsed, printable
 from ...store import RunRow, StepRow
-from .style import state_badge
+from .style import literal, state_badge
 from .table import PaneTable
 
 
@@ -45,7 +45,7 @@ class StepsPanel(Vertical):
             self.border_title = "Steps"
             detail.update(Text("no run selected", style="dim"))
             return
-        self.border_title = f"Run {run.id} · {run.name}"
+        self.border_title = Text(f"Run {run.id} · ").append_text(literal(run.name))
         detail.update(self._detail(run, steps, now))
 
     @staticmethod
@@ -54,16 +54,17 @@ class StepsPanel(Vertical):
         if step is None:
             return Text("no steps", style="dim")
         text = Text()
-        text.append(f"{step.step_id}", style="bold")
-        text.append(f" [{step.phase}] ")
+        # User text goes in through Text.append (never markup) and printable.
+        text.append(printable(step.step_id), style="bold")
+        text.append(f" [{printable(step.phase)}] ")
         text.append_text(state_badge(step.state.value))
         text.append(f" try {step.attempt} exit "
                     f"{'-' if step.exit_code is None else step.exit_code}\n")
-        text.append(f"started {step.started_at[11:19] if step.started_at else '-'} · "
-                    f"{elapsed(step.started_at, step.finished_at, now)}\n")
-        text.append(f"$ {step.command}", style="italic")
+        started = printable(step.started_at[11:19]) if step.started_at else "-"
+        text.append(f"started {started} · {elapsed(step.started_at, step.finished_at, now)}\n")
+        text.append(f"$ {printable(step.command)}", style="italic")
         if run.reason:
-            text.append(f"\n{run.reason}", style="yellow")
+            text.append(f"\n{printable(run.reason)}", style="yellow")
         text.no_wrap = True
         text.overflow = "ellipsis"
         return text

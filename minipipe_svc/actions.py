@@ -1,0 +1,207 @@
+"""What the daemon does for each API request: validate, check ownership, write.
+
+The only code that changes state on a client's behalf. Every field of a request
+is checked here (types, ranges, sizes) before it is used; the caller is the
+`Peer` the kernel reported, never a name in the request. Plans are parsed and
+validated here, with the same file:line messages the CLI always printed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from . import protocol
+from .config import Config
+from .identity import (
+    IdentityError,
+    Peer,
+    RunIdentity,
+    blocked_directory,
+    is_admin,
+    may_act_on,
+    run_identity,
+)
+from .model import RunState
+from .plan import PRIORITY_RANGE, Plan, PlanError, parse_plan
+from .store import ConflictError, NoSuchRun, Store, StoreError
+
+# Directories private to the service when it runs under systemd (PrivateTmp=yes).
+PRIVATE_DIRS = ("/tmp", "/var/tmp")
+
+
+class Refused(Exception):
+    """A request the daemon turns down; becomes an error reply with this code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Actions:
+    def __init__(self, store: Store, config: Config, *, private_tmp: bool = False,
+                 version: str = "") -> None:
+        self.store, self.config = store, config
+        self.private_tmp = private_tmp
+        self.version = version
+
+    def handle(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        """One request -> one reply; never raises for anything a client can cause."""
+        op = request.get("op")
+        if request.get("v") != protocol.VERSION:
+            return protocol.error("bad_request", f"unsupported protocol version "
+                                  f"{request.get('v')!r}; this daemon speaks {protocol.VERSION}")
+        if op not in protocol.OPERATIONS:
+            return protocol.error("bad_request", f"unknown operation {op!r}; known: "
+                                  + ", ".join(protocol.OPERATIONS))
+        try:
+            return {"ok": True, **getattr(self, f"op_{op}")(peer, request)}
+        except Refused as exc:
+            return protocol.error(exc.code, str(exc))
+        except PlanError as exc:
+            return protocol.error("bad_plan", str(exc))
+        except NoSuchRun as exc:
+            return protocol.error("no_such_run", str(exc))
+        except ConflictError as exc:
+            return protocol.error("conflict", str(exc))
+        except StoreError as exc:
+            return protocol.error("unavailable", str(exc))
+
+    # ------------------------------------------------------------ operations
+
+    def op_ping(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        return {"pid": os.getpid(), "version": self.version}
+
+    def op_submit(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        text = _field(request, "plan", str)
+        source = _field(request, "source", str)
+        path = _field(request, "path", str, optional=True)
+        cwd = _field(request, "cwd", str)
+        fmt = _field(request, "format", str, optional=True)
+        priority = _field(request, "priority", int, optional=True)
+        umask = _field(request, "umask", int, optional=True)
+        for name, value in (("path", path), ("cwd", cwd)):
+            if value is not None and (not os.path.isabs(value) or "\0" in value):
+                raise Refused("bad_request", f"{name!r} must be an absolute path")
+        if fmt not in (None, "toml", "json"):
+            raise Refused("bad_request", "'format' must be toml or json")
+        if priority is not None and not PRIORITY_RANGE[0] <= priority <= PRIORITY_RANGE[1]:
+            raise Refused("bad_request", f"'priority' must be from {PRIORITY_RANGE[0]} to "
+                          f"{PRIORITY_RANGE[1]}")
+        if umask is not None and not 0 <= umask <= 0o777:
+            raise Refused("bad_request", "'umask' must be from 0 to 0o777")
+        label = "<stdin>" if source == "-" or path is None else source
+        plan = parse_plan(
+            text.encode("utf-8", "surrogateescape"), source=label,
+            fmt=fmt or ("json" if label.lower().endswith(".json") else "toml"),
+            base_dir=os.path.dirname(path) if path else cwd,
+            default_name=_default_name(path))
+        try:
+            identity = run_identity(self.config, peer.uid)
+        except IdentityError as exc:
+            raise Refused("unavailable", f"cannot run this plan: {exc}") from None
+        self.check_directories(plan, label, identity)
+        run_id = self.store.submit(plan.to_dict(), source=path or None,
+                                   submitted_by=peer.name, submitted_uid=peer.uid,
+                                   priority=priority, umask=umask)
+        reply: dict[str, Any] = {"run": run_id}
+        if request.get("read_back") is True:
+            from .render import run_json
+
+            # daemon_running: kept from the days a submit could queue without a daemon.
+            reply["run_json"] = {**run_json(self.store.get_run(run_id)), "daemon_running": True}
+        return reply
+
+    def check_directories(self, plan: Plan, label: str, identity: RunIdentity | None) -> None:
+        """Every step's cwd exists as the service sees it and its user may enter it."""
+        for step in plan.steps:
+            where = f"step {step.id!r}"
+            if not os.path.isdir(step.cwd):
+                hint = "create it first or set the step's cwd"
+                if self.private_tmp and _under(step.cwd, PRIVATE_DIRS):
+                    hint = ("the service has a private /tmp and /var/tmp and does not see "
+                            "yours: keep the plan (or the step's cwd) elsewhere, e.g. in your "
+                            "home or a project directory")
+                raise PlanError(label, f"working directory {step.cwd} does not exist as the "
+                                "minipipe service sees it", where=where, hint=hint)
+            if identity is None:
+                continue
+            blocked = blocked_directory(step.cwd, identity.uid, identity.groups)
+            if blocked:
+                raise PlanError(label, f"user {identity.user} (whom this run executes as) "
+                                f"cannot enter {blocked}, so the step cannot start in "
+                                f"{step.cwd}", where=where,
+                                hint="set the step's cwd to a directory that user may enter")
+
+    def op_cancel(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        if request.get("all") is True:
+            cancelled = []
+            admin = is_admin(peer.uid, self.config.admin_group)
+            for run in self.store.list_runs(limit=None,
+                                            states=(RunState.PENDING, RunState.RUNNING)):
+                if admin or may_act_on(peer.uid, run.submitted_uid, run.submitted_by, None):
+                    try:
+                        was = self.store.request_cancel(run.id, by=peer.name)
+                    except ConflictError:
+                        continue  # it ended meanwhile
+                    cancelled.append({"run": run.id, "was": was.value})
+            return {"results": cancelled}
+        run_id = self.owned_run(peer, request)
+        was = self.store.request_cancel(run_id, by=peer.name)
+        return {"results": [{"run": run_id, "was": was.value}]}
+
+    def op_retry(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        run_id = self.owned_run(peer, request)
+        return {"run": run_id, "attempt": self.store.retry(run_id, by=peer.name)}
+
+    def op_pause(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        self.require_admin(peer, "pause the queue")
+        return {"changed": self.store.set_paused(True, by=peer.name)}
+
+    def op_resume(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        self.require_admin(peer, "resume the queue")
+        return {"changed": self.store.set_paused(False, by=peer.name)}
+
+    # ------------------------------------------------------------ ownership
+
+    def owned_run(self, peer: Peer, request: dict[str, Any]) -> int:
+        run_id = _field(request, "run", int)
+        if run_id < 1:
+            raise Refused("bad_request", "'run' must be a positive run id")
+        run = self.store.get_run(run_id)
+        if not may_act_on(peer.uid, run.submitted_uid, run.submitted_by,
+                          self.config.admin_group):
+            raise Refused("permission_denied", f"permission denied: run {run_id} belongs to "
+                          f"{run.submitted_by or 'another user'}")
+        return run_id
+
+    def require_admin(self, peer: Peer, what: str) -> None:
+        if not is_admin(peer.uid, self.config.admin_group) and peer.uid != os.geteuid():
+            group = self.config.admin_group or "(none configured)"
+            raise Refused("permission_denied", f"permission denied: only root and members "
+                          f"of group {group} may {what}")
+
+
+def _field(request: dict[str, Any], name: str, kind: type, *,
+           optional: bool = False) -> Any:
+    value = request.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        expected = "an integer" if kind is int else "a string"
+        raise Refused("bad_request", f"{name!r} must be {expected}"
+                      + (" or null" if optional else ""))
+    return value
+
+
+def _default_name(path: str | None) -> str:
+    if path is None:
+        return "stdin"
+    from .plan import MAX_NAME_CHARS
+
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return stem[:MAX_NAME_CHARS] or "plan"
+
+
+def _under(path: str, roots: tuple[str, ...]) -> bool:
+    return any(path == root or path.startswith(root + "/") for root in roots)

@@ -1,0 +1,142 @@
+"""Who is asking, who a run executes as, and who may act on whose runs.
+
+The daemon never believes a name a client sends: the caller is the uid the
+kernel reports for the socket (SO_PEERCRED). A run executes as its submitter
+(config `run_as = "submitter"`, with the submitter's groups, as Slurm and
+`systemd-run --uid` do) or as one fixed user; never as root: root's runs use
+`run_user`. Ownership: a run's owner, root and members of `admin_group` may
+cancel or retry it; pause and resume are for root and admins only.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import socket
+import stat
+import struct
+from typing import NamedTuple
+
+from .config import Config
+from .procs import user_name
+
+
+class IdentityError(Exception):
+    """A run cannot execute as anyone acceptable; the message says why."""
+
+
+class Peer(NamedTuple):
+    """The process on the other end of an API connection, as the kernel tells it."""
+
+    pid: int
+    uid: int
+    gid: int
+
+    @property
+    def name(self) -> str:
+        return user_name(self.uid)
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    data = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", data)
+    return Peer(pid, uid, gid)
+
+
+class RunIdentity(NamedTuple):
+    """The user a run's steps execute as, resolved when the run starts."""
+
+    user: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    home: str
+    shell: str
+
+    def login_environment(self) -> dict[str, str]:
+        """What `systemd-run --uid` and login set for a process of this user."""
+        return {"HOME": self.home, "USER": self.user, "LOGNAME": self.user,
+                "SHELL": self.shell}
+
+
+def identity_of(entry: pwd.struct_passwd) -> RunIdentity:
+    if entry.pw_uid == 0:
+        raise IdentityError("steps never execute as root")
+    return RunIdentity(entry.pw_name, entry.pw_uid, entry.pw_gid,
+                       tuple(os.getgrouplist(entry.pw_name, entry.pw_gid)),
+                       entry.pw_dir or "/", entry.pw_shell or "/bin/sh")
+
+
+def run_identity(config: Config, submitted_uid: int | None) -> RunIdentity | None:
+    """Who a run executes as; None when this daemon cannot switch users (not root).
+
+    Root's runs (and runs from before identities were recorded) use `run_user`.
+    """
+    if os.geteuid() != 0:
+        return None
+    if config.run_as != "submitter":
+        name = config.run_as
+    elif submitted_uid is not None and submitted_uid != 0:
+        try:
+            return identity_of(pwd.getpwuid(submitted_uid))
+        except KeyError:
+            raise IdentityError(f"the submitter (uid {submitted_uid}) no longer exists") \
+                from None
+    elif config.run_user:
+        name = config.run_user
+    else:
+        raise IdentityError("root's runs execute as run_user, and the config sets none")
+    try:
+        return identity_of(pwd.getpwnam(name))
+    except KeyError:
+        raise IdentityError(f"there is no user {name!r} (config run_as/run_user)") from None
+
+
+def is_admin(uid: int, admin_group: str | None) -> bool:
+    """Root, or a member of `admin_group` (as a supplementary or the primary group)."""
+    if uid == 0:
+        return True
+    if not admin_group:
+        return False
+    try:
+        group = grp.getgrnam(admin_group)
+        entry = pwd.getpwuid(uid)
+    except KeyError:
+        return False
+    return entry.pw_gid == group.gr_gid or entry.pw_name in group.gr_mem
+
+
+def may_act_on(peer_uid: int, owner_uid: int | None, owner_name: str | None,
+               admin_group: str | None) -> bool:
+    """Whether the caller may cancel or retry a run (its owner, root or an admin)."""
+    if peer_uid == owner_uid or is_admin(peer_uid, admin_group):
+        return True
+    # Runs from before uids were recorded carry only the submitter's name.
+    return owner_uid is None and owner_name is not None and owner_name == user_name(peer_uid)
+
+
+def blocked_directory(path: str, uid: int, gids: tuple[int, ...]) -> str | None:
+    """The first directory on `path` that the user cannot enter (search), or None.
+
+    Mode bits only, like the kernel's check without ACLs (an ACL that grants more
+    is not seen: such a plan is refused; one that denies more fails at run time).
+    """
+    parts = [p for p in path.split("/") if p]
+    for depth in range(len(parts) + 1):
+        current = "/" + "/".join(parts[:depth])
+        try:
+            info = os.stat(current)
+        except OSError:
+            return current
+        if not stat.S_ISDIR(info.st_mode):
+            return current
+        if info.st_uid == uid:
+            bit = stat.S_IXUSR
+        elif info.st_gid in gids:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not info.st_mode & bit:
+            return current
+    return None
