@@ -17,9 +17,9 @@ from .identity import (
     IdentityError,
     Peer,
     RunIdentity,
-    blocked_directory,
     is_admin,
     may_act_on,
+    probe_directories,
     run_identity,
 )
 from .model import RunState
@@ -98,9 +98,9 @@ class Actions:
             default_name=_default_name(path))
         try:
             identity = run_identity(self.config, peer.uid)
+            self.check_directories(plan, label, identity)
         except IdentityError as exc:
             raise Refused("unavailable", f"cannot run this plan: {exc}") from None
-        self.check_directories(plan, label, identity)
         run_id = self.store.submit(plan.to_dict(), source=path or None,
                                    submitted_by=peer.name, submitted_uid=peer.uid,
                                    priority=priority, umask=umask)
@@ -114,9 +114,14 @@ class Actions:
 
     def check_directories(self, plan: Plan, label: str, identity: RunIdentity | None) -> None:
         """Every step's cwd exists as the service sees it and its user may enter it."""
+        cwds = sorted({step.cwd for step in plan.steps})
+        answers = dict(zip(cwds, probe_directories(identity, cwds), strict=True))
         for step in plan.steps:
+            answer = answers[step.cwd]
+            if answer == "ok":
+                continue
             where = f"step {step.id!r}"
-            if not os.path.isdir(step.cwd):
+            if answer == "missing":
                 hint = "create it first or set the step's cwd"
                 if self.private_tmp and _under(step.cwd, PRIVATE_DIRS):
                     hint = ("the service has a private /tmp and /var/tmp and does not see "
@@ -124,14 +129,10 @@ class Actions:
                             "home or a project directory")
                 raise PlanError(label, f"working directory {step.cwd} does not exist as the "
                                 "minipipe service sees it", where=where, hint=hint)
-            if identity is None:
-                continue
-            blocked = blocked_directory(step.cwd, identity.uid, identity.groups)
-            if blocked:
-                raise PlanError(label, f"user {identity.user} (whom this run executes as) "
-                                f"cannot enter {blocked}, so the step cannot start in "
-                                f"{step.cwd}", where=where,
-                                hint="set the step's cwd to a directory that user may enter")
+            user = identity.user if identity else "the daemon's user"
+            raise PlanError(label, f"user {user} (whom this run executes as) cannot enter "
+                            f"{step.cwd}", where=where,
+                            hint="set the step's cwd to a directory that user may enter")
 
     def op_cancel(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         if request.get("all") is True:

@@ -201,11 +201,20 @@ def build_config(document: dict[str, Any], *, source: str | None) -> Config:
         auto_cleanup_completed_runs=values["auto_cleanup_completed_runs"],
         completed_run_retention_days=numbers["completed_run_retention_days"],
         log_dir=path_value("log_dir") or os.path.join(db_dir, "logs"),
-        socket_path=path_value("socket_path") or os.path.join(db_dir, "minipipe.sock"),
+        socket_path=_current_socket(path_value("socket_path")) or os.path.join(db_dir,
+                                                                               "minipipe.sock"),
         minipipe_command=argv,
         kill_grace_seconds=numbers["kill_grace_seconds"],
         source=source,
     )
+
+
+# 0.1.0's packaged config named the wake-up socket; an edited conffile keeps it.
+OLD_PACKAGED_SOCKET, PACKAGED_SOCKET = "/run/minipipe/wake.sock", "/run/minipipe/api.sock"
+
+
+def _current_socket(path: str | None) -> str | None:
+    return PACKAGED_SOCKET if path == OLD_PACKAGED_SOCKET else path
 
 
 def _limits(value: object, label: str) -> Limits:

@@ -10,6 +10,7 @@ cancel or retry it; pause and resume are for root and admins only.
 
 from __future__ import annotations
 
+import gc
 import grp
 import os
 import pwd
@@ -116,27 +117,49 @@ def may_act_on(peer_uid: int, owner_uid: int | None, owner_name: str | None,
     return owner_uid is None and owner_name is not None and owner_name == user_name(peer_uid)
 
 
-def blocked_directory(path: str, uid: int, gids: tuple[int, ...]) -> str | None:
-    """The first directory on `path` that the user cannot enter (search), or None.
+def probe_directories(identity: RunIdentity | None, paths: list[str]) -> list[str]:
+    """For each path: "ok", "missing" or "denied", as the run's user would find it.
 
-    Mode bits only, like the kernel's check without ACLs (an ACL that grants more
-    is not seen: such a plan is refused; one that denies more fails at run time).
+    Asked as that very user (a forked child that drops to it), because root here
+    has no CAP_DAC_* and could not even look inside a 0700 home, and because the
+    kernel's answer (ACLs included) is the one that counts. Without an identity
+    (a private instance) this process asks for itself.
     """
-    parts = [p for p in path.split("/") if p]
-    for depth in range(len(parts) + 1):
-        current = "/" + "/".join(parts[:depth])
+    if identity is None or os.geteuid() != 0:
+        return [_probe(path) for path in paths]
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child touches nothing of the daemon's and leaves by _exit
+        status = 1
         try:
-            info = os.stat(current)
-        except OSError:
-            return current
-        if not stat.S_ISDIR(info.st_mode):
-            return current
-        if info.st_uid == uid:
-            bit = stat.S_IXUSR
-        elif info.st_gid in gids:
-            bit = stat.S_IXGRP
-        else:
-            bit = stat.S_IXOTH
-        if not info.st_mode & bit:
-            return current
-    return None
+            gc.disable()
+            os.close(read_end)
+            os.setgroups(list(identity.groups))
+            os.setgid(identity.gid)
+            os.setuid(identity.uid)
+            os.write(write_end, "\n".join(_probe(path) for path in paths).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    chunks = []
+    while chunk := os.read(read_end, 65536):
+        chunks.append(chunk)
+    os.close(read_end)
+    _pid, status = os.waitpid(pid, 0)
+    answers = b"".join(chunks).decode().split("\n") if chunks else []
+    if os.waitstatus_to_exitcode(status) != 0 or len(answers) != len(paths):
+        raise IdentityError(f"could not check directories as user {identity.user}")
+    return answers
+
+
+def _probe(path: str) -> str:
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError:
+        return "denied"
+    if not stat.S_ISDIR(info.st_mode):
+        return "missing"
+    return "ok" if os.access(path, os.X_OK) else "denied"

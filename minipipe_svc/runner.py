@@ -33,7 +33,7 @@ import traceback
 from dataclasses import dataclass
 
 from . import procs
-from .identity import RunIdentity, identity_of
+from .identity import RunIdentity, identity_of, probe_directories
 from .logs import LogSink, TeeSink, open_sinks
 from .model import RUN_STATE_FOR_STEP_FAILURE, RunState, StepState
 from .plan import Plan, Step
@@ -207,8 +207,15 @@ class Runner:
 
     def execute(self, idx: int, step: Step, attempt: int, run_deadline: float | None,
                 runtime_max: float | None) -> StepResult:
-        if not os.path.isdir(step.cwd):
+        user = self.identity.user if self.identity else procs.user_name()
+        # Asked as the step's user: root here cannot look inside a 0700 home.
+        answer = probe_directories(self.identity, [step.cwd])[0]
+        if answer == "missing":
             return StepResult(StepState.FAILED, 127, f"working directory not found: {step.cwd}")
+        if answer == "denied":
+            return StepResult(StepState.FAILED, 126, (
+                f"permission denied: user {user} cannot enter the working directory "
+                f"{step.cwd}; set the step's cwd to a directory it may use"))
         try:
             proc = subprocess.Popen(
                 step.argv, env=self.step_environment(step, attempt),
@@ -216,7 +223,6 @@ class Runner:
                 start_new_session=True, close_fds=True,
                 **self.identity_options(step))  # type: ignore[call-overload]
         except subprocess.SubprocessError:  # preexec_fn: the chdir as the run's user
-            user = self.identity.user if self.identity else procs.user_name()
             return StepResult(StepState.FAILED, 126, (
                 f"permission denied: user {user} cannot enter the working directory "
                 f"{step.cwd}; set the step's cwd to a directory it may use"))
@@ -225,9 +231,9 @@ class Runner:
             what = "working directory" if missing == step.cwd else "command"
             return StepResult(StepState.FAILED, 127, f"{what} not found: {missing}")
         except PermissionError as exc:
-            if exc.filename == step.cwd or not os.access(step.cwd, os.X_OK):
+            if exc.filename == step.cwd:
                 return StepResult(StepState.FAILED, 126, (
-                    f"permission denied: user {procs.user_name()} cannot enter the working "
+                    f"permission denied: user {user} cannot enter the working "
                     f"directory {step.cwd}; set the step's cwd to a directory it may use"))
             return StepResult(StepState.FAILED, 126, f"permission denied: {exc.filename}")
         except OSError as exc:

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 TEST_USER = "minipipe-it"
 
 
-def test_user() -> pwd.struct_passwd | None:
+def unprivileged_user() -> pwd.struct_passwd | None:
     """The unprivileged user private instances run as when the tests run as root."""
     if os.geteuid() != 0:
         return None
@@ -86,7 +86,7 @@ def pid_alive(pid: int) -> bool:
 class Instance:
     def __init__(self, root: Path, **config: Any) -> None:
         self.root = root
-        self.user = test_user()
+        self.user = unprivileged_user()
         self.config_path = root / "config.json"
         if self.user is not None:
             os.chown(root, self.user.pw_uid, self.user.pw_gid)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Instance
+from .conftest import ROOT, Instance
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 BAD_PLANS = sorted((DATA / "bad_plans").iterdir())
@@ -106,3 +106,15 @@ def test_bad_config_files(tmp_path: Path, config: bytes) -> None:
         assert result.returncode == 2, (config[:40], args, result.stderr)
         assert str(instance.config_path) in result.stderr
     assert not instance.db_path.exists()
+
+
+def test_a_missing_working_directory_is_refused_by_the_daemon(queue: Instance) -> None:
+    """Checked by the daemon as the run's user (the plan validator cannot: root there may
+    not look inside a private home), so the message names the step, not a line."""
+    plan = ROOT / "tests" / "data" / "cwd_missing.toml"
+    before = _state(queue)
+    result = queue.cli("submit", str(plan), check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith(f"Error: {plan}: step ")
+    assert "does not exist as the minipipe service sees it" in result.stderr
+    assert _state(queue) == before

@@ -180,7 +180,8 @@ run = ["python3", "-c", "b = bytearray(512 * 1024 * 1024); b[::4096] = b'x' * le
 
 def test_a_full_log_disk_still_records_the_run_and_says_so(service: Box) -> None:
     full = "/var/log/minipipe-full"
-    service.sh(f"mkdir -p {full} && mount -t tmpfs -o size=64k,mode=0770,"
+    # root:minipipe 0750, like the real log dir: the daemon refuses one others may write.
+    service.sh(f"mkdir -p {full} && mount -t tmpfs -o size=64k,mode=0750,"
                f"gid=$(getent group minipipe | cut -d: -f3) tmpfs {full}")
     try:
         configure(service, log_dir=full)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
+from minipipe_svc.store import SCHEMA_VERSION
 from tests.integration.conftest import wait_for
 
 from .conftest import OPERATOR, OUTSIDER, Box, add_users, install_deb
@@ -15,6 +17,14 @@ from .container import Container
 GATE = "/srv/upgrade-gate"
 SQL = "python3 -c \"import sqlite3, sys; c = sqlite3.connect('/var/lib/minipipe/state.db'); " \
       "print(c.execute(sys.argv[1]).fetchall()); c.commit()\""
+STATE, LOGS, RUN = "/var/lib/minipipe", "/var/log/minipipe", "/run/minipipe"
+SOCKET = f"{RUN}/api.sock"
+CONNECT = f"python3 -c \"import socket; socket.socket(socket.AF_UNIX).connect('{SOCKET}')\""
+UNITS = " ".join(f"/usr/lib/systemd/system/minipipe.{kind}"
+                 for kind in ("service", "socket", "slice"))
+# What `systemd-analyze security minipipe.service` says: 2.6 until steps ran as their
+# submitter, 2.7 since ProtectHome=no lets them write in their own home.
+SECURITY_EXPOSURE = 2.7
 
 
 def test_lintian_reports_no_errors_or_warnings(deb: Path) -> None:
@@ -45,21 +55,168 @@ def stat(box: Container, path: str) -> list[str]:
     return box.sh(f"stat -c '%a %U %G' {path}").stdout.split()
 
 
+def state(box: Container, unit: str) -> str:
+    return box.sh(f"systemctl is-active {unit}", check=False).stdout.strip()
+
+
+def without_procps(box: Container, command: str) -> str:
+    """`command`'s output with /bin/kill (procps, which minipipe does not depend on)
+    out of the way, as on a minimal bookworm; the image has procps for openssh-server."""
+    return box.sh(f"kill=$(readlink -f /bin/kill); mv $kill /root/kill.aside; "
+                  f"{{ {command}; }} 2>&1; status=$?; mv /root/kill.aside $kill; exit $status"
+                  ).stdout
+
+
+def apt_install(box: Container, deb: Path, *options: str) -> str:
+    """`apt-get install` of a .deb; its output (with the maintainer scripts' stderr)."""
+    box.put(deb, f"/root/{deb.name}")
+    return box.sh(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q {' '.join(options)} "
+                  f"/root/{deb.name} 2>&1").stdout
+
+
+def plant(box: Container, links: dict[str, str]) -> None:
+    """What a step could leave in 0.1.0's group-writable directories: symlinks to files
+    root's postinst must never chmod, a FIFO and a hard link where run logs belong."""
+    for target in ("/etc/victim", "/etc/victim2", "/etc/victim3"):
+        box.sh(f"echo secret > {target} && chmod 0600 {target}")
+    for name, target in links.items():
+        box.sh(f"ln -sfn {target} {name}")
+    box.sh(f"rm -f {LOGS}/run-90.log && mkfifo {LOGS}/run-90.log")
+    box.sh(f"ln -f /etc/victim3 {LOGS}/run-91.log")
+
+
+def assert_not_followed(box: Container, output: str, links: dict[str, str]) -> None:
+    for target in ("/etc/victim", "/etc/victim2", "/etc/victim3"):
+        assert stat(box, target) == ["600", "root", "root"], target
+        assert box.sh(f"cat {target}").stdout == "secret\n", target
+    for name, target in links.items():
+        assert box.sh(f"test -L {name}", check=False).returncode != 0, name
+        assert f"{name} is a symlink (to {target}): removing the link, not its target" in output
+    assert box.sh(f"test -e {LOGS}/run-90.log", check=False).returncode != 0
+    assert f"{LOGS}/run-90.log is not a regular file: removing it" in output
+    # a hard link is left alone (and its other name with it), loudly
+    assert f"{LOGS}/run-91.log has other hard links" in output
+    box.sh(f"rm {LOGS}/run-91.log")
+
+
+def test_packaging_socket_modes_groups_and_postinst(fresh_box: Container, deb: Path,
+                                                     tmp_path: Path) -> None:
+    """What the package itself owns, whatever the daemon does with it: units, socket,
+    users and groups, modes, and a postinst that never follows a symlink."""
+    c = fresh_box
+    install_deb(c, deb)
+    c.sh("useradd --create-home --groups minipipe alice && useradd --create-home bob")
+
+    # units: both enabled and started on first install; verify is clean without procps
+    for unit in ("minipipe.socket", "minipipe.service"):
+        assert c.sh(f"systemctl is-enabled {unit}").stdout.strip() == "enabled", unit
+        assert state(c, unit) == "active", unit
+    assert without_procps(c, f"systemd-analyze verify {UNITS}") == ""
+    security = c.sh("systemd-analyze security --no-pager minipipe.service").stdout
+    exposure = re.search(r"Overall exposure level for minipipe.service: ([\d.]+)", security)
+    assert exposure and float(exposure.group(1)) <= SECURITY_EXPOSURE, security[-2000:]
+
+    # the socket: systemd's, 0660 root:minipipe in a root-only 0755 directory
+    assert c.sh("systemctl show -p Listen --value minipipe.socket").stdout.strip() == \
+        f"{SOCKET} (Stream)"
+    assert c.sh(f"stat -c '%a %U %G %F' {SOCKET}").stdout.split() == \
+        ["660", "root", "minipipe", "socket"]
+    assert stat(c, RUN) == ["755", "root", "minipipe"]
+    assert stat(c, f"{RUN}/minipipe.lock")[1:] == ["root", "minipipe"]
+    assert c.sh(CONNECT, user="alice", check=False).returncode == 0
+    denied = c.sh(CONNECT, user="bob", check=False)
+    assert denied.returncode != 0 and "PermissionError" in denied.stderr
+
+    # users and groups; state and logs only root writes
+    assert c.sh("getent passwd minipipe").stdout.split(":")[5] == "/var/lib/minipipe"
+    admin = c.sh("getent group minipipe-admin").stdout.strip().split(":")
+    assert admin[0] == "minipipe-admin" and int(admin[2]) < 1000, admin
+    assert "g minipipe-admin -" in c.sh("cat /usr/lib/sysusers.d/minipipe.conf").stdout
+    config = json.loads(c.sh("cat /etc/minipipe/config.json").stdout)
+    assert {key: config.get(key) for key in ("socket_path", "run_as", "admin_group")} == {
+        "socket_path": SOCKET, "run_as": "submitter", "admin_group": "minipipe-admin"}
+    for directory in (STATE, LOGS):
+        assert stat(c, directory) == ["750", "root", "minipipe"], directory
+    assert stat(c, f"{STATE}/state.db") == ["640", "root", "minipipe"]
+
+    # ExecReload works without procps; the daemon keeps its pid
+    pid = c.sh("systemctl show -p MainPID --value minipipe").stdout.strip()
+    without_procps(c, "systemctl reload minipipe")
+    assert c.sh("systemctl show -p MainPID --value minipipe").stdout.strip() == pid
+
+    # stopping the service keeps the socket (RuntimeDirectoryPreserve); a client
+    # connecting starts the service again
+    c.sh("systemctl stop minipipe.service")
+    assert state(c, "minipipe.socket") == "active"
+    c.sh(f"test -S {SOCKET}")
+    c.sh(CONNECT, user="alice")
+    wait_for(lambda: state(c, "minipipe.service") == "active", 30, "socket activation")
+
+    # reinstall over what a 0.1.0 step could have planted: nothing is followed
+    links = {f"{STATE}/state.db-journal": "/etc/victim", f"{LOGS}/run-89.log": "/etc/victim2"}
+    plant(c, links)
+    output = apt_install(c, deb, "--reinstall")
+    assert_not_followed(c, output, links)
+
+    # an upgrade from 0.1.0's layout (service stopped, as an operator may leave it):
+    # setgid group-writable directories, 0660 files owned by anyone, old lock and
+    # wake socket, a symlinked DB file
+    c.sh("systemctl stop minipipe.service")
+    c.sh(f"chmod 2770 {STATE} {LOGS} && chmod 0750 {RUN}")
+    c.sh(f"chmod 0660 {STATE}/state.db && touch {STATE}/state.db-wal {STATE}/state.db.lock "
+         f"{STATE}/minipipe.sock {RUN}/wake.sock {LOGS}/run-1.log")
+    c.sh(f"chown alice:minipipe {STATE}/state.db-wal && chmod 0660 {STATE}/state.db-wal")
+    c.sh(f"chown minipipe:minipipe {LOGS}/run-1.log && chmod 0664 {LOGS}/run-1.log")
+    links = {f"{STATE}/state.db-shm": "/etc/victim", f"{LOGS}/run-2.log": "/etc/victim2",
+             f"{STATE}/state.db.lock": "/etc/victim3"}
+    plant(c, links)
+    output = apt_install(c, bumped(deb, tmp_path, "0.1.0+upgrade1"))
+    assert c.sh("dpkg-query -W -f='${Version}' minipipe").stdout == "0.1.0+upgrade1"
+    assert_not_followed(c, output, links)
+    for directory in (STATE, LOGS):
+        assert stat(c, directory) == ["750", "root", "minipipe"], directory
+    for path in ("state.db", "state.db-wal"):
+        assert stat(c, f"{STATE}/{path}") == ["640", "root", "minipipe"], path
+    assert stat(c, f"{LOGS}/run-1.log") == ["640", "root", "minipipe"]
+    for stale in (f"{STATE}/minipipe.sock", f"{RUN}/wake.sock"):
+        assert c.sh(f"test -e {stale}", check=False).returncode != 0, stale
+    # try-restart: a stopped scheduler stays stopped, its socket keeps listening
+    assert state(c, "minipipe.service") == "inactive"
+    assert state(c, "minipipe.socket") == "active"
+    c.sh("systemctl start minipipe.service")
+    assert stat(c, RUN) == ["755", "root", "minipipe"]
+
+    # an upgrade restarts a running scheduler
+    pid = c.sh("systemctl show -p MainPID --value minipipe").stdout.strip()
+    install_deb(c, bumped(deb, tmp_path / "second", "0.1.0+upgrade2"))
+    wait_for(lambda: state(c, "minipipe.service") == "active", 30, "the restarted service")
+    assert c.sh("systemctl show -p MainPID --value minipipe").stdout.strip() != pid
+
+    # remove stops both and removes the socket file; purge removes state and /run/minipipe
+    c.sh("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q minipipe")
+    for unit in ("minipipe.socket", "minipipe.service"):
+        assert state(c, unit) in ("inactive", "unknown"), unit
+    assert c.sh(f"test -e {SOCKET}", check=False).returncode != 0
+    c.sh(f"test -s {STATE}/state.db")
+    c.sh("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q minipipe")
+    for path in (STATE, LOGS, RUN):
+        assert c.sh(f"test -e {path}", check=False).returncode != 0, path
+    c.sh("getent group minipipe-admin && getent group minipipe")
+
+
 def test_install_use_upgrade_remove_purge(fresh_box: Container, deb: Path,
                                           tmp_path: Path) -> None:
     c = fresh_box
     install_deb(c, deb)
 
-    # installed: a running, enabled service, its user, group, dirs and files
+    # installed: a running, enabled service, its user and group (modes, socket and
+    # groups: test_packaging_socket_modes_groups_and_postinst)
     assert c.sh("systemctl is-active minipipe").stdout.strip() == "active"
     assert c.sh("systemctl is-enabled minipipe").stdout.strip() == "enabled"
     user = c.sh("getent passwd minipipe").stdout.strip().split(":")
     assert user[5] == "/var/lib/minipipe"
     assert user[6] in ("/usr/sbin/nologin", "/bin/false")
     assert c.sh("getent group minipipe", check=False).returncode == 0
-    assert stat(c, "/var/lib/minipipe") == ["2770", "root", "minipipe"]
-    assert stat(c, "/var/log/minipipe") == ["2770", "root", "minipipe"]
-    assert stat(c, "/var/lib/minipipe/state.db") == ["660", "root", "minipipe"]
     assert "/etc/minipipe/config.json" in c.sh(
         "dpkg-query -W -f='${Conffiles}' minipipe").stdout
     assert c.sh("/usr/bin/minipipe --version").stdout.strip() == "minipipe, version 0.1.0"
@@ -76,13 +233,13 @@ def test_install_use_upgrade_remove_purge(fresh_box: Container, deb: Path,
     assert "complete" in c.sh("cat /usr/share/bash-completion/completions/minipipe").stdout
     c.sh("test -s /usr/share/doc/minipipe/README.md")
 
-    # an operator in group minipipe runs a plan; it runs in its scope as minipipe
+    # an operator in group minipipe runs a plan; its steps run in its scope as them
     add_users(c)
     box = Box(c)
     run_id = box.submit('[[steps]]\nid = "who"\nrun = ["id", "-un"]\n')
     box.wait_state(run_id, "SUCCEEDED")
-    assert box.minipipe(f"logs --raw {run_id}").stdout.split() == ["minipipe"]
-    assert box.minipipe(f"logs -f --raw {run_id}").stdout.split() == ["minipipe"]
+    assert box.minipipe(f"logs --raw {run_id}").stdout.split() == [OPERATOR]
+    assert box.minipipe(f"logs -f --raw {run_id}").stdout.split() == [OPERATOR]
 
     # a user outside the group is turned away cleanly
     for args in ("ls", f"show {run_id}", "status"):
@@ -102,8 +259,11 @@ def test_install_use_upgrade_remove_purge(fresh_box: Container, deb: Path,
                         f'[[steps]]\nid = "after"\nrun = ["echo", "after the upgrade"]\n')
     wait_for(lambda: c.sh(f"test -e {GATE}/started", check=False).returncode == 0, 60,
              "the run to start")
-    # as an older minipipe would have left it: schema version 1
-    for undo in ("DROP INDEX runs_by_finished", "DROP TRIGGER run_counts_insert",
+    # as an older minipipe would have left it: schema version 1 (0.1.0 had 3), so the
+    # run in flight has no recorded identity and the new daemon must still finish it
+    for undo in ("DROP INDEX runs_by_submitter", "ALTER TABLE runs DROP COLUMN submitted_uid",
+                 "ALTER TABLE runs DROP COLUMN umask", "ALTER TABLE runs DROP COLUMN run_user",
+                 "DROP INDEX runs_by_finished", "DROP TRIGGER run_counts_insert",
                  "DROP TRIGGER run_counts_update", "DROP TRIGGER run_counts_delete",
                  "DROP TABLE run_counts", "PRAGMA user_version = 1"):
         c.sh(f"{SQL} '{undo}'")
@@ -114,7 +274,7 @@ def test_install_use_upgrade_remove_purge(fresh_box: Container, deb: Path,
     assert c.sh("systemctl is-active minipipe").stdout.strip() == "active"
     assert box.main_pid() != before, "the upgrade restarts the scheduler"
     assert box.run(flight)["state"] == "RUNNING"
-    assert c.sh(f"{SQL} 'PRAGMA user_version'").stdout.strip() == "[(3,)]"
+    assert c.sh(f"{SQL} 'PRAGMA user_version'").stdout.strip() == f"[({SCHEMA_VERSION},)]"
     assert json.loads(box.minipipe("status --json").stdout)["counts"]["RUNNING"] == 1
     c.sh(f"touch {GATE}/open")
     run = box.wait_state(flight, "SUCCEEDED")

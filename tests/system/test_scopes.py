@@ -42,7 +42,7 @@ def open_gate(box: Box, name: str) -> None:
     box.sh(f"touch {GATES}/{name}.open")
 
 
-def test_a_run_is_a_scope_in_the_slice_as_run_user_with_its_lines_in_the_journal(
+def test_a_run_is_a_scope_in_the_slice_steps_as_the_submitter_lines_in_the_journal(
         service: Box) -> None:
     run_id = start_gated(service, "scoped")
     unit = f"minipipe-run-{run_id}.scope"
@@ -58,12 +58,14 @@ def test_a_run_is_a_scope_in_the_slice_as_run_user_with_its_lines_in_the_journal
                        "sh -c 'cat /sys/fs/cgroup/unified{}/cgroup.procs "
                        "2>/dev/null || cat /sys/fs/cgroup{}/cgroup.procs' | "
                        "paste -sd, | xargs ps -o user= -p", check=False).stdout.split()
-    assert users and set(users) == {"minipipe"}, users
+    # The runner is root (it records state, sends the journal lines); the steps are
+    # the submitter's, dropped just before exec.
+    assert users and set(users) == {"root", "alice"}, users
     open_gate(service, "scoped")
     run = service.wait_state(run_id, "SUCCEEDED")
     assert run["exit_code"] == 0
     lines = service.journal(f"MINIPIPE_RUN_ID={run_id} MINIPIPE_STEP_ID=who")
-    assert "minipipe" in lines
+    assert "alice" in lines
     assert any(line.endswith(f"/minipipe.slice/{unit}") for line in lines), lines
     by_unit = service.journal(f"-u {unit}")
     assert "ending" in by_unit and "to stderr" in by_unit
@@ -74,7 +76,7 @@ def test_a_run_is_a_scope_in_the_slice_as_run_user_with_its_lines_in_the_journal
                      f"_SYSTEMD_UNIT={unit}", "MESSAGE=to stderr"):
         assert expected in fields, expected
     logs = service.minipipe(f"logs {run_id}")
-    assert "who | minipipe" in logs.stdout and "end | ending" in logs.stdout
+    assert "who | alice" in logs.stdout and "end | ending" in logs.stdout
     assert logs.stderr == ""
     decisions = service.journal("-u minipipe")
     assert any(f"run {run_id} (scoped) started" in line and unit in line for line in decisions)
@@ -176,7 +178,13 @@ def test_restart_returns_only_when_the_daemon_serves(service: Box) -> None:
 
 def test_a_working_directory_the_run_user_cannot_enter_is_explained(service: Box) -> None:
     service.c.write("/root/private.toml", '[[steps]]\nid = "a"\nrun = ["true"]\n')
-    submitted = service.minipipe("submit /root/private.toml", user=None)
-    assert "minipipe (the user runs execute as) cannot enter /root" in submitted.stderr
-    run = service.wait_state(int(submitted.stdout), "FAILED")
-    assert ("user minipipe cannot enter the working directory /root" in run["reason"]), run
+    before = service.minipipe("ls --all --json").stdout
+    # root's runs execute as run_user (minipipe), who cannot enter /root: refused.
+    submitted = service.minipipe("submit /root/private.toml", user=None, check=False)
+    assert submitted.returncode == 2 and submitted.stdout == ""
+    assert "user minipipe (whom this run executes as) cannot enter /root" in submitted.stderr
+    # alice's run executes as alice: a cwd only root may enter is refused too.
+    denied = service.minipipe("submit -", check=False,
+                              input='[[steps]]\nid = "a"\nrun = ["true"]\ncwd = "/root"\n')
+    assert denied.returncode == 2 and "user alice" in denied.stderr, denied.stderr
+    assert service.minipipe("ls --all --json").stdout == before
