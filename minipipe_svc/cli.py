@@ -217,7 +217,7 @@ def list_runs(ctx: Context, show_all: bool, limit: int, states: tuple[str, ...],
     running), and how long ago it was submitted. `--json` includes each run's
     submitted_by (the user the daemon saw submit it).
     """
-    from .render import run_json, runs_table
+    from .render import keep, printable, run_json, runs_table, stdout_is_terminal
 
     if mine and owner:
         raise UserError("use either --mine or --user NAME")
@@ -231,7 +231,7 @@ def list_runs(ctx: Context, show_all: bool, limit: int, states: tuple[str, ...],
     if not runs:
         click.echo("no runs yet; submit one with `minipipe submit PLAN`", err=True)
         return
-    lines, row_states = runs_table(runs)
+    lines, row_states = runs_table(runs, shown=printable if stdout_is_terminal() else keep)
     click.echo(ctx.style(lines[0], bold=True))
     for line, state in zip(lines[1:], row_states, strict=True):
         click.echo(_colour_state_cell(ctx, line, state))
