@@ -14,6 +14,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from minipipe_svc.store import Store
 
 from .conftest import Instance, as_user, is_listening, pid_alive, wait_for
@@ -388,3 +390,16 @@ run = "{instance.gated('echo exec path')}"
     instance.open_gate()
     instance.wait_state(run_id, "SUCCEEDED")
     assert "exec path" in instance.cli("logs", str(run_id)).stdout
+
+
+def test_a_root_daemon_refuses_isolation_none(tmp_path: Path) -> None:
+    """Without a scope a root daemon's steps would share its uid or run as root."""
+    if os.geteuid() != 0:
+        pytest.skip("LOUD SKIP: the refusal is about root, and these tests run as a user")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"db_path": "state.db", "isolation": "none"}))
+    result = subprocess.run([sys.executable, "-m", "minipipe_svc", "--config", str(config),
+                             "daemon"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert 'refusing to run as root with isolation "none"' in result.stderr
+    assert not (tmp_path / "state.db").exists()
