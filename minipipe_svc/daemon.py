@@ -186,6 +186,7 @@ class Daemon:
         path = self.config.lock_path
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        os.fchmod(fd, 0o644)  # readable whatever the umask: `status` tests it
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         while True:
             try:

@@ -69,6 +69,7 @@ class FileLogSink:
             # but a file it appends to must be the one it means).
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o640)
+            os.fchmod(fd, 0o640)  # group members read it, whatever the umask
             self._file = open(fd, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
         except OSError as exc:
             self._file = None

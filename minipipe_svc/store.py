@@ -190,9 +190,15 @@ def _prepare_writable(path: str, directory: str, exists: bool) -> None:
     if not exists:
         # Readable by the group (members read the DB directly), writable by us alone.
         # O_EXCL | O_NOFOLLOW: never create through a link someone else placed.
+        # The mode is set explicitly: the service's umask (0077) would take the group's
+        # read bit, and SQLite gives -wal and -shm the DB file's mode.
         with suppress(FileExistsError):
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
-                             | os.O_CLOEXEC, 0o640))
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o640)
+            try:
+                os.fchmod(fd, 0o640)
+            finally:
+                os.close(fd)
 
 
 def unsafe_directory(directory: str) -> str | None:
