@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -228,3 +231,39 @@ def test_a_run_no_step_of_which_began_can_go_back_to_the_queue(store: Store) -> 
     with pytest.raises(ConflictError, match="cannot go back to the queue"):
         store.requeue_run(run_id, "too late")
     assert store.get_run(run_id).state is RunState.RUNNING
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to read as another user")
+def test_readers_who_may_not_write_read_with_and_without_a_writer(tmp_path: Path) -> None:
+    """Group members read a DB they may not write, whose directory they may not write:
+    through the writer's -wal/-shm while it has the DB open, and as an immutable file
+    (`immutable=1`) once the last writer closed and SQLite removed them."""
+    tmp_path.chmod(0o755)
+    for parent in tmp_path.parents:
+        if not parent.stat().st_mode & 0o001:
+            parent.chmod((parent.stat().st_mode & 0o7777) | 0o001)
+    db = tmp_path / "state.db"
+    writer = Store.open(str(db))
+    writer.submit(PLAN, source=None, submitted_by="t")
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        # Others may read (the package gives this to group minipipe: 0640 root:minipipe).
+        os.chmod(tmp_path / name, 0o644)
+    reader = ("import sys; from minipipe_svc.store import Store; "
+              "s = Store.open(sys.argv[1], readonly=True); print(len(s.list_runs(limit=None)))")
+
+    def count_as_nobody() -> str:
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable,
+             "-c", reader, str(db)], capture_output=True, text=True, timeout=60,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    assert (tmp_path / "state.db-wal").exists()
+    assert count_as_nobody() == "1"  # with the writer's -wal/-shm
+    writer.submit(PLAN, source=None, submitted_by="t")
+    assert count_as_nobody() == "2"  # sees the latest commit, still in the WAL
+    writer.close()
+    assert not (tmp_path / "state.db-wal").exists()
+    assert count_as_nobody() == "2"  # no writer: the immutable view
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.db"], "a reader made files"
