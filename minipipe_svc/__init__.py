@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__", "run_daemon", "run_tui_monitor"]
 

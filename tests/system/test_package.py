@@ -8,6 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from minipipe_svc import __version__
 from minipipe_svc.store import SCHEMA_VERSION
 from tests.integration.conftest import wait_for
 
@@ -170,8 +171,8 @@ def test_packaging_socket_modes_groups_and_postinst(fresh_box: Container, deb: P
     links = {f"{STATE}/state.db-shm": "/etc/victim", f"{LOGS}/run-2.log": "/etc/victim2",
              f"{STATE}/state.db.lock": "/etc/victim3"}
     plant(c, links)
-    output = apt_install(c, bumped(deb, tmp_path, "0.1.0+upgrade1"))
-    assert c.sh("dpkg-query -W -f='${Version}' minipipe").stdout == "0.1.0+upgrade1"
+    output = apt_install(c, bumped(deb, tmp_path, f"{__version__}+upgrade1"))
+    assert c.sh("dpkg-query -W -f='${Version}' minipipe").stdout == f"{__version__}+upgrade1"
     assert_not_followed(c, output, links)
     for directory in (STATE, LOGS):
         assert stat(c, directory) == ["750", "root", "minipipe"], directory
@@ -188,7 +189,7 @@ def test_packaging_socket_modes_groups_and_postinst(fresh_box: Container, deb: P
 
     # an upgrade restarts a running scheduler
     pid = c.sh("systemctl show -p MainPID --value minipipe").stdout.strip()
-    install_deb(c, bumped(deb, tmp_path / "second", "0.1.0+upgrade2"))
+    install_deb(c, bumped(deb, tmp_path / "second", f"{__version__}+upgrade2"))
     wait_for(lambda: state(c, "minipipe.service") == "active", 30, "the restarted service")
     assert c.sh("systemctl show -p MainPID --value minipipe").stdout.strip() != pid
 
@@ -219,7 +220,7 @@ def test_install_use_upgrade_remove_purge(fresh_box: Container, deb: Path,
     assert c.sh("getent group minipipe", check=False).returncode == 0
     assert "/etc/minipipe/config.json" in c.sh(
         "dpkg-query -W -f='${Conffiles}' minipipe").stdout
-    assert c.sh("/usr/bin/minipipe --version").stdout.strip() == "minipipe, version 0.1.0"
+    assert c.sh("/usr/bin/minipipe --version").stdout.strip() == f"minipipe, version {__version__}"
     monitor_help = c.sh("/usr/bin/minipipe-monitor --help").stdout
     assert "read-only" in monitor_help and "--poll-interval" in monitor_help
     # Textual comes from the package's private directory, not from anywhere else
@@ -268,9 +269,9 @@ def test_install_use_upgrade_remove_purge(fresh_box: Container, deb: Path,
                  "DROP TABLE run_counts", "PRAGMA user_version = 1"):
         c.sh(f"{SQL} '{undo}'")
     before = box.main_pid()
-    newer = bumped(deb, tmp_path, "0.1.0+upgrade1")
+    newer = bumped(deb, tmp_path, f"{__version__}+upgrade1")
     install_deb(c, newer)
-    assert c.sh("dpkg-query -W -f='${Version}' minipipe").stdout == "0.1.0+upgrade1"
+    assert c.sh("dpkg-query -W -f='${Version}' minipipe").stdout == f"{__version__}+upgrade1"
     assert c.sh("systemctl is-active minipipe").stdout.strip() == "active"
     assert box.main_pid() != before, "the upgrade restarts the scheduler"
     assert box.run(flight)["state"] == "RUNNING"
@@ -283,7 +284,7 @@ def test_install_use_upgrade_remove_purge(fresh_box: Container, deb: Path,
 
     # an upgrade while the operator has stopped the service leaves it stopped (try-restart)
     c.sh("systemctl stop minipipe")
-    install_deb(c, bumped(deb, tmp_path / "second", "0.1.0+upgrade2"))
+    install_deb(c, bumped(deb, tmp_path / "second", f"{__version__}+upgrade2"))
     assert c.sh("systemctl is-active minipipe", check=False).stdout.strip() == "inactive"
     c.sh("systemctl start minipipe")
 
