@@ -59,7 +59,7 @@ def _bind(path: str, group: str | None) -> socket.socket:
     except FileNotFoundError:
         pass
     else:
-        if stat.S_ISSOCK(info.st_mode) and _someone_listens(path):
+        if stat.S_ISSOCK(info.st_mode) and someone_listens(path):
             raise OSError(f"another minipipe daemon is listening on {path}")
         if not stat.S_ISSOCK(info.st_mode) and not stat.S_ISLNK(info.st_mode):
             raise OSError(f"{path} exists and is not a socket; remove it or change "
@@ -88,7 +88,7 @@ def _group_id(name: str | None) -> int | None:
         return None
 
 
-def _someone_listens(path: str) -> bool:
+def someone_listens(path: str) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.settimeout(1.0)

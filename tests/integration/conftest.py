@@ -15,7 +15,6 @@ import json
 import os
 import pwd
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from minipipe_svc.server import someone_listens as is_listening
 from minipipe_svc.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -50,17 +50,6 @@ def as_user(user: pwd.struct_passwd | None, home: Path) -> dict[str, Any]:
         return {"env": env}
     env.update(HOME=str(home), USER=user.pw_name, LOGNAME=user.pw_name)
     return {"env": env, "user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
-
-
-def is_listening(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
