@@ -28,6 +28,9 @@ from .store import ConflictError, NoSuchRun, Store, StoreError
 
 # Directories private to the service when it runs under systemd (PrivateTmp=yes).
 PRIVATE_DIRS = ("/tmp", "/var/tmp")
+PRIVATE_TMP_HINT = ("the service has a private /tmp and /var/tmp and does not see yours: keep "
+                    "the plan (or set the step's cwd) elsewhere, e.g. in your home or a "
+                    "project directory")
 
 
 class Refused(Exception):
@@ -114,6 +117,14 @@ class Actions:
 
     def check_directories(self, plan: Plan, label: str, identity: RunIdentity | None) -> None:
         """Every step's cwd exists as the service sees it and its user may enter it."""
+        if self.private_tmp:
+            # The service's /tmp is not the submitter's, and it is shared by every run
+            # of every user: a directory there may be anyone's. Not a place to run in.
+            for step in plan.steps:
+                if _under(step.cwd, PRIVATE_DIRS):
+                    raise PlanError(label, f"working directory {step.cwd} is in /tmp or "
+                                    "/var/tmp, which the minipipe service keeps private",
+                                    where=f"step {step.id!r}", hint=PRIVATE_TMP_HINT)
         cwds = sorted({step.cwd for step in plan.steps})
         answers = dict(zip(cwds, probe_directories(identity, cwds), strict=True))
         for step in plan.steps:
@@ -122,13 +133,9 @@ class Actions:
                 continue
             where = f"step {step.id!r}"
             if answer == "missing":
-                hint = "create it first or set the step's cwd"
-                if self.private_tmp and _under(step.cwd, PRIVATE_DIRS):
-                    hint = ("the service has a private /tmp and /var/tmp and does not see "
-                            "yours: keep the plan (or the step's cwd) elsewhere, e.g. in your "
-                            "home or a project directory")
                 raise PlanError(label, f"working directory {step.cwd} does not exist as the "
-                                "minipipe service sees it", where=where, hint=hint)
+                                "minipipe service sees it", where=where,
+                                hint="create it first or set the step's cwd")
             user = identity.user if identity else "the daemon's user"
             raise PlanError(label, f"user {user} (whom this run executes as) cannot enter "
                             f"{step.cwd}", where=where,

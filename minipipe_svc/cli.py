@@ -362,7 +362,8 @@ def logs(ctx: Context, run_id: int, follow: bool, step_id: str | None, raw: bool
 
 @cli.command()
 @click.argument("run_ids", metavar="[RUN]...", nargs=-1, type=RUN_ID)
-@click.option("--all", "cancel_all", is_flag=True, help="Cancel every pending and running run.")
+@click.option("--all", "cancel_all", is_flag=True, help="Cancel every pending and running run you may cancel (yours; an "
+                   "admin's: all).")
 @pass_ctx
 def cancel(ctx: Context, run_ids: tuple[int, ...], cancel_all: bool) -> None:
     """Cancel pending or running runs.
@@ -423,7 +424,13 @@ def wait(ctx: Context, run_id: int, timeout: float | None) -> None:
                            err=True)
                 sys.exit(EXIT_TIMEOUT)
             time.sleep(0.2)
-    reason = f": {run.reason}" if run.reason else ""
+            store.reopen_if_stale()
+    from .render import printable
+
+    reason = run.reason or ""
+    if reason and sys.stderr.isatty():
+        reason = printable(reason)  # a reason may quote a step's cwd or command
+    reason = f": {reason}" if reason else ""
     click.echo(f"run {run_id} {ctx.style(run.state.value, run.state.value)}{reason}", err=True)
     sys.exit(0 if run.state.value == "SUCCEEDED" else EXIT_FAILURE)
 
@@ -454,21 +461,11 @@ def status(ctx: Context, as_json: bool) -> None:
 
 
 def _daemon_running(lock_path: str) -> bool:
-    """Whether a daemon holds its lock, tested without asking it (asking would start a
-    socket-activated one)."""
-    import fcntl
+    """Whether a daemon holds its lock, seen in /proc/locks: without asking it (asking
+    would start a socket-activated one) and without opening its lock file."""
+    from .procs import exclusive_flock_held
 
-    try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return exclusive_flock_held(lock_path)
 
 
 @cli.command()

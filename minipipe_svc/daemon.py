@@ -110,6 +110,7 @@ class Daemon:
         self.status_sent_at = 0.0
         self.status_pending = False
         self.watchdog_sent_at = 0.0
+        self.next_lock_report = 0.0
         self.selector = selectors.DefaultSelector()
 
     # ------------------------------------------------------------ lifecycle
@@ -155,6 +156,8 @@ class Daemon:
                     # Not a healthy pass: no watchdog ping. A DB that stays unusable
                     # lets the watchdog restart us; a passing lock is simply retried.
                     log.error("scheduler pass failed, retrying: %s", exc)
+                    if "locked" in str(exc):
+                        self.name_lock_holders()
                 self.wait(min(self.config.poll_interval_seconds, self.max_sleep or 3600.0,
                               self.status_wait()))
         finally:
@@ -181,12 +184,13 @@ class Daemon:
             return None
 
     def _take_lock(self) -> int:
-        """One daemon per socket directory. The lock file is world-readable so that
-        `minipipe status` can test it without asking (and so starting) the daemon."""
+        """One daemon per socket directory (an exclusive flock on the lock file)."""
         path = self.config.lock_path
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-        os.fchmod(fd, 0o644)  # readable whatever the umask: `status` tests it
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        # Ours alone: anyone who may open it may flock it first and keep the daemon
+        # from starting. `minipipe status` reads /proc/locks instead.
+        os.fchmod(fd, 0o600)
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         while True:
             try:
@@ -227,6 +231,17 @@ class Daemon:
         self.store.close()
         log.info("daemon stopped; %d run(s) keep running and will be adopted on the next start",
                  running)
+
+    def name_lock_holders(self) -> None:
+        """Say who keeps writers out: an admin can then act (the daemon does not kill)."""
+        if time.monotonic() < self.next_lock_report:
+            return
+        self.next_lock_report = time.monotonic() + 60.0
+        for pid in self.store.write_lock_holders():
+            uid = procs.owner(pid)
+            log.warning("the state DB's write lock is held by pid %d (user %s: %s); every "
+                        "write waits for it", pid, "?" if uid is None else procs.user_name(uid),
+                        procs.command_line(pid))
 
     # ------------------------------------------------------------ the loop
 

@@ -61,12 +61,40 @@ class RunIdentity(NamedTuple):
                 "SHELL": self.shell}
 
 
-def identity_of(entry: pwd.struct_passwd) -> RunIdentity:
+def identity_of(entry: pwd.struct_passwd, state_gid: int | None = None) -> RunIdentity:
+    """The user's identity for steps, without `state_gid`, the group that reads state.
+
+    A member of group minipipe may read every run's plan (environment included) and
+    output; a step, often code nobody reviewed, may not: it keeps the user's other
+    groups, and where minipipe is the user's primary group it gets `nogroup`.
+    """
     if entry.pw_uid == 0:
         raise IdentityError("steps never execute as root")
-    return RunIdentity(entry.pw_name, entry.pw_uid, entry.pw_gid,
-                       tuple(os.getgrouplist(entry.pw_name, entry.pw_gid)),
+    gid = entry.pw_gid
+    if state_gid is not None and gid == state_gid:
+        gid = _nogroup()
+    groups = tuple(g for g in os.getgrouplist(entry.pw_name, entry.pw_gid)
+                   if g != state_gid or state_gid is None)
+    if state_gid is not None and gid not in groups:
+        groups = (gid, *groups)
+    return RunIdentity(entry.pw_name, entry.pw_uid, gid, groups,
                        entry.pw_dir or "/", entry.pw_shell or "/bin/sh")
+
+
+def _nogroup() -> int:
+    try:
+        return grp.getgrnam("nogroup").gr_gid
+    except KeyError:
+        return 65534
+
+
+def state_group(db_path: str) -> int | None:
+    """The group that may read the state (the DB directory's), if it is not root's."""
+    try:
+        gid = os.stat(os.path.dirname(os.path.abspath(db_path))).st_gid
+    except OSError:
+        return None
+    return gid or None
 
 
 def run_identity(config: Config, submitted_uid: int | None) -> RunIdentity | None:
@@ -76,11 +104,12 @@ def run_identity(config: Config, submitted_uid: int | None) -> RunIdentity | Non
     """
     if os.geteuid() != 0:
         return None
+    state_gid = state_group(config.db_path)
     if config.run_as != "submitter":
         name = config.run_as
     elif submitted_uid is not None and submitted_uid != 0:
         try:
-            return identity_of(pwd.getpwuid(submitted_uid))
+            return identity_of(pwd.getpwuid(submitted_uid), state_gid)
         except KeyError:
             raise IdentityError(f"the submitter (uid {submitted_uid}) no longer exists") \
                 from None
@@ -89,7 +118,7 @@ def run_identity(config: Config, submitted_uid: int | None) -> RunIdentity | Non
     else:
         raise IdentityError("root's runs execute as run_user, and the config sets none")
     try:
-        return identity_of(pwd.getpwnam(name))
+        return identity_of(pwd.getpwnam(name), state_gid)
     except KeyError:
         raise IdentityError(f"there is no user {name!r} (config run_as/run_user)") from None
 

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from . import procs, runner, systemd
-from .logs import open_sinks
 from .plan import Limits
 from .runner import RunnerArgs, clean_environment
+from .sinks import open_sinks
 from .store import RunRow, StepRow
 
 RUNNER_MODULE_COMMAND = (sys.executable, "-m", "minipipe_svc.runner")

@@ -46,16 +46,6 @@ def log_path(log_dir: str, run_id: int) -> str:
     return os.path.join(log_dir, f"run-{run_id}.log")
 
 
-def open_sinks(log_dir: str, run_id: int, *, journal: bool) -> list[LogSink]:
-    """A runner's sinks: always the file mirror; under systemd the journal too."""
-    sinks: list[LogSink] = [FileLogSink(log_path(log_dir, run_id))]
-    if journal:
-        from .journal import JournalSink
-
-        sinks.append(JournalSink(run_id))
-    return sinks
-
-
 class FileLogSink:
     """Appends records to the run's file; counts (never hides) lines it could not write."""
 

@@ -37,6 +37,7 @@ class OutputReader:
             yield from self._from_file(follow)
 
     def _refresh(self) -> None:
+        self.store.reopen_if_stale()
         self.run = self.store.get_run(self.run.id)
 
     def _from_file(self, follow: bool) -> Iterator[LogLine]:

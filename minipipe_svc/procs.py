@@ -35,6 +35,24 @@ def user_name(uid: int | None = None) -> str:
         return str(uid)
 
 
+def owner(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def command_line(pid: int, limit: int = 200) -> str:
+    """A process's command line for a log line: printable, clipped, "?" if gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            raw = handle.read(limit * 4)
+    except OSError:
+        return "?"
+    text = raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    return "".join(c if c.isprintable() else "?" for c in text)[:limit] or "?"
+
+
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot, or None if it is gone."""
     fields = _stat_fields(pid)
@@ -151,6 +169,38 @@ def kill_orphaned_group(pgid: int | None, leader_start: int | None) -> int:
         except (ProcessLookupError, PermissionError):
             pass
     return killed
+
+
+def exclusive_flock_held(path: str, locks: str | None = None) -> bool:
+    """Whether some process holds an exclusive flock on `path`, read from /proc/locks.
+
+    Nobody needs to open the file for this, so the daemon's lock file can be root's
+    alone: a reader allowed to open it could take the lock first and keep the
+    daemon from starting.
+    """
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    if locks is None:
+        try:
+            with open("/proc/locks") as handle:
+                locks = handle.read()
+        except OSError:
+            return False
+    wanted = (os.major(info.st_dev), os.minor(info.st_dev), info.st_ino)
+    for line in locks.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2146330 0 EOF" (blocked waiters: "->")
+        if len(fields) < 6 or fields[1] != "FLOCK" or fields[3] != "WRITE":
+            continue
+        try:
+            major, minor, inode = fields[5].split(":")
+            if (int(major, 16), int(minor, 16), int(inode)) == wanted:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def describe_exit(status: int) -> tuple[int, str | None]:

@@ -33,8 +33,8 @@ import traceback
 from dataclasses import dataclass
 
 from . import procs
-from .identity import RunIdentity, identity_of, probe_directories
-from .logs import LogSink, TeeSink, open_sinks
+from .identity import RunIdentity, identity_of, probe_directories, state_group
+from .logs import LogSink, TeeSink
 from .model import RUN_STATE_FOR_STEP_FAILURE, RunState, StepState
 from .plan import Plan, Step
 from .quantities import format_duration
@@ -411,7 +411,7 @@ def parse_args(argv: list[str] | None = None) -> RunnerArgs:
         import pwd
 
         try:
-            identity = identity_of(pwd.getpwnam(args.run_as))
+            identity = identity_of(pwd.getpwnam(args.run_as), state_group(args.db_path))
         except KeyError:
             parser.error(f"there is no user {args.run_as!r}")
     return RunnerArgs(args.db_path, args.log_dir, args.run_id, args.kill_grace,
@@ -471,6 +471,8 @@ def requeue(args: RunnerArgs, reason: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .sinks import open_sinks
+
     args = parse_args(argv)
     return execute(args, open_sinks(args.log_dir, args.run_id, journal=args.journal))
 

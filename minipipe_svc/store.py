@@ -25,6 +25,8 @@ from .model import (
 )
 
 BUSY_TIMEOUT_MS = 10_000
+# SQLite's unix VFS keeps the WAL locks in -shm from byte 120: write, checkpoint, recover.
+WAL_WRITE_LOCK_BYTE = 120
 
 # When a run ends while one of its steps is still RUNNING (its runner died, or the
 # run was stopped as a whole), that step ends like this.
@@ -219,7 +221,8 @@ def unsafe_directory(directory: str) -> str | None:
     return None
 
 
-def _connect(path: str, readonly: bool, busy_timeout_ms: int) -> sqlite3.Connection:
+def _connect(path: str, readonly: bool,
+             busy_timeout_ms: int) -> tuple[sqlite3.Connection, bool]:
     """A connection; a reader falls back to an immutable view when nobody writes.
 
     A WAL database needs its -wal and -shm files, which only the writer may create.
@@ -230,15 +233,15 @@ def _connect(path: str, readonly: bool, busy_timeout_ms: int) -> sqlite3.Connect
     base = "file:" + _uri_path(os.path.abspath(path))
     conn = _connect_uri(base + ("?mode=ro" if readonly else "?mode=rwc"), busy_timeout_ms)
     if not readonly:
-        return conn
+        return conn, False
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.Error:
         conn.close()
         if os.path.exists(path + "-wal"):
             raise
-        conn = _connect_uri(base + "?mode=ro&immutable=1", busy_timeout_ms)
-    return conn
+        return _connect_uri(base + "?mode=ro&immutable=1", busy_timeout_ms), True
+    return conn, False
 
 
 def _connect_uri(uri: str, busy_timeout_ms: int) -> sqlite3.Connection:
@@ -348,8 +351,11 @@ def _friendly(exc: sqlite3.Error, path: str) -> StoreError:
 class Store:
     """One connection to the state DB. Not shared between threads or processes."""
 
-    def __init__(self, conn: sqlite3.Connection, path: str, readonly: bool) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: str, readonly: bool,
+                 immutable: bool = False) -> None:
         self.conn, self.path, self.readonly = conn, path, readonly
+        # Opened while no writer had the DB open: this view never changes by itself.
+        self.immutable = immutable
 
     # ------------------------------------------------------------ opening
 
@@ -375,8 +381,8 @@ class Store:
         if not readonly:
             _prepare_writable(path, directory, exists)
         try:
-            conn = _connect(path, readonly, busy_timeout_ms)
-            store = cls(conn, path, readonly)
+            conn, immutable = _connect(path, readonly, busy_timeout_ms)
+            store = cls(conn, path, readonly, immutable)
             if not readonly:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
@@ -389,6 +395,14 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+
+    def reopen_if_stale(self) -> None:
+        """For readers that poll: an immutable view is replaced by a live one as soon
+        as a writer has the DB open again (its -wal exists)."""
+        if self.immutable and os.path.exists(self.path + "-wal"):
+            conn, self.immutable = _connect(self.path, True, BUSY_TIMEOUT_MS)
+            self.conn.close()
+            self.conn = conn
 
     def __enter__(self) -> Store:
         return self
@@ -809,6 +823,34 @@ class Store:
                 # monitor) which runs to forget.
                 self._event(conn, None, "runs_deleted", ids=ids, before=cutoff)
         return ids
+
+    def write_lock_holders(self) -> list[int]:
+        """Other processes holding a lock that keeps writers out (SQLite's WAL write,
+        checkpoint and recovery bytes in -shm), as the kernel reports them (F_GETLK).
+
+        Any reader with the -shm open may take them and stall every write; the daemon
+        names them in its log when writes keep failing on a lock.
+        """
+        import fcntl
+        import struct
+
+        holders: set[int] = set()
+        try:
+            fd = os.open(self.path + "-shm", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return []
+        try:
+            for offset in (WAL_WRITE_LOCK_BYTE, WAL_WRITE_LOCK_BYTE + 1, WAL_WRITE_LOCK_BYTE + 2):
+                query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+                answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
+                kind, _whence, _start, _length, pid = struct.unpack("hhqqi", answer)
+                if kind != fcntl.F_UNLCK and pid > 0:
+                    holders.add(pid)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        return sorted(holders)
 
     def integrity_check(self) -> str:
         return self.conn.execute("PRAGMA integrity_check").fetchone()[0]

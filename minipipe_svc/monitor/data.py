@@ -61,6 +61,7 @@ class MonitorData:
 
     def _follow(self) -> Update:
         assert self.store is not None
+        self.store.reopen_if_stale()
         events = self.store.events(after_id=self.last_event_id, limit=MAX_EVENTS_PER_TICK)
         if not events:
             return Update()

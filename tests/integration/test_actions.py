@@ -140,3 +140,22 @@ def test_directories_are_probed_as_the_runs_user(tmp_path: Path) -> None:
     assert probe_directories(identity_of(owner), paths) == ["ok", "missing", "denied"]
     nobody = identity_of(pwd.getpwnam("nobody"))
     assert probe_directories(nobody, paths) == ["denied", "denied", "denied"]
+
+
+def test_with_a_private_tmp_no_step_may_run_under_tmp(tmp_path: Path) -> None:
+    """The service's /tmp is shared by every run of every user and is not the
+    submitter's: a cwd there is refused, existing or not (/tmp itself exists)."""
+    store = Store.open(str(tmp_path / "state.db"))
+    config = build_config({"db_path": str(tmp_path / "state.db")}, source=None)
+    actions = Actions(store, config, private_tmp=True)
+    user = unprivileged_user() or pwd.getpwuid(os.getuid())
+    me = Peer(1, user.pw_uid, user.pw_gid)
+    try:
+        for cwd in ("/tmp", "/tmp/x/y", "/var/tmp"):
+            reply = submit(actions, me, f'[[steps]]\nid = "a"\nrun = ["true"]\ncwd = "{cwd}"\n')
+            assert reply["error"] == "bad_plan", reply
+            assert "which the minipipe service keeps private" in reply["message"]
+            assert "e.g. in your home" in reply["message"]
+        assert store.list_runs(limit=None) == []
+    finally:
+        store.close()

@@ -267,3 +267,57 @@ def test_readers_who_may_not_write_read_with_and_without_a_writer(tmp_path: Path
     assert not (tmp_path / "state.db-wal").exists()
     assert count_as_nobody() == "2"  # no writer: the immutable view
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.db"], "a reader made files"
+
+
+def test_processes_that_keep_writers_out_are_named(tmp_path: Path) -> None:
+    """Anyone who may open -shm may hold SQLite's WAL write lock; the kernel says who."""
+    store = Store.open(str(tmp_path / "state.db"))
+    store.submit(PLAN, source=None, submitted_by="t")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, struct, sys, time\n"
+         "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+         "fcntl.fcntl(fd, fcntl.F_SETLK, struct.pack('hhqqi', fcntl.F_RDLCK, 0, 120, 1, 0))\n"
+         "print('held', flush=True); time.sleep(60)\n", str(tmp_path / "state.db-shm")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert store.write_lock_holders() == [holder.pid]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert store.write_lock_holders() == []
+    store.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to read as another user")
+def test_a_polling_reader_leaves_the_immutable_view_when_a_writer_returns(
+        tmp_path: Path) -> None:
+    tmp_path.chmod(0o755)
+    for parent in tmp_path.parents:
+        if not parent.stat().st_mode & 0o001:
+            parent.chmod((parent.stat().st_mode & 0o7777) | 0o001)
+    db = tmp_path / "state.db"
+    with Store.open(str(db)) as writer:
+        writer.submit(PLAN, source=None, submitted_by="t")
+    os.chmod(db, 0o644)
+    reader = ("import sys; from minipipe_svc.store import Store\n"
+              "s = Store.open(sys.argv[1], readonly=True)\n"
+              "print(s.immutable, len(s.list_runs(limit=None)), flush=True)\n"
+              "sys.stdin.readline()\n"
+              "s.reopen_if_stale()\n"
+              "print(s.immutable, len(s.list_runs(limit=None)), flush=True)\n")
+    child = subprocess.Popen(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+         reader, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert child.stdin is not None and child.stdout is not None
+    assert child.stdout.readline() == "True 1\n"  # nobody writes: the immutable view
+    writer = Store.open(str(db))
+    writer.submit(PLAN, source=None, submitted_by="t")
+    for name in ("state.db-wal", "state.db-shm"):
+        os.chmod(tmp_path / name, 0o644)
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    assert child.stdout.readline() == "False 2\n"  # live again, through the writer's WAL
+    assert child.wait(30) == 0
+    writer.close()

@@ -35,6 +35,8 @@ def _missing_tools() -> list[str]:
 def add_users(box: Container) -> None:
     box.sh(f"useradd --create-home --groups minipipe,systemd-journal {OPERATOR}")
     box.sh(f"useradd --create-home {OUTSIDER}")
+    box.sh("useradd --create-home --groups minipipe carol")  # a second operator
+    box.sh("useradd --create-home --groups minipipe,minipipe-admin dave")  # an admin
 
 
 class Box:

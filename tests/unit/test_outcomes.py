@@ -54,3 +54,25 @@ def test_elapsed_and_age() -> None:
 def test_table_alignment() -> None:
     assert table(["ID", "NAME"], [["1", "hello"], ["10", "x"]]) == [
         "ID  NAME", "1   hello", "10  x"]
+
+
+def test_an_exclusive_flock_is_found_in_proc_locks(tmp_path) -> None:
+    import os
+
+    from minipipe_svc.procs import exclusive_flock_held
+
+    path = tmp_path / "lock"
+    path.touch()
+    info = os.stat(path)
+    where = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    assert exclusive_flock_held(str(path), f"1: FLOCK  ADVISORY  WRITE 77 {where} 0 EOF\n")
+    assert not exclusive_flock_held(str(path), f"1: FLOCK  ADVISORY  READ 77 {where} 0 EOF\n")
+    assert not exclusive_flock_held(str(path), f"1: POSIX  ADVISORY  WRITE 77 {where} 0 EOF\n")
+    assert not exclusive_flock_held(str(path), "1: FLOCK  ADVISORY  WRITE 77 00:01:2 0 EOF\n")
+    assert not exclusive_flock_held(str(tmp_path / "missing"), "")
+    import fcntl
+
+    with open(path) as handle:  # and for real, through the kernel's own table
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        assert exclusive_flock_held(str(path))
+    assert not exclusive_flock_held(str(path))
