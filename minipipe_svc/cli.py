@@ -362,7 +362,8 @@ def logs(ctx: Context, run_id: int, follow: bool, step_id: str | None, raw: bool
 
 @cli.command()
 @click.argument("run_ids", metavar="[RUN]...", nargs=-1, type=RUN_ID)
-@click.option("--all", "cancel_all", is_flag=True, help="Cancel every pending and running run you may cancel (yours; an "
+@click.option("--all", "cancel_all", is_flag=True,
+              help="Cancel every pending and running run you may cancel (yours; an "
                    "admin's: all).")
 @pass_ctx
 def cancel(ctx: Context, run_ids: tuple[int, ...], cancel_all: bool) -> None:
