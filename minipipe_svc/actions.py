@@ -9,6 +9,7 @@ validated here, with the same file:line messages the CLI always printed.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from . import protocol
@@ -47,6 +48,7 @@ class Actions:
         self.store, self.config = store, config
         self.private_tmp = private_tmp
         self.version = version
+        self.on_locked: Callable[[], None] = lambda: None  # the daemon names who holds it
 
     def handle(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         """One request -> one reply; never raises for anything a client can cause."""
@@ -68,6 +70,8 @@ class Actions:
         except ConflictError as exc:
             return protocol.error("conflict", str(exc))
         except StoreError as exc:
+            if "locked" in str(exc):
+                self.on_locked()
             return protocol.error("unavailable", str(exc))
 
     # ------------------------------------------------------------ operations

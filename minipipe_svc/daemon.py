@@ -142,6 +142,7 @@ class Daemon:
             return 1
         self.actions = Actions(self.store, self.config, private_tmp=self.private_tmp,
                                version=__version__)
+        self.actions.on_locked = self.name_lock_holders
         self.api = ApiServer(listener, self.actions.handle, self.selector,
                              owned_by_systemd=by_systemd, path=self.config.socket_path)
         log.info("minipipe daemon started (pid %d, db %s, isolation %s, up to %d runs)",
