@@ -1,0 +1,60 @@
+"""The wire format and the identity rules that need no daemon: exact."""
+
+from __future__ import annotations
+
+import grp
+import pwd
+
+import pytest
+
+from minipipe_svc import protocol
+from minipipe_svc.identity import IdentityError, identity_of, may_act_on
+
+
+def test_a_message_is_one_ascii_json_line_and_back() -> None:
+    message = {"v": 1, "op": "submit", "plan": "caf\u00e9 \udcff\n[x]"}
+    line = protocol.encode(message)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and line.isascii()
+    assert protocol.decode(line) == message  # lone surrogates (undecodable bytes) survive
+
+
+@pytest.mark.parametrize("line", [b"", b"nope", b"[1]", b"\xff", b"[" * 100_000, b'"x"'])
+def test_anything_but_a_json_object_is_a_protocol_error(line: bytes) -> None:
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(line)
+
+
+def test_every_error_code_has_an_exit_status_and_bad_input_is_2() -> None:
+    assert protocol.error("no_such_run", "x") == {"ok": False, "error": "no_such_run",
+                                                  "message": "x"}
+    assert {code for code, status in protocol.EXIT_FOR_ERROR.items() if status == 2} == {
+        "bad_request", "bad_plan", "no_such_run", "conflict", "too_large"}
+    with pytest.raises(AssertionError):
+        protocol.error("made_up", "x")
+
+
+def test_owners_and_admins_may_act_and_nobody_else() -> None:
+    assert may_act_on(1000, 1000, "alice", None)
+    assert not may_act_on(1001, 1000, "alice", None)
+    assert may_act_on(0, 1000, "alice", None)  # root
+    # Runs from before uids were recorded: the name decides.
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert may_act_on(nobody, None, "nobody", None)
+    assert not may_act_on(nobody, None, "somebody", None)
+
+
+def test_steps_never_run_as_root() -> None:
+    with pytest.raises(IdentityError, match="never execute as root"):
+        identity_of(pwd.getpwuid(0))
+
+
+def test_steps_lose_the_group_that_reads_state() -> None:
+    daemon = pwd.getpwnam("daemon")  # uid 1, primary group daemon (not nogroup)
+    nogroup = grp.getgrnam("nogroup").gr_gid
+    plain = identity_of(daemon)
+    assert plain.gid == daemon.pw_gid and daemon.pw_gid in plain.groups
+    # The state group is the user's primary group: the step gets nogroup instead.
+    stripped = identity_of(daemon, state_gid=daemon.pw_gid)
+    assert stripped.gid == nogroup
+    assert daemon.pw_gid not in stripped.groups and nogroup in stripped.groups
+    assert stripped.login_environment()["USER"] == "daemon"
