@@ -33,13 +33,16 @@ print(json.dumps({
     "states": dict(db.execute("SELECT state, count(*) FROM runs GROUP BY state").fetchall()),
     "counted": dict(db.execute("SELECT state, n FROM run_counts WHERE n != 0").fetchall()),
     # Every run: one submit event, and one start (not given back) and one finish event
-    # per attempt.
+    # per attempt; an attempt cancelled while it was still queued never started.
     "runs_with_odd_events": db.execute('''
         SELECT r.id FROM runs r WHERE
           (SELECT count(*) FROM events e WHERE e.run_id = r.id AND e.kind = 'run_submitted') != 1
           OR (r.state NOT IN ('PENDING') AND (SELECT count(*) FROM events e
               WHERE e.run_id = r.id AND e.kind = 'run_started') - (SELECT count(*)
-              FROM events e WHERE e.run_id = r.id AND e.kind = 'run_requeued') != r.attempt)
+              FROM events e WHERE e.run_id = r.id AND e.kind = 'run_requeued') != r.attempt
+              - (SELECT count(*) FROM events e WHERE e.run_id = r.id
+                 AND e.kind = 'run_finished'
+                 AND json_extract(e.detail, '$.reason') LIKE 'cancelled before it started%'))
           OR (r.state NOT IN ('PENDING', 'RUNNING') AND (SELECT count(*) FROM events e
               WHERE e.run_id = r.id AND e.kind = 'run_finished') != r.attempt)
     ''').fetchall(),
