@@ -285,6 +285,10 @@ def show(ctx: Context, run_id: int, event_count: int, as_json: bool) -> None:
         facts.append(("reason", run.reason))
     if run.cancel_requested:
         facts.append(("cancel", "requested"))
+    if run.submitted_by:
+        facts.append(("by", run.submitted_by + (f" (steps ran as {run.run_user})"
+                                                if run.run_user and run.run_user
+                                                != run.submitted_by else "")))
     if run.plan_source:
         facts.append(("plan", run.plan_source))
     if output_lines is not None:

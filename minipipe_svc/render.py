@@ -76,6 +76,7 @@ def run_json(run: RunRow) -> dict[str, Any]:
         "attempt": run.attempt, "exit_code": run.exit_code, "reason": run.reason,
         "created_at": run.created_at, "started_at": run.started_at,
         "finished_at": run.finished_at, "unit": run.unit, "submitted_by": run.submitted_by,
+        "run_user": run.run_user,
         "plan_source": run.plan_source, "cancel_requested": run.cancel_requested,
     }
 

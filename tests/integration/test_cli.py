@@ -15,7 +15,8 @@ import pytest
 from .conftest import ROOT, Instance, as_user
 
 RUN_FIELDS = {"id", "name", "state", "phase", "priority", "steps_total", "steps_done",
-              "attempt", "exit_code", "reason", "created_at", "started_at", "finished_at"}
+              "attempt", "exit_code", "reason", "created_at", "started_at", "finished_at",
+              "submitted_by", "run_user"}
 STEP_FIELDS = {"step_id", "phase", "state", "exit_code", "attempt", "started_at",
                "finished_at"}
 TRIVIAL = '[[steps]]\nid = "a"\nrun = ["true"]\n'
@@ -28,6 +29,9 @@ def test_json_outputs_have_the_documented_fields(running: Instance) -> None:
     running.wait_state(submitted["id"], "SUCCEEDED")
     shown = running.run(submitted["id"])
     assert shown.keys() >= RUN_FIELDS
+    user = running.user.pw_name if running.user else None
+    if user:  # the uid the daemon saw on the socket, and whom the steps ran as
+        assert shown["submitted_by"] == shown["run_user"] == user
     assert shown["steps"][0].keys() >= STEP_FIELDS
     assert shown["created_at"].endswith("Z") and "T" in shown["created_at"]
     listed = json.loads(running.cli("ls", "--json").stdout)
