@@ -42,7 +42,7 @@ PID 1's ~6 ms and the DB's commits ~0.1 ms each (the table above). The biggest c
 was the interpreter, so it went: the daemon now forks each runner from its own,
 already-imported process (~0.5 ms), and the child joins its scope itself with one
 `StartTransientUnit` over systemd's private socket (no `systemd-run`, no D-Bus
-library: `minipipe_svc/dbus.py`), then drops to `run_user`. Next in line were
+library: `minipipe_svc/dbus.py`), then drops to the run's user. Next in line were
 smaller: journald's config re-read per run, ctypes imported per run, a stack walk per
 journal line, decoding every systemd signal the runner's connection saw (it sees all
 of them), and a `STATUS=` per scheduler pass (each one a PropertiesChanged signal to
@@ -50,7 +50,15 @@ every bus client): all cut. What remains per run is the runner's own work (SQLit
 transitions, ~10 ms of Python), systemd's scope job (paid by the baseline too) and the
 copy-on-write faults of a forked 20 MB process. task-spooler is far ahead because it
 has no isolation, no user switch and no durable state: each of its jobs is a fork
-and an exec."""
+and an exec.
+
+**The trust boundary's share.** Since steps run as their submitter, each step costs
+two forks of the (daemon-sized) runner instead of a vfork: one that checks the step's
+cwd as that user, and Popen itself, which cannot vfork with the `preexec_fn` that
+enters the cwd as the user (the last three rows above: about 2 ms of CPU per run
+more than a step started as root), roughly 1 ms of wall per run at 8 at once on 2
+CPUs. Before the boundary (commit 4d076a4, steps as `run_user`, no cwd check) this
+figure was 1.52x bare `systemd-run`: compare the first row's ratio with that."""
 
 
 def render(figures: list[dict], quick: bool) -> str:
@@ -93,7 +101,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (harness check)")
     parser.add_argument("--only", help="comma-separated figures: submit,latency,throughput,"
-                                       "idle,logs,monitor,store")
+                                       "idle,logs,monitor,store,cli,api")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
     print("building the .deb ...", flush=True)

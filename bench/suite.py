@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -22,12 +23,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 CONFIG = Path("/etc/minipipe/config.json")
 DB = "/var/lib/minipipe/state.db"
 LOG_DIR = Path("/var/log/minipipe")
 WORK = Path("/var/lib/minipipe-bench")  # writable by the run user (not /tmp: PrivateTmp)
+OPERATOR = "alice"  # a member of group minipipe, not an admin: who runs the CLI figures
+TRIVIAL_PLAN = '[[steps]]\nid = "a"\nrun = ["/bin/true"]\n'
 # The package's config as installed, kept aside on first use: figures rewrite CONFIG.
 STOCK = Path("/var/lib/minipipe-bench.stock-config.json")
 if not STOCK.exists() and CONFIG.exists():
@@ -73,7 +77,7 @@ class Figure:
 
 
 def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.1f} ms"
+    return f"{seconds * 1000:.2f} ms" if seconds < 0.001 else f"{seconds * 1000:.1f} ms"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -93,18 +97,92 @@ def sh(command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def wall(argv: list[str], times: int, before: Callable[[int], None] | None = None,
-         stdin: bytes | None = None) -> list[float]:
+         stdin: bytes | None = None, **popen: Any) -> list[float]:
     """Wall seconds of `times` sequential runs of argv (each must succeed)."""
     results = []
     for i in range(times):
         if before:
             before(i)
         start = time.perf_counter()
-        done = subprocess.run(argv, input=stdin, capture_output=True)
+        done = subprocess.run(argv, input=stdin, capture_output=True, **popen)
         results.append(time.perf_counter() - start)
         if done.returncode != 0:
             raise RuntimeError(f"{argv} failed: {done.stderr.decode(errors='replace')}")
     return results
+
+
+def walls(commands: dict[str, list[str]], times: int, **popen: Any) -> dict[str, float]:
+    """p50 wall seconds of each command, run in turns (one of each, `times` over), so
+    that a noisy neighbour slows all of them alike and their ratios stay fair."""
+    results: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(times):
+        for name, argv in commands.items():
+            results[name] += wall(argv, 1, **popen)
+    return {name: pct(values, 50) for name, values in results.items()}
+
+
+def operator() -> pwd.struct_passwd:
+    """The operator the CLI figures run as (created if the container has none)."""
+    try:
+        return pwd.getpwnam(OPERATOR)
+    except KeyError:
+        sh(f"useradd --create-home --groups minipipe {OPERATOR}")
+        return pwd.getpwnam(OPERATOR)
+
+
+def as_operator() -> dict[str, Any]:
+    """subprocess options that run a command as the operator: uid, groups, home, env."""
+    entry = operator()
+    return {"user": entry.pw_uid, "group": entry.pw_gid,
+            "extra_groups": os.getgrouplist(entry.pw_name, entry.pw_gid), "cwd": entry.pw_dir,
+            "env": {"PATH": "/usr/bin:/bin", "HOME": entry.pw_dir, "USER": entry.pw_name,
+                    "LOGNAME": entry.pw_name, "LANG": "C.UTF-8"}}
+
+
+def operator_plan() -> str:
+    """A trivial plan in the operator's home, theirs to read."""
+    entry = operator()
+    path = Path(entry.pw_dir) / "bench-trivial.toml"
+    path.write_text(TRIVIAL_PLAN)
+    os.chown(path, entry.pw_uid, entry.pw_gid)
+    return str(path)
+
+
+def run_python(code: str, *args: str, **popen: Any) -> str:
+    """The output of `python3 -c code args...`, which must succeed."""
+    result = subprocess.run(["python3", "-c", code, *args], capture_output=True, text=True,
+                            **popen)
+    if result.returncode != 0:
+        raise RuntimeError(f"python3 -c failed: {result.stderr}")
+    return result.stdout
+
+
+def operator_python(code: str, *args: str) -> str:
+    """Python code run as the operator (given as text: /root/bench is not theirs to read)."""
+    return run_python(code, *args, **as_operator())
+
+
+def import_profile(argv: list[str], times: int, **popen: Any) -> tuple[float, list[str]]:
+    """What `python3 -X importtime` says argv imports beyond `python3 -c pass`: the sum
+    of the modules' own times (ms, median of `times` runs) and the costliest modules,
+    each with its own time and, in brackets, with what it imported."""
+    def once(command: list[str]) -> dict[str, tuple[float, float]]:
+        done = subprocess.run(["python3", "-X", "importtime", *command], capture_output=True,
+                              text=True, **popen)
+        found = {}
+        for line in done.stderr.splitlines():
+            if line.startswith("import time:") and "[us]" not in line:
+                own, total, name = line.split(":", 1)[1].split("|")
+                found[name.strip()] = (int(own) / 1000, int(total) / 1000)
+        return found
+
+    bare = set(once(["-c", "pass"]))
+    runs = [once(argv) for _ in range(times)]
+    names = [name for name in runs[-1] if name not in bare]
+    own = {name: pct([run[name][0] for run in runs if name in run], 50) for name in names}
+    total = {name: pct([run[name][1] for run in runs if name in run], 50) for name in names}
+    costly = sorted(names, key=lambda name: -own[name])[:8]
+    return sum(own.values()), [f"{name} {own[name]:.1f} ({total[name]:.1f})" for name in costly]
 
 
 def reset(**config: object) -> None:
@@ -133,12 +211,14 @@ def plan_dict(run: list[str], name: str = "bench") -> dict:
     return parse_plan(text.encode(), source="bench.toml", fmt="toml", base_dir="/").to_dict()
 
 
-def queue(count: int, run: list[str]) -> None:
-    """Queue `count` runs through the store's API (fast; the CLI is measured elsewhere)."""
+def queue(count: int, run: list[str], user: pwd.struct_passwd | None = None) -> None:
+    """Queue `count` runs through the store's API (fast; the CLI is measured elsewhere),
+    as `user`'s runs (their steps then execute as that user) or as root's."""
     plan = plan_dict(run)
     with store() as db:
         for _ in range(count):
-            db.submit(plan, source=None, submitted_by="bench")
+            db.submit(plan, source=None, submitted_by=user.pw_name if user else "bench",
+                      submitted_uid=user.pw_uid if user else None)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str,
@@ -200,25 +280,83 @@ def cpu_meter() -> Iterator[dict[str, float]]:
 
 
 def submit_cli(quick: bool) -> Figure:
-    figure = Figure("0. Submit CLI: wall time of one `minipipe submit plan.toml`")
+    figure = Figure("0. Submit CLI: wall time of one `minipipe submit plan.toml`, as an operator")
     n = 30 if quick else 200
     reset()
     sh("minipipe pause")
-    plan = WORK / "trivial.toml"
-    plan.write_text('[[steps]]\nid = "a"\nrun = ["/bin/true"]\n')
-    python = pct(wall(["python3", "-c", "pass"], n), 50)
-    empty = pct(wall(["minipipe", "submit", str(plan)], n), 50)
-    figure.add("p50, empty queue", ms(empty), f"{ms(python)} python3 -c pass",
-               ratio(empty, python), "<= 40 ms")
-    clicked = pct(wall(["minipipe", "submit", "--priority", "0", str(plan)], n // 2), 50)
-    figure.add("p50 through click (any option, e.g. --priority)", ms(clicked))
-    queue(2000 - n - n // 2, ["/bin/true"])
-    full = pct(wall(["minipipe", "submit", str(plan)], n), 50)
+    user, plan = as_operator(), operator_plan()
+    python = ["python3", "-c", "pass"]
+    submit = ["minipipe", "submit", plan]
+    times = walls({"python": python, "submit": submit}, n, **user)
+    empty = times["submit"]
+    figure.add(f"p50, empty queue, as {OPERATOR}", ms(empty),
+               f"{ms(times['python'])} python3 -c pass", ratio(empty, times["python"]),
+               "<= 1.5x python3 -c pass")
+    # Where it goes: Python's start plus the fast path's imports and config, then the
+    # request itself (the daemon's share, and what a bare round trip costs).
+    started = walls({"python": python, "imports": [
+        "python3", "-c", "from minipipe_svc import config, entry, submit; config.load_config()"]},
+        n, **user)
+    figure.add("  python3 + the fast path's imports + reading the config",
+               ms(started["imports"]), f"{ms(started['python'])} python3 -c pass",
+               ratio(started["imports"], started["python"]))
+    request, ping = (float(value) for value in operator_python(
+        REQUEST_TIMES, STOCK_CONFIG.get("socket_path", "/run/minipipe/api.sock"), plan,
+        str(n * 2)).split())
+    figure.add("  one submit request, client already started (p50)", ms(request),
+               f"{ms(ping)} ping request", ratio(request, ping))
+    figure.add("  the daemon's check of the plan's cwd as the submitter (fork, p50)",
+               ms(probe_cost(n * 2) / 1e6))
+    clicked = pct(wall(["minipipe", "submit", "--priority", "0", plan], n // 2, **user), 50)
+    figure.add("p50 through click (any option, e.g. --priority)", ms(clicked),
+               f"{ms(times['python'])} python3 -c pass", ratio(clicked, times["python"]))
+    queue(2000 - n * 3 - n // 2, ["/bin/true"])
+    full = pct(wall(submit, n, **user), 50)
     figure.add("p50 with 2,000 queued", ms(full), ms(empty) + " empty", ratio(full, empty),
                "flat")
-    figure.note("as root on the installed package; pueue's `add` for reference: ~5 ms "
-                "empty, ~24 ms with 2,000 queued (its docs, not measured here)")
+    own, costly = import_profile(["/usr/bin/minipipe", "submit", plan], 5 if quick else 15,
+                                 **user)
+    figure.note(f"`python3 -X importtime`: the fast path imports {own:.1f} ms of modules "
+                f"beyond `python3 -c pass`; costliest (own ms, with what they import): "
+                + ", ".join(costly))
+    figure.note("the client imports neither click, sqlite3 nor tomllib (an integration test "
+                "checks); the daemon parses the plan and writes the DB")
     return figure
+
+
+# As the operator: p50 seconds of one submit request and of one ping, the client's
+# Python already started and imported (argv: socket path, plan file, count).
+REQUEST_TIMES = """
+import sys, time
+from minipipe_svc import client
+path, plan, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def p50(call):
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+print(p50(lambda: client.submit(path, plan)), p50(lambda: client.call(path, "ping")))
+"""
+
+
+def probe_cost(n: int) -> float:
+    """p50 microseconds of the cwd check as the operator (identity.probe_directories: a
+    fork that drops to the user and stats), from a process with the daemon's imports."""
+    code = f"""
+import time, pwd
+import minipipe_svc.daemon
+from minipipe_svc.identity import identity_of, probe_directories
+who = identity_of(pwd.getpwnam({OPERATOR!r}))
+times = []
+for _ in range({n}):
+    start = time.perf_counter()
+    probe_directories(who, [who.home])
+    times.append(time.perf_counter() - start)
+print(sorted(times)[len(times) // 2] * 1e6)
+"""
+    return float(run_python(code))
 
 
 def submit_to_start(quick: bool) -> Figure:
@@ -263,7 +401,7 @@ def throughput(quick: bool) -> Figure:
                                                 "minipipe_svc.runner"]})):
         reset(max_concurrent_runs=8, **extra)
         sh("minipipe pause")
-        queue(n, ["/bin/true"])
+        queue(n, ["/bin/true"], operator())
         with cpu_meter() as cpu:
             start = time.perf_counter()
             sh("minipipe resume")
@@ -291,6 +429,8 @@ def throughput(quick: bool) -> Figure:
                     f"{per_run['runners']:.1f} ms, systemd (PID 1) {per_run['systemd']:.1f} "
                     f"ms, journald {per_run['journald']:.1f} ms; wall {elapsed / n * 1000:.1f}"
                     f" ms per run at 8 at once")
+    figure.note(f"the runs are {OPERATOR}'s: each runner drops its step to {OPERATOR} and "
+                "first checks the step's cwd as that user (a fork); see the table below")
     figure.extra = {"micro": micro_costs(quick)}  # type: ignore[attr-defined]
     return figure
 
@@ -349,11 +489,37 @@ print(times[len(times) // 2] * 1000)
     imports = pct(wall(["python3", "-c", "import minipipe_svc.runner, systemd.journal"], n), 50)
     python = pct(wall(["python3", "-c", "pass"], n), 50)
     scope = pct(wall(["systemd-run", "--scope", "--quiet", "--collect", "/bin/true"], n), 50)
+    as_root, as_user = (float(t) for t in run_python(POPEN_TIMES, OPERATOR, str(n)).split())
+    probe = probe_cost(n) / 1000
     commit = commit_cost(n * 10)
     return {"fork (python, no exec)": fork, "join a scope over D-Bus (fork + join)": join,
             "systemd-run --scope /bin/true": scope * 1000, "python3 -c pass": python * 1000,
             "python3 start + runner imports": imports * 1000,
-            "one DB transition (commit, synchronous=NORMAL)": commit * 1000}
+            "one DB transition (commit, synchronous=NORMAL)": commit * 1000,
+            f"step's cwd checked as {OPERATOR} (fork + setuid + stat)": probe,
+            "step started: Popen /bin/true as root": as_root,
+            f"step started: Popen /bin/true as {OPERATOR} (setuid, chdir in preexec_fn)": as_user}
+
+
+# Popen of /bin/true as the runner does it, from a process of the daemon's size: as
+# root, and as the run's user (argv: user, count); p50 milliseconds of each.
+POPEN_TIMES = """
+import functools, os, pwd, subprocess, sys, time
+import minipipe_svc.daemon
+who, count = pwd.getpwnam(sys.argv[1]), int(sys.argv[2])
+def p50(**options):
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        subprocess.run(["/bin/true"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+                       check=True, **options)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] * 1000
+print(p50(cwd="/"), p50(user=who.pw_uid, group=who.pw_gid,
+                        extra_groups=os.getgrouplist(who.pw_name, who.pw_gid),
+                        preexec_fn=functools.partial(os.chdir, "/")))
+"""
 
 
 def commit_cost(n: int) -> float:
@@ -497,9 +663,277 @@ def store_scale(quick: bool) -> Figure:
     return figure
 
 
+def read_cli(quick: bool) -> Figure:
+    figure = Figure("7. Read commands: `minipipe ls`, `show N`, `status`, as an operator")
+    n = 30 if quick else 100
+    reset()
+    sh("minipipe pause")
+    queue(20, ["/bin/true"])
+    commands = {"python": ["python3", "-c", "pass"], "ls": ["minipipe", "ls"],
+                "show 1": ["minipipe", "show", "1"], "status": ["minipipe", "status"],
+                "click": ["python3", "-c", "import click"]}
+    times = walls(commands, n, **as_operator())
+    base = f"{ms(times['python'])} python3 -c pass"
+    for name in ("ls", "show 1", "status"):
+        figure.add(f"`minipipe {name}` p50, as {OPERATOR}", ms(times[name]), base,
+                   ratio(times[name], times["python"]), "<= 2x python3 -c pass")
+    figure.add("  floor: `python3 -c 'import click'`", ms(times["click"]), base,
+               ratio(times["click"], times["python"]))
+    own, costly = import_profile(["/usr/bin/minipipe", "ls"], 5 if quick else 15,
+                                 **as_operator())
+    figure.note(f"`python3 -X importtime`: `minipipe ls` imports {own:.1f} ms of modules "
+                f"beyond `python3 -c pass`; costliest (own ms, with what they import): "
+                + ", ".join(costly))
+    return figure
+
+
+def api_rate(quick: bool) -> Figure:
+    figure = Figure("8. API: submit requests from 8 concurrent clients (queue paused)")
+    clients, each = 8, (50 if quick else 1000)
+    total = clients * each
+    path = STOCK_CONFIG.get("socket_path", "/run/minipipe/api.sock")
+    reset()
+    sh("minipipe pause")
+    with cpu_meter() as cpu:
+        submits = api_clients(path, "submit", clients, each)
+    if counts()["PENDING"] != total:
+        raise RuntimeError(f"expected {total} queued runs: {counts()}")
+    pings = api_clients(path, "ping", clients, each)
+    echo = echo_clients(clients, each)
+    in_store = store_submits(total)
+    inserts = plain_inserts(total)
+    handle, probe, parse, write = handle_costs(200 if quick else 2000)
+    figure.add(f"{clients} clients x {each:,} submits, one connection each", f"{submits:,.0f}/s",
+               f"{echo:,.0f}/s unix-socket echo", ratio(echo, submits), ">= 1,000/s")
+    figure.add("  same, ping requests (no plan, no DB write)", f"{pings:,.0f}/s",
+               f"{echo:,.0f}/s unix-socket echo", ratio(echo, pings))
+    figure.add("  the store's own submit, one process, no API", f"{submits:,.0f}/s",
+               f"{in_store:,.0f}/s Store.submit", ratio(in_store, submits))
+    figure.add("  plain SQLite INSERT + COMMIT, one process", f"{submits:,.0f}/s",
+               f"{inserts:,.0f}/s INSERT", ratio(inserts, submits))
+    figure.add("one submit handled in-process (Actions.handle, p50)", ms(handle),
+               f"{1 / handle:,.0f}/s on one free core")
+    figure.add("  of which: the plan's cwd checked as the submitter (fork)", ms(probe),
+               ms(handle) + " handle", f"{probe / handle:.0%}")
+    figure.add("  of which: parsing and validating the plan", ms(parse),
+               ms(handle) + " handle", f"{parse / handle:.0%}")
+    figure.add("  of which: Store.submit (INSERTs + COMMIT)", ms(write),
+               ms(handle) + " handle", f"{write / handle:.0%}")
+    figure.note(f"CPU per submit request over the socket: daemon {cpu['daemon'] / total * 1000:.2f}"
+                f" ms, its forks that check the plan's cwd {cpu['runners'] / total * 1000:.2f} ms;"
+                " the 8 clients share the 2 CPUs with it")
+    figure.note(f"each client is a process of the operator {OPERATOR}: per request it "
+                "connects, sends protocol.encode({'v': 1, 'op': 'submit', ...}) with a one-step "
+                "plan and reads the reply; the echo server is a Python selector loop like the "
+                "daemon's that answers each request line without doing anything; "
+                f"{clients} x {each:,} requests each way")
+    return figure
+
+
+# One API client, as the operator (argv: socket path, op, count, cwd). Prints "ready"
+# once imported, starts on a line on stdin, prints its start, end and failures (JSON).
+API_CLIENT = r"""
+import json, socket, sys, time
+from minipipe_svc import protocol
+path, op, count, cwd = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+request = {"v": protocol.VERSION, "op": op}
+if op == "submit":
+    request.update(plan='[[steps]]\nid = "a"\nrun = ["/bin/true"]\n', source="-", path=None,
+                   cwd=cwd, format="toml", priority=None, umask=0o022, read_back=False)
+data = protocol.encode(request)
+print("ready", flush=True)
+sys.stdin.readline()
+failed, why = 0, ""
+start = time.monotonic()
+for _ in range(count):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(path)
+    sock.sendall(data)
+    reply = b""
+    while not reply.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        reply += chunk
+    sock.close()
+    answer = protocol.decode(reply) if reply else {"message": "no reply"}
+    if answer.get("ok") is not True:
+        failed, why = failed + 1, answer.get("message", "")
+print(json.dumps({"start": start, "end": time.monotonic(), "failed": failed, "why": why}),
+      flush=True)
+"""
+
+# A unix-socket server that answers every request line with a fixed reply line: the
+# daemon's connection handling (non-blocking, one connection per request) doing nothing.
+ECHO_SERVER = r"""
+import os, selectors, socket, sys
+path = sys.argv[1]
+if os.path.exists(path):
+    os.unlink(path)
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(path)
+os.chmod(path, 0o666)
+listener.listen(128)
+listener.setblocking(False)
+selector = selectors.DefaultSelector()
+selector.register(listener, selectors.EVENT_READ, None)
+buffers = {}
+print("ready", flush=True)
+while True:
+    for key, _ in selector.select():
+        if key.data is None:
+            while True:
+                try:
+                    sock, _ = listener.accept()
+                except BlockingIOError:
+                    break
+                sock.setblocking(False)
+                buffers[sock] = bytearray()
+                selector.register(sock, selectors.EVENT_READ, sock)
+            continue
+        sock = key.data
+        data = sock.recv(65536)
+        buffers[sock] += data
+        if data and b"\n" not in buffers[sock]:
+            continue
+        selector.unregister(sock)
+        if data:
+            sock.send(b'{"ok":true,"run":1}\n')
+        del buffers[sock]
+        sock.close()
+"""
+
+
+def api_clients(path: str, op: str, clients: int, each: int) -> float:
+    """Requests per second that `clients` concurrent operator processes get answered."""
+    home = operator().pw_dir
+    procs = [subprocess.Popen(["python3", "-c", API_CLIENT, path, op, str(each), home],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              **as_operator()) for _ in range(clients)]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"an API client failed (status {proc.returncode})")
+        results.append(json.loads(out))
+    failed = sum(r["failed"] for r in results)
+    if failed:
+        raise RuntimeError(f"{failed} of {clients * each} {op} requests failed: "
+                           + next(r["why"] for r in results if r["failed"]))
+    seconds = max(r["end"] for r in results) - min(r["start"] for r in results)
+    return clients * each / seconds
+
+
+def echo_clients(clients: int, each: int) -> float:
+    path = "/run/minipipe-bench-echo.sock"
+    server = subprocess.Popen(["python3", "-c", ECHO_SERVER, path], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        return api_clients(path, "ping", clients, each)
+    finally:
+        server.kill()
+        server.wait()
+        Path(path).unlink(missing_ok=True)
+
+
+def handle_costs(count: int) -> tuple[float, float, float, float]:
+    """p50 seconds of one submit in Actions.handle and of its parts, in a process with
+    the daemon's imports, on a scratch DB: (handle, cwd check, parse, store write)."""
+    scratch = Path("/var/lib/minipipe-bench-root")  # root's alone, as the store wants
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(mode=0o700)
+    try:
+        return tuple(float(value) for value in run_python(  # type: ignore[return-value]
+            HANDLE_TIMES, str(scratch / "state.db"), OPERATOR, str(count)).split())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# As root (argv: scratch DB, user, count): p50 seconds of a submit from `user` through
+# Actions.handle, of the cwd check, of parse_plan and of Store.submit.
+HANDLE_TIMES = r"""
+import os, pwd, sys, time
+import minipipe_svc.daemon
+from minipipe_svc.actions import Actions
+from minipipe_svc.config import load_config
+from minipipe_svc.identity import Peer, identity_of, probe_directories
+from minipipe_svc.plan import parse_plan
+from minipipe_svc.store import Store
+db, user, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+who = pwd.getpwnam(user)
+store = Store.open(db)
+actions = Actions(store, load_config())
+peer = Peer(os.getpid(), who.pw_uid, who.pw_gid)
+text = '[[steps]]\nid = "a"\nrun = ["/bin/true"]\n'
+request = {"v": 1, "op": "submit", "plan": text, "source": "-", "path": None,
+           "cwd": who.pw_dir, "format": "toml", "priority": None, "umask": 0o022,
+           "read_back": False}
+identity = identity_of(who)
+def parse():
+    return parse_plan(text.encode(), source="<stdin>", fmt="toml", base_dir=who.pw_dir)
+plan = parse().to_dict()
+def p50(call):
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+assert actions.handle(peer, request)["ok"]
+print(p50(lambda: actions.handle(peer, request)),
+      p50(lambda: probe_directories(identity, [who.pw_dir])), p50(parse),
+      p50(lambda: store.submit(plan, source=None, submitted_by=user,
+                               submitted_uid=who.pw_uid, umask=0o022)))
+"""
+
+
+def store_submits(total: int) -> float:
+    """Store.submit per second in one process (as the daemon does it, minus the API)."""
+    entry = operator()
+    plan = plan_dict(["/bin/true"])
+    with store() as db:
+        start = time.perf_counter()
+        for _ in range(total):
+            db.submit(plan, source=None, submitted_by=entry.pw_name,
+                      submitted_uid=entry.pw_uid, umask=0o022)
+        return total / (time.perf_counter() - start)
+
+
+def plain_inserts(total: int) -> float:
+    """INSERT + COMMIT per second into a one-table SQLite DB (WAL, synchronous=NORMAL,
+    as the store's), each row the size of a trivial run's plan."""
+    import sqlite3
+
+    path = WORK / "plain-inserts.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    row = json.dumps(plan_dict(["/bin/true"]))
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, plan TEXT NOT NULL)")
+        start = time.perf_counter()
+        for _ in range(total):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO runs (plan) VALUES (?)", (row,))
+            conn.execute("COMMIT")
+        return total / (time.perf_counter() - start)
+    finally:
+        conn.close()
+
+
 FIGURES: dict[str, Callable[[bool], Figure]] = {
     "submit": submit_cli, "latency": submit_to_start, "throughput": throughput,
-    "idle": idle, "logs": log_path, "monitor": monitor, "store": store_scale}
+    "idle": idle, "logs": log_path, "monitor": monitor, "store": store_scale, "cli": read_cli,
+    "api": api_rate}
 
 
 def main() -> int:
