@@ -6,12 +6,11 @@ instance: every other path is derived from the DB's directory.
 
 from __future__ import annotations
 
-import json
 import os
-import shlex
-from typing import Any, NamedTuple
+from collections import namedtuple
 
-from .plan import LIMIT_PARSERS, Limits
+from . import jsonline
+from .limits import LIMIT_KEYS, Limits, limit_parsers
 
 DEFAULT_CONFIG_PATH = "/etc/minipipe/config.json"
 DEFAULT_DB_PATH = "/var/lib/minipipe/state.db"
@@ -21,7 +20,7 @@ DEFAULT_RUN_USER = "minipipe"
 DEFAULT_ADMIN_GROUP = "minipipe-admin"
 
 # key -> (default, one line of documentation); README and `minipipe config` show these.
-KEYS: dict[str, tuple[Any, str]] = {
+KEYS: dict[str, tuple[object, str]] = {
     "db_path": (DEFAULT_DB_PATH, "SQLite state database (relative paths: to the config file)"),
     "isolation": ("auto", '"scope": one transient systemd scope per run; "none": plain process '
                           'groups; "auto": scope when started by systemd, else none'),
@@ -52,22 +51,26 @@ class ConfigError(Exception):
     """A config file that cannot be used, phrased for the operator."""
 
 
-class Config(NamedTuple):
-    db_path: str = DEFAULT_DB_PATH
-    isolation: str = "auto"
-    run_user: str | None = DEFAULT_RUN_USER
-    run_as: str = "submitter"
-    admin_group: str | None = DEFAULT_ADMIN_GROUP
-    default_limits: Limits = Limits()
-    max_concurrent_runs: int = 4
-    poll_interval_seconds: float = 30.0
-    auto_cleanup_completed_runs: bool = False
-    completed_run_retention_days: float = 7.0
-    log_dir: str = ""
-    socket_path: str = ""
-    minipipe_command: tuple[str, ...] = ()
-    kill_grace_seconds: float = 10.0
-    source: str | None = None  # the file it came from, None for built-in defaults
+_FIELDS = {
+    "db_path": DEFAULT_DB_PATH, "isolation": "auto", "run_user": DEFAULT_RUN_USER,
+    "run_as": "submitter", "admin_group": DEFAULT_ADMIN_GROUP, "default_limits": Limits(),
+    "max_concurrent_runs": 4, "poll_interval_seconds": 30.0,
+    "auto_cleanup_completed_runs": False, "completed_run_retention_days": 7.0,
+    "log_dir": "", "socket_path": "", "minipipe_command": (), "kill_grace_seconds": 10.0,
+    "source": None,
+}
+
+
+class Config(namedtuple("Config", _FIELDS, defaults=_FIELDS.values())):
+    """A validated config: the KEYS above (paths absolute, log_dir and socket_path
+    resolved, minipipe_command an argv tuple, default_limits a Limits) plus `source`,
+    the file it came from (None for the built-in defaults).
+
+    A `collections.namedtuple`, not `typing.NamedTuple`: the submit client loads
+    this module, and `typing` alone costs about a bare Python start (bench/ figure 0).
+    """
+
+    __slots__ = ()
 
     @property
     def lock_path(self) -> str:
@@ -107,12 +110,13 @@ def load_config(explicit: str | None = None) -> Config:
     if len(raw) > 1024 * 1024:
         raise ConfigError(f"{path}: too large for a config file (over 1 MiB)")
     try:
-        document = json.loads(raw.decode("utf-8"))
+        document = jsonline.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte offset {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} "
-                          f"(column {exc.colno})") from None
+    except ValueError as exc:  # json.JSONDecodeError, from jsonline's fallback to json
+        raise ConfigError(f"{path}:{getattr(exc, 'lineno', '?')}: invalid JSON: "
+                          f"{getattr(exc, 'msg', exc)} (column {getattr(exc, 'colno', '?')})") \
+            from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply to be a config") from None
     if not isinstance(document, dict):
@@ -120,7 +124,7 @@ def load_config(explicit: str | None = None) -> Config:
     return build_config(document, source=path)
 
 
-def build_config(document: dict[str, Any], *, source: str | None) -> Config:
+def build_config(document: dict[str, object], *, source: str | None) -> Config:
     label = source or "config"
 
     def bad(key: str, expected: str) -> ConfigError:
@@ -183,6 +187,8 @@ def build_config(document: dict[str, Any], *, source: str | None) -> Config:
     if command is None:
         pass
     elif isinstance(command, str) and command.strip():
+        import shlex
+
         argv = tuple(shlex.split(command))
     elif isinstance(command, list) and command and all(
             isinstance(a, str) and a for a in command):
@@ -220,13 +226,14 @@ def _current_socket(path: str | None) -> str | None:
 def _limits(value: object, label: str) -> Limits:
     if not isinstance(value, dict):
         raise ConfigError(f"{label}: 'default_limits' must be an object, got {value!r}")
-    parsed: dict[str, Any] = {}
+    parsers = limit_parsers() if value else {}
+    parsed: dict[str, object] = {}
     for key, raw in value.items():
-        if key not in LIMIT_PARSERS:
+        if key not in LIMIT_KEYS:
             raise ConfigError(f"{label}: unknown key {key!r} in 'default_limits'; valid keys: "
-                              + ", ".join(LIMIT_PARSERS))
+                              + ", ".join(LIMIT_KEYS))
         try:
-            parsed[key] = LIMIT_PARSERS[key](raw)
+            parsed[key] = parsers[key](raw)
         except ValueError as exc:
             raise ConfigError(f"{label}: default_limits.{key}: {exc}") from None
     return Limits(**parsed)

@@ -10,7 +10,6 @@ Both paths submit through submit.py, so they print and exit alike.
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
 
 EXIT_BAD_INPUT = 2
 
@@ -45,7 +44,8 @@ def quick_submit(config_path: str | None, as_json: bool, plan: str) -> int:
     return submit_and_report(config.socket_path, plan, as_json=as_json)
 
 
-def main() -> NoReturn:
+def main() -> None:
+    """Never returns: exits with the command's status (no typing import: start-up)."""
     quick = plain_submit(sys.argv[1:])
     if quick is None:
         from .cli import main as click_main

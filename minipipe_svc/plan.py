@@ -14,10 +14,12 @@ import re
 import shlex
 from typing import Any, NamedTuple
 
+from .limits import LIMIT_KEYS, Limits, limit_parsers, merge_limits
 from .planfile import MAX_PLAN_BYTES, PlanError, read_plan_file
-from .quantities import parse_cpu_quota, parse_duration, parse_size
+from .quantities import parse_duration
 
-__all__ = ["MAX_PLAN_BYTES", "Limits", "Plan", "PlanError", "Step", "load_plan", "parse_plan"]
+__all__ = ["LIMIT_KEYS", "MAX_PLAN_BYTES", "Limits", "Plan", "PlanError", "Step", "load_plan",
+           "merge_limits", "parse_plan"]
 
 MAX_STEPS = 1000
 MAX_RETRIES = 100
@@ -26,7 +28,6 @@ PRIORITY_RANGE = (-1000, 1000)
 
 TOP_KEYS = ("name", "description", "priority", "defaults", "limits", "steps")
 DEFAULT_KEYS = ("timeout", "retries", "cwd", "env")
-LIMIT_KEYS = ("memory_max", "cpu_quota", "runtime_max", "tasks_max")
 STEP_KEYS = ("id", "phase", "run", "cwd", "env", "timeout", "retries")
 
 STEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -38,13 +39,6 @@ ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # service manager or the step's view of which run it belongs to.
 RESERVED_ENV = re.compile(r"NOTIFY_SOCKET|WATCHDOG_(PID|USEC)|LISTEN_(FDS|PID|FDNAMES)|MINIPIPE_.*")
 DEFAULT_PHASE = "main"
-
-
-class Limits(NamedTuple):
-    memory_max: int | None = None      # bytes
-    cpu_quota: float | None = None     # percent of one CPU
-    runtime_max: float | None = None   # seconds for the whole run
-    tasks_max: int | None = None
 
 
 class Step(NamedTuple):
@@ -405,12 +399,6 @@ class _Validator:
         return dict(env)
 
 
-def _parse_tasks_max(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
-        raise ValueError(f"expected an integer from 1 to 1000000, got {value!r}")
-    return value
-
-
 def _similar(a: str, b: str) -> bool:
     """Cheap typo detector: same letters give or take one, for 'did you mean'."""
     if abs(len(a) - len(b)) > 2:
@@ -418,11 +406,4 @@ def _similar(a: str, b: str) -> bool:
     return len(set(a) ^ set(b)) <= 2 and a[0] == b[0]
 
 
-LIMIT_PARSERS = {"memory_max": parse_size, "cpu_quota": parse_cpu_quota,
-                 "runtime_max": parse_duration, "tasks_max": _parse_tasks_max}
-
-
-def merge_limits(plan: Limits, defaults: Limits) -> Limits:
-    """The plan's limits, with the config's defaults where the plan sets none."""
-    return Limits(**{key: default if getattr(plan, key) is None else getattr(plan, key)
-                     for key, default in defaults._asdict().items()})
+LIMIT_PARSERS = limit_parsers()

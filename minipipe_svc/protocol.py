@@ -17,8 +17,7 @@ every operation; this module stays import-light (the submit client loads it).
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from . import jsonline
 
 VERSION = 1
 MAX_REQUEST_BYTES = 4 * 1024 * 1024  # a 1 MiB plan, JSON-escaped, with room to spare
@@ -48,14 +47,14 @@ class ProtocolError(Exception):
     """A request or reply that breaks the wire format."""
 
 
-def encode(message: dict[str, Any]) -> bytes:
-    # ensure_ascii keeps lone surrogates (undecodable plan bytes) representable.
-    return json.dumps(message, separators=(",", ":")).encode("ascii") + b"\n"
+def encode(message: dict[str, object]) -> bytes:
+    # ASCII keeps lone surrogates (undecodable plan bytes) representable.
+    return jsonline.dumps_flat(message).encode("ascii") + b"\n"
 
 
-def decode(line: bytes) -> dict[str, Any]:
+def decode(line: bytes) -> dict[str, object]:
     try:
-        message = json.loads(line)
+        message = jsonline.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ProtocolError(f"not a JSON line: {exc}") from None
     if not isinstance(message, dict):
@@ -63,6 +62,6 @@ def decode(line: bytes) -> dict[str, Any]:
     return message
 
 
-def error(code: str, message: str) -> dict[str, Any]:
+def error(code: str, message: str) -> dict[str, object]:
     assert code in EXIT_FOR_ERROR, code
     return {"ok": False, "error": code, "message": message}

@@ -8,7 +8,6 @@ plan and answers with the run id or the plan's file:line error.
 
 from __future__ import annotations
 
-import json
 import sys
 
 from .client import ClientError, PlanError, submit
@@ -31,6 +30,8 @@ def submit_and_report(socket_path: str, plan_arg: str, *, as_json: bool,
         print(f"Error: {exc}", file=sys.stderr)
         return exc.exit_status
     if as_json:
+        import json
+
         print(json.dumps(reply["run_json"], indent=2))
     else:
         print(reply["run"])

@@ -58,3 +58,32 @@ def test_steps_lose_the_group_that_reads_state() -> None:
     assert stripped.gid == nogroup
     assert daemon.pw_gid not in stripped.groups and nogroup in stripped.groups
     assert stripped.login_environment()["USER"] == "daemon"
+
+
+@pytest.mark.parametrize("text", [
+    "{}", ' {"a": 1, "b": [1, 2, {"c": null}], "d": "caf\\u00e9 \\udcff"}\n', "[1]", '"x"',
+    "1e5", '{"a": NaN}', "{not json", '{"a":', "[1,", '"abc', '{"a" 1}', "", "{} x"])
+def test_jsonline_reads_exactly_what_json_reads(text: str) -> None:
+    import json
+
+    from minipipe_svc import jsonline
+
+    try:
+        expected: object = json.loads(text)
+    except json.JSONDecodeError as exc:
+        with pytest.raises(json.JSONDecodeError) as raised:
+            jsonline.loads(text)
+        assert str(raised.value) == str(exc)
+        return
+    assert repr(jsonline.loads(text)) == repr(expected)
+
+
+def test_jsonline_writes_a_flat_request_as_json_does() -> None:
+    import json
+
+    from minipipe_svc import jsonline
+
+    for message in ({"v": 1, "op": "submit", "plan": "caf\u00e9\n\udcff[x]\x1b", "path": None,
+                     "read_back": False, "priority": -5, "all": True},
+                    {"results": [{"run": 1}], "ok": True}):  # nested: json's own
+        assert jsonline.dumps_flat(message) == json.dumps(message, separators=(",", ":"))

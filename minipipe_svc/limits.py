@@ -1,0 +1,40 @@
+"""A run's resource limits: the record, how each is parsed, and plan-over-config merging.
+
+A plain `collections.namedtuple` rather than `typing.NamedTuple`: config.py needs it
+on the submit client's path, where importing `typing` would cost about as much as
+Python's own start (bench/ figure 0). Parsers import `quantities` only when used.
+"""
+
+from __future__ import annotations
+
+from collections import namedtuple
+from collections.abc import Callable
+
+LIMIT_KEYS = ("memory_max", "cpu_quota", "runtime_max", "tasks_max")
+
+
+class Limits(namedtuple("Limits", LIMIT_KEYS, defaults=(None,) * len(LIMIT_KEYS))):
+    """memory_max: bytes; cpu_quota: percent of one CPU; runtime_max: seconds for the
+    whole run; tasks_max: processes and threads. None: no limit of that kind."""
+
+    __slots__ = ()
+
+
+def parse_tasks_max(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+        raise ValueError(f"expected an integer from 1 to 1000000, got {value!r}")
+    return value
+
+
+def limit_parsers() -> dict[str, Callable[[object], object]]:
+    """Each limit's parser (raising ValueError with the reason)."""
+    from .quantities import parse_cpu_quota, parse_duration, parse_size
+
+    return {"memory_max": parse_size, "cpu_quota": parse_cpu_quota,
+            "runtime_max": parse_duration, "tasks_max": parse_tasks_max}
+
+
+def merge_limits(plan: Limits, defaults: Limits) -> Limits:
+    """The plan's limits, with the config's defaults where the plan sets none."""
+    return Limits(**{key: default if getattr(plan, key) is None else getattr(plan, key)
+                     for key, default in defaults._asdict().items()})
