@@ -52,13 +52,13 @@ copy-on-write faults of a forked 20 MB process. task-spooler is far ahead becaus
 has no isolation, no user switch and no durable state: each of its jobs is a fork
 and an exec.
 
-**The trust boundary's share.** Since steps run as their submitter, each step costs
-two forks of the (daemon-sized) runner instead of a vfork: one that checks the step's
-cwd as that user, and Popen itself, which cannot vfork with the `preexec_fn` that
-enters the cwd as the user (the last three rows above: about 2 ms of CPU per run
-more than a step started as root), roughly 1 ms of wall per run at 8 at once on 2
-CPUs. Before the boundary (commit 4d076a4, steps as `run_user`, no cwd check) this
-figure was 1.52x bare `systemd-run`: compare the first row's ratio with that."""
+**The trust boundary's share.** Since steps run as their submitter, each step's
+Popen forks the (daemon-sized) runner instead of a vfork: it cannot vfork with the
+`preexec_fn` that enters the cwd as the user (about 1 ms of CPU per run more than a
+step started as root; the cwd check itself, with setfsuid, costs microseconds),
+roughly 0.5 ms of wall per run at 8 at once on 2 CPUs. Before the boundary (commit
+4d076a4, steps as `run_user`, no cwd check) this figure was 1.52x bare
+`systemd-run`: compare the first row's ratio with that."""
 
 
 def render(figures: list[dict], quick: bool) -> str:

@@ -305,7 +305,7 @@ def submit_cli(quick: bool) -> Figure:
         str(n * 2)).split())
     figure.add("  one submit request, client already started (p50)", ms(request),
                f"{ms(ping)} ping request", ratio(request, ping))
-    figure.add("  the daemon's check of the plan's cwd as the submitter (fork, p50)",
+    figure.add("  the daemon's check of the plan's cwd as the submitter (setfsuid, p50)",
                ms(probe_cost(n * 2) / 1e6))
     clicked = pct(wall(["minipipe", "submit", "--priority", "0", plan], n // 2, **user), 50)
     figure.add("p50 through click (any option, e.g. --priority)", ms(clicked),
@@ -430,7 +430,7 @@ def throughput(quick: bool) -> Figure:
                     f"ms, journald {per_run['journald']:.1f} ms; wall {elapsed / n * 1000:.1f}"
                     f" ms per run at 8 at once")
     figure.note(f"the runs are {OPERATOR}'s: each runner drops its step to {OPERATOR} and "
-                "first checks the step's cwd as that user (a fork); see the table below")
+                "first checks the step's cwd as that user (setfsuid); see the table below")
     figure.extra = {"micro": micro_costs(quick)}  # type: ignore[attr-defined]
     return figure
 
@@ -496,7 +496,7 @@ print(times[len(times) // 2] * 1000)
             "systemd-run --scope /bin/true": scope * 1000, "python3 -c pass": python * 1000,
             "python3 start + runner imports": imports * 1000,
             "one DB transition (commit, synchronous=NORMAL)": commit * 1000,
-            f"step's cwd checked as {OPERATOR} (fork + setuid + stat)": probe,
+            f"step's cwd checked as {OPERATOR} (setfsuid + stat)": probe,
             "step started: Popen /bin/true as root": as_root,
             f"step started: Popen /bin/true as {OPERATOR} (setuid, chdir in preexec_fn)": as_user}
 
@@ -713,14 +713,14 @@ def api_rate(quick: bool) -> Figure:
                f"{inserts:,.0f}/s INSERT", ratio(inserts, submits))
     figure.add("one submit handled in-process (Actions.handle, p50)", ms(handle),
                f"{1 / handle:,.0f}/s on one free core")
-    figure.add("  of which: the plan's cwd checked as the submitter (fork)", ms(probe),
+    figure.add("  of which: the plan's cwd checked as the submitter (setfsuid)", ms(probe),
                ms(handle) + " handle", f"{probe / handle:.0%}")
     figure.add("  of which: parsing and validating the plan", ms(parse),
                ms(handle) + " handle", f"{parse / handle:.0%}")
     figure.add("  of which: Store.submit (INSERTs + COMMIT)", ms(write),
                ms(handle) + " handle", f"{write / handle:.0%}")
     figure.note(f"CPU per submit request over the socket: daemon {cpu['daemon'] / total * 1000:.2f}"
-                f" ms, its forks that check the plan's cwd {cpu['runners'] / total * 1000:.2f} ms;"
+                f" ms, its child processes {cpu['runners'] / total * 1000:.2f} ms;"
                 " the 8 clients share the 2 CPUs with it")
     figure.note(f"each client is a process of the operator {OPERATOR}: per request it "
                 "connects, sends protocol.encode({'v': 1, 'op': 'submit', ...}) with a one-step "
