@@ -7,10 +7,10 @@ instance: every other path is derived from the DB's directory.
 from __future__ import annotations
 
 import os
-from collections import namedtuple
 
 from . import jsonline
 from .limits import LIMIT_KEYS, Limits, limit_parsers
+from .record import Record
 
 DEFAULT_CONFIG_PATH = "/etc/minipipe/config.json"
 DEFAULT_DB_PATH = "/var/lib/minipipe/state.db"
@@ -61,16 +61,32 @@ _FIELDS = {
 }
 
 
-class Config(namedtuple("Config", _FIELDS, defaults=_FIELDS.values())):
+class Config(Record):
     """A validated config: the KEYS above (paths absolute, log_dir and socket_path
     resolved, minipipe_command an argv tuple, default_limits a Limits) plus `source`,
     the file it came from (None for the built-in defaults).
 
-    A `collections.namedtuple`, not `typing.NamedTuple`: the submit client loads
-    this module, and `typing` alone costs about a bare Python start (bench/ figure 0).
+    A `Record`, not a NamedTuple: the submit client loads this module, and `typing`
+    alone costs about a bare Python start (bench/ figure 0).
     """
 
-    __slots__ = ()
+    FIELDS = _FIELDS
+    __slots__ = tuple(_FIELDS)
+    db_path: str
+    isolation: str
+    run_user: str | None
+    run_as: str
+    admin_group: str | None
+    default_limits: Limits
+    max_concurrent_runs: int
+    poll_interval_seconds: float
+    auto_cleanup_completed_runs: bool
+    completed_run_retention_days: float
+    log_dir: str
+    socket_path: str
+    minipipe_command: tuple[str, ...]
+    kill_grace_seconds: float
+    source: str | None
 
     @property
     def lock_path(self) -> str:

@@ -1,23 +1,27 @@
 """A run's resource limits: the record, how each is parsed, and plan-over-config merging.
 
-A plain `collections.namedtuple` rather than `typing.NamedTuple`: config.py needs it
-on the submit client's path, where importing `typing` would cost about as much as
-Python's own start (bench/ figure 0). Parsers import `quantities` only when used.
+A `Record` (record.py) rather than a NamedTuple: config.py needs it on the submit
+client's path, where `typing` would cost about as much as Python's own start
+(bench/ figure 0). Parsers import `quantities` only when used.
 """
 
 from __future__ import annotations
 
-from collections import namedtuple
-from collections.abc import Callable
+from .record import Record
 
 LIMIT_KEYS = ("memory_max", "cpu_quota", "runtime_max", "tasks_max")
 
 
-class Limits(namedtuple("Limits", LIMIT_KEYS, defaults=(None,) * len(LIMIT_KEYS))):
+class Limits(Record):
     """memory_max: bytes; cpu_quota: percent of one CPU; runtime_max: seconds for the
     whole run; tasks_max: processes and threads. None: no limit of that kind."""
 
-    __slots__ = ()
+    FIELDS = dict.fromkeys(LIMIT_KEYS)
+    __slots__ = LIMIT_KEYS
+    memory_max: int | None
+    cpu_quota: float | None
+    runtime_max: float | None
+    tasks_max: int | None
 
 
 def parse_tasks_max(value: object) -> int:
@@ -26,8 +30,8 @@ def parse_tasks_max(value: object) -> int:
     return value
 
 
-def limit_parsers() -> dict[str, Callable[[object], object]]:
-    """Each limit's parser (raising ValueError with the reason)."""
+def limit_parsers() -> dict:  # type: ignore[type-arg]  # name -> parser (no typing here)
+    """Each limit's parser: a function of the raw value, raising ValueError with the reason."""
     from .quantities import parse_cpu_quota, parse_duration, parse_size
 
     return {"memory_max": parse_size, "cpu_quota": parse_cpu_quota,

@@ -87,3 +87,25 @@ def test_jsonline_writes_a_flat_request_as_json_does() -> None:
                      "read_back": False, "priority": -5, "all": True},
                     {"results": [{"run": 1}], "ok": True}):  # nested: json's own
         assert jsonline.dumps_flat(message) == json.dumps(message, separators=(",", ":"))
+
+
+def test_records_are_immutable_keyword_built_and_compare_by_value() -> None:
+    from minipipe_svc.config import Config, build_config
+    from minipipe_svc.limits import Limits
+
+    limits = Limits(memory_max=5)
+    assert limits == Limits(memory_max=5) != Limits(memory_max=6)
+    assert hash(limits) == hash(Limits(memory_max=5))
+    assert limits._replace(cpu_quota=50.0) == Limits(memory_max=5, cpu_quota=50.0)
+    assert limits._asdict() == {"memory_max": 5, "cpu_quota": None, "runtime_max": None,
+                                "tasks_max": None}
+    assert repr(Limits()) == ("Limits(memory_max=None, cpu_quota=None, runtime_max=None, "
+                              "tasks_max=None)")
+    with pytest.raises(AttributeError, match="immutable"):
+        limits.memory_max = 1  # type: ignore[misc]
+    with pytest.raises(TypeError, match="no field"):
+        Limits(memory=1)
+    config = build_config({"db_path": "/x/state.db"}, source=None)
+    assert isinstance(config, Config) and config.socket_path == "/x/minipipe.sock"
+    assert config._replace(db_path="/y/state.db").db_path == "/y/state.db"
+    assert config.default_limits == Limits()
