@@ -48,7 +48,13 @@ ESCAPED_OUTPUT_GRACE = 2.0
 # Variables a step must never inherit: they belong to the service manager's
 # conversation with the daemon, and a step using them would impersonate it.
 STRIPPED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID",
-                "LISTEN_FDNAMES", "MINIPIPE_CONFIG")
+                "LISTEN_FDNAMES", "MINIPIPE_CONFIG",
+                # The service's own facts, which a step would misread as its own: its
+                # stdout is a pipe, not the service's journal stream, and these
+                # directories are root's.
+                "JOURNAL_STREAM", "INVOCATION_ID", "SYSTEMD_EXEC_PID", "MAINPID",
+                "MANAGERPID", "RUNTIME_DIRECTORY", "STATE_DIRECTORY", "LOGS_DIRECTORY",
+                "CONFIGURATION_DIRECTORY", "CACHE_DIRECTORY", "CREDENTIALS_DIRECTORY")
 
 
 def clean_environment(environ: dict[str, str]) -> dict[str, str]:

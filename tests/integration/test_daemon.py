@@ -212,8 +212,11 @@ def test_daemon_started_with_notify_variables_does_not_pass_them_on(tmp_path: Pa
     env_file = tmp_path / "env"
     log = open(instance.daemon_log, "a")  # noqa: SIM115
     options = as_user(instance.user, instance.root)
-    options["env"].update(NOTIFY_SOCKET=str(tmp_path / "nobody-listens"),
-                          WATCHDOG_USEC="1000000", WATCHDOG_PID="1")
+    service_only = {"NOTIFY_SOCKET": str(tmp_path / "nobody-listens"),
+                    "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1", "JOURNAL_STREAM": "8:1",
+                    "INVOCATION_ID": "0" * 32, "STATE_DIRECTORY": "/var/lib/minipipe",
+                    "CREDENTIALS_DIRECTORY": "/run/credentials/minipipe.service"}
+    options["env"].update(service_only)
     daemon = subprocess.Popen(
         [sys.executable, "-m", "minipipe_svc", "--config", str(instance.config_path), "daemon"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, **options)
@@ -222,7 +225,7 @@ def test_daemon_started_with_notify_variables_does_not_pass_them_on(tmp_path: Pa
         run_id = instance.submit(f'[[steps]]\nid = "a"\nrun = "env > {env_file}"\n')
         instance.wait_state(run_id, "SUCCEEDED")
         names = {line.split("=", 1)[0] for line in env_file.read_text().splitlines()}
-        assert not names & {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}
+        assert not names & set(service_only), names & set(service_only)
     finally:
         daemon.terminate()
         daemon.wait(30)
