@@ -8,6 +8,7 @@ validated here, with the same file:line messages the CLI always printed.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ from .model import RunState
 from .plan import PRIORITY_RANGE, Plan, PlanError, parse_plan
 from .store import ConflictError, NoSuchRun, Store, StoreError
 
+MAX_STORED_PLAN_BYTES = 4 * 1024 * 1024
 # Directories private to the service when it runs under systemd (PrivateTmp=yes).
 PRIVATE_DIRS = ("/tmp", "/var/tmp")
 PRIVATE_TMP_HINT = ("the service has a private /tmp and /var/tmp and does not see yours: keep "
@@ -108,7 +110,14 @@ class Actions:
             self.check_directories(plan, label, identity)
         except IdentityError as exc:
             raise Refused("unavailable", f"cannot run this plan: {exc}") from None
-        run_id = self.store.submit(plan.to_dict(), source=path or None,
+        normalized = plan.to_dict()
+        # [defaults] is copied into every step: a 1 MiB plan could become a 1 GB row.
+        size = len(json.dumps(normalized))
+        if size > MAX_STORED_PLAN_BYTES:
+            raise PlanError(label, f"expands to {size / 1e6:.1f} MB once [defaults] are "
+                            f"applied to each step; at most {MAX_STORED_PLAN_BYTES // 2**20} "
+                            "MiB", hint="keep large values in files the steps read")
+        run_id = self.store.submit(normalized, source=path or None,
                                    submitted_by=peer.name, submitted_uid=peer.uid,
                                    priority=priority, umask=umask)
         reply: dict[str, Any] = {"run": run_id}

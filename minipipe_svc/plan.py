@@ -176,8 +176,10 @@ def _toml_line_index(text: str) -> dict[tuple[Any, ...], int]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        if match := re.match(r"\[\[\s*([^\]]+?)\s*\]\]", line):
-            name = re.sub(r"\s+", "", match.group(1))
+        # Patterns without nested quantifiers: a plan is user input parsed by the
+        # root daemon, and a backtracking pattern would let one line stall it.
+        if (match := re.match(r"\[\[([^\]]*)\]\]", line)) and match.group(1).strip():
+            name = "".join(match.group(1).split())
             if name == "steps":
                 step += 1
                 section = ("steps", step)
@@ -185,8 +187,8 @@ def _toml_line_index(text: str) -> dict[tuple[Any, ...], int]:
                 section = ("?", name)
             index.setdefault(section, number)
             continue
-        if match := re.match(r"\[\s*([^\]]+?)\s*\]", line):
-            parts = re.sub(r"\s+", "", match.group(1)).split(".")
+        if (match := re.match(r"\[([^\]]*)\]", line)) and match.group(1).strip():
+            parts = "".join(match.group(1).split()).split(".")
             section = ("steps", step, *parts[1:]) if parts[0] == "steps" else tuple(parts)
             index.setdefault(section, number)
             continue

@@ -189,6 +189,10 @@ def _prepare_writable(path: str, directory: str, exists: bool) -> None:
                          "writes the DB (submit, cancel and retry go through it)")
     if exists and os.path.islink(path):
         raise StoreError(f"{path} is a symbolic link; the state DB must be a regular file")
+    if os.geteuid() == 0:
+        for name in (path, path + "-wal", path + "-shm"):
+            if problem := _unsafe_file(name):
+                raise StoreError(problem)
     if not exists:
         # Readable by the group (members read the DB directly), writable by us alone.
         # O_EXCL | O_NOFOLLOW: never create through a link someone else placed.
@@ -201,6 +205,28 @@ def _prepare_writable(path: str, directory: str, exists: bool) -> None:
                 os.fchmod(fd, 0o640)
             finally:
                 os.close(fd)
+
+
+def _unsafe_file(path: str) -> str | None:
+    """Why a DB file root is about to write is not root's alone, or None.
+
+    A hard link or a writable mode kept from an older install (0.1.0's DB was 0660 in a
+    group-writable directory) would let someone else change what root reads back.
+    """
+    import stat
+
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"cannot check {path}: {exc.strerror}"
+    if (not stat.S_ISREG(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022
+            or info.st_nlink != 1):
+        return (f"{path} is not a file only root may write (mode "
+                f"{stat.filemode(info.st_mode)}, owner uid {info.st_uid}, {info.st_nlink} "
+                "link(s)); copy it to a new file owned by root, 0640, and move that in place")
+    return None
 
 
 def unsafe_directory(directory: str) -> str | None:

@@ -159,3 +159,24 @@ def test_with_a_private_tmp_no_step_may_run_under_tmp(tmp_path: Path) -> None:
         assert store.list_runs(limit=None) == []
     finally:
         store.close()
+
+
+def test_a_plan_that_expands_past_the_stored_limit_is_refused(setup) -> None:
+    """[defaults] is copied into every step: 5 KB of env times 1000 steps is 5 MB."""
+    actions, owner, _other = setup
+    env = "".join(f'V{i} = "{"x" * 1000}"\n' for i in range(5))
+    steps = "".join(f'[[steps]]\nid = "s{i}"\nrun = ["true"]\n' for i in range(1000))
+    reply = submit(actions, owner, "[defaults.env]\n" + env + steps)
+    assert reply["error"] == "bad_plan" and "once [defaults] are applied" in reply["message"]
+    assert actions.store.list_runs(limit=None) == []
+
+
+def test_a_line_that_would_make_a_regex_backtrack_is_parsed(setup) -> None:
+    """The TOML line index runs in the root daemon's loop: no pattern may backtrack.
+    (The patterns this replaced took ~5 s on this input and minutes on a longer one;
+    a regression shows up in this test's duration, no clock is asserted.)"""
+    actions, owner, _other = setup
+    text = ('description = """\n[[' + " " * 3_000 + "x\n[" + " " * 3_000 + 'y\n"""\n'
+            + PLAN)
+    reply = submit(actions, owner, text)
+    assert reply["ok"], reply

@@ -321,3 +321,20 @@ def test_a_polling_reader_leaves_the_immutable_view_when_a_writer_returns(
     assert child.stdout.readline() == "False 2\n"  # live again, through the writer's WAL
     assert child.wait(30) == 0
     writer.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the checks are root's")
+def test_root_refuses_a_db_file_others_may_write_or_keep_a_link_to(tmp_path: Path) -> None:
+    """What an older install may have left: a group-writable DB, or a hard link to it
+    kept elsewhere by someone who could once write the directory."""
+    db = tmp_path / "state.db"
+    Store.open(str(db)).close()
+    db.chmod(0o660)
+    with pytest.raises(StoreError, match="not a file only root may write"):
+        Store.open(str(db))
+    db.chmod(0o640)
+    os.link(db, tmp_path / "kept")
+    with pytest.raises(StoreError, match="2 link"):
+        Store.open(str(db))
+    (tmp_path / "kept").unlink()
+    Store.open(str(db)).close()
