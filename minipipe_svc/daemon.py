@@ -127,6 +127,8 @@ class Daemon:
             return 1
         try:
             self.store = Store.open(self.config.db_path)
+            for thing in self.store.repair_schema():
+                log.warning("dropped %s from the state DB: not minipipe's", thing)
         except StoreError as exc:
             log.error("cannot open the state DB: %s", exc)
             return 1

@@ -54,7 +54,8 @@ STRIPPED_ENV = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", 
                 # directories are root's.
                 "JOURNAL_STREAM", "INVOCATION_ID", "SYSTEMD_EXEC_PID", "MAINPID",
                 "MANAGERPID", "RUNTIME_DIRECTORY", "STATE_DIRECTORY", "LOGS_DIRECTORY",
-                "CONFIGURATION_DIRECTORY", "CACHE_DIRECTORY", "CREDENTIALS_DIRECTORY")
+                "CONFIGURATION_DIRECTORY", "CACHE_DIRECTORY", "CREDENTIALS_DIRECTORY",
+                "MEMORY_PRESSURE_WATCH", "MEMORY_PRESSURE_WRITE")
 
 
 def clean_environment(environ: dict[str, str]) -> dict[str, str]:

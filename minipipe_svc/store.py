@@ -461,6 +461,40 @@ class Store:
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
+    def repair_schema(self) -> list[str]:
+        """Make the schema exactly minipipe's: drop every view, trigger, table and index
+        it does not define, recreate its own triggers and recount run_counts.
+
+        Until 0.2.0 every group member could write the DB: a trigger planted then would
+        run inside the root daemon's own writes (e.g. rewrite who submitted a run).
+        The daemon calls this once at start. Returns what it dropped, for the log.
+        """
+        known_tables = {"runs", "steps", "events", "settings", "run_counts", "sqlite_sequence"}
+        known_indexes = {"runs_by_queue", "events_by_run", "runs_by_finished",
+                         "runs_by_submitter"}
+        triggers = [statement for statement in _statements(_SCHEMA_V3)
+                    if statement.lstrip().upper().startswith("CREATE TRIGGER")]
+        dropped = []
+        with self._write() as conn:
+            for kind, name in conn.execute(
+                    "SELECT type, name FROM sqlite_master WHERE type IN "
+                    "('view', 'trigger', 'table', 'index') ORDER BY type = 'table'").fetchall():
+                ours = (kind == "trigger" or (kind == "table" and name in known_tables)
+                        or (kind == "index" and (name in known_indexes
+                                                 or name.startswith("sqlite_autoindex_"))))
+                if kind == "trigger":
+                    conn.execute(f'DROP TRIGGER "{name.replace(chr(34), chr(34) * 2)}"')
+                elif not ours:
+                    conn.execute(f'DROP {kind.upper()} IF EXISTS '
+                                 f'"{name.replace(chr(34), chr(34) * 2)}"')
+                    dropped.append(f"{kind} {name}")
+            for statement in triggers:
+                conn.execute(statement)
+            conn.execute("DELETE FROM run_counts")
+            conn.execute("INSERT INTO run_counts (state, n) "
+                         "SELECT state, count(*) FROM runs GROUP BY state")
+        return dropped
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         if self.readonly:
@@ -850,32 +884,37 @@ class Store:
                 self._event(conn, None, "runs_deleted", ids=ids, before=cutoff)
         return ids
 
-    def write_lock_holders(self) -> list[int]:
+    def write_lock_holders(self, locks: str | None = None) -> list[int]:
         """Other processes holding a lock that keeps writers out (SQLite's WAL write,
-        checkpoint and recovery bytes in -shm), as the kernel reports them (F_GETLK).
+        checkpoint and recovery bytes in -shm), read from /proc/locks.
 
         Any reader with the -shm open may take them and stall every write; the daemon
-        names them in its log when writes keep failing on a lock.
+        names them in its log when writes keep failing on a lock. (Read from
+        /proc/locks, not asked with fcntl: opening and closing -shm here would drop
+        this process's own SQLite locks on it.)
         """
-        import fcntl
-        import struct
-
-        holders: set[int] = set()
         try:
-            fd = os.open(self.path + "-shm", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            info = os.stat(self.path + "-shm")
+            if locks is None:
+                with open("/proc/locks") as handle:
+                    locks = handle.read()
         except OSError:
             return []
-        try:
-            for offset in (WAL_WRITE_LOCK_BYTE, WAL_WRITE_LOCK_BYTE + 1, WAL_WRITE_LOCK_BYTE + 2):
-                query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
-                answer = fcntl.fcntl(fd, fcntl.F_GETLK, query)
-                kind, _whence, _start, _length, pid = struct.unpack("hhqqi", answer)
-                if kind != fcntl.F_UNLCK and pid > 0:
-                    holders.add(pid)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+        wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+        first, last = WAL_WRITE_LOCK_BYTE, WAL_WRITE_LOCK_BYTE + 2
+        holders = set()
+        for line in locks.splitlines():
+            fields = line.split()
+            # "3: POSIX  ADVISORY  READ 1234 fe:00:2146330 120 120" (waiters have "->")
+            if len(fields) != 8 or fields[1] not in ("POSIX", "OFDLCK") or fields[5] != wanted:
+                continue
+            try:
+                pid, start = int(fields[4]), int(fields[6])
+                end = last if fields[7] == "EOF" else int(fields[7])
+            except ValueError:
+                continue
+            if start <= last and end >= first and pid > 0 and pid != os.getpid():
+                holders.add(pid)
         return sorted(holders)
 
     def integrity_check(self) -> str:

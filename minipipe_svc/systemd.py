@@ -46,13 +46,19 @@ class ShuttingDown(Exception):
 
 
 def in_unit(pid: int, unit: str) -> bool:
-    """Whether process `pid` lives in `unit`'s cgroup (kernel-maintained, unforgeable)."""
+    """Whether process `pid` lives in `unit`'s cgroup in minipipe.slice (kernel-kept)."""
     try:
         with open(f"/proc/{pid}/cgroup") as handle:
-            paths = [line.rstrip("\n").split(":", 2)[2] for line in handle if line.count(":") >= 2]
-    except (OSError, IndexError):
+            return cgroup_in_unit(handle.read(), unit)
+    except OSError:
         return False
-    return any(path.endswith(f"/{unit}") for path in paths)
+
+
+def cgroup_in_unit(cgroup: str, unit: str) -> bool:
+    """The rule for /proc/PID/cgroup's text (pure): the whole path, since a user's own
+    `systemd-run --user --scope --unit=<same name>` ends the same way elsewhere."""
+    paths = [line.split(":", 2)[2] for line in cgroup.splitlines() if line.count(":") >= 2]
+    return f"/{SLICE}/{unit}" in paths
 
 
 def stop_unit(unit: str) -> None:

@@ -281,7 +281,13 @@ def test_processes_that_keep_writers_out_are_named(tmp_path: Path) -> None:
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        def own_locks() -> int:
+            with open("/proc/locks") as handle:
+                return sum(f" {os.getpid()} " in line for line in handle)
+
+        before = own_locks()
         assert store.write_lock_holders() == [holder.pid]
+        assert own_locks() == before > 0, "asking must not drop this process's own locks"
     finally:
         holder.kill()
         holder.wait()
@@ -338,3 +344,29 @@ def test_root_refuses_a_db_file_others_may_write_or_keep_a_link_to(tmp_path: Pat
         Store.open(str(db))
     (tmp_path / "kept").unlink()
     Store.open(str(db)).close()
+
+
+def test_a_trigger_planted_in_an_older_db_is_dropped_before_it_can_run(tmp_path: Path) -> None:
+    """0.1.0's DB was writable by every group member: a trigger planted then would fire
+    inside the root daemon's writes. The daemon's repair leaves only minipipe's schema."""
+    db = tmp_path / "state.db"
+    Store.open(str(db)).close()
+    planted = sqlite3.connect(db)
+    planted.executescript(
+        "CREATE TRIGGER zz AFTER INSERT ON runs BEGIN "
+        "UPDATE runs SET submitted_uid = 4242, umask = 0 WHERE id = NEW.id; END;"
+        "DROP TRIGGER run_counts_insert;"
+        "CREATE TRIGGER run_counts_insert AFTER INSERT ON runs BEGIN "
+        "UPDATE settings SET value = '1'; END;"
+        "CREATE VIEW v AS SELECT 1; CREATE TABLE extra (x); CREATE INDEX odd ON runs (name);")
+    planted.close()
+    with Store.open(str(db)) as store:
+        assert sorted(store.repair_schema()) == ["index odd", "table extra", "view v"]
+        run_id = store.submit(PLAN, source=None, submitted_by="t", submitted_uid=1000)
+        run = store.get_run(run_id)
+        assert (run.submitted_uid, run.umask) == (1000, None)
+        assert store.counts()["PENDING"] == 1  # the real counting trigger is back
+        names = {row[0] for row in store.conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        assert names == {"run_counts_insert", "run_counts_update", "run_counts_delete"}
+        assert store.repair_schema() == []  # idempotent

@@ -106,3 +106,18 @@ def test_private_tmp_is_read_from_the_tmp_mount_root() -> None:
     assert private_tmp(host + service)
     assert not private_tmp(host)
     assert not private_tmp(host + tmpfs)
+
+
+def test_a_process_is_in_a_runs_scope_only_under_minipipe_slice() -> None:
+    from minipipe_svc.systemd import cgroup_in_unit
+
+    cases = {
+        "0::/minipipe.slice/minipipe-run-7.scope\n": True,
+        "1:name=systemd:/minipipe.slice/minipipe-run-7.scope\n0::/\n": True,
+        "0::/user.slice/user-1000.slice/user@1000.service/app.slice/minipipe-run-7.scope\n":
+            False,
+        "0::/minipipe.slice/minipipe-run-70.scope\n": False,
+        "garbage": False,
+    }
+    for content, expected in cases.items():
+        assert cgroup_in_unit(content, "minipipe-run-7.scope") is expected, content
