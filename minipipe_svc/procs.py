@@ -11,7 +11,7 @@ import contextlib
 import functools
 import os
 import signal
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -171,36 +171,50 @@ def kill_orphaned_group(pgid: int | None, leader_start: int | None) -> int:
     return killed
 
 
+class FileLock(NamedTuple):
+    kind: str   # FLOCK, POSIX or OFDLCK
+    mode: str   # READ or WRITE
+    pid: int    # -1 for an open file description lock
+    start: int
+    end: int | None  # None: to the end of the file
+
+
+def locks_on(path: str, locks: str | None = None) -> list[FileLock]:
+    """The locks held on `path` (not the waiters), as /proc/locks lists them.
+
+    Read without opening the file: closing a descriptor of a file drops every POSIX
+    lock this process holds on it, and some files are root's alone.
+    """
+    try:
+        info = os.stat(path)
+        if locks is None:
+            with open("/proc/locks") as handle:
+                locks = handle.read()
+    except OSError:
+        return []
+    wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    found = []
+    for line in locks.splitlines():
+        fields = line.split()
+        # "3: POSIX  ADVISORY  READ 1234 fe:00:2146330 120 120" (waiters have "->")
+        if len(fields) != 8 or fields[5] != wanted:
+            continue
+        try:
+            found.append(FileLock(fields[1], fields[3], int(fields[4]), int(fields[6]),
+                                  None if fields[7] == "EOF" else int(fields[7])))
+        except ValueError:
+            continue
+    return found
+
+
 def exclusive_flock_held(path: str, locks: str | None = None) -> bool:
-    """Whether some process holds an exclusive flock on `path`, read from /proc/locks.
+    """Whether some process holds an exclusive flock on `path`.
 
     Nobody needs to open the file for this, so the daemon's lock file can be root's
     alone: a reader allowed to open it could take the lock first and keep the
     daemon from starting.
     """
-    try:
-        info = os.stat(path)
-    except OSError:
-        return False
-    if locks is None:
-        try:
-            with open("/proc/locks") as handle:
-                locks = handle.read()
-        except OSError:
-            return False
-    wanted = (os.major(info.st_dev), os.minor(info.st_dev), info.st_ino)
-    for line in locks.splitlines():
-        fields = line.split()
-        # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2146330 0 EOF" (blocked waiters: "->")
-        if len(fields) < 6 or fields[1] != "FLOCK" or fields[3] != "WRITE":
-            continue
-        try:
-            major, minor, inode = fields[5].split(":")
-            if (int(major, 16), int(minor, 16), int(inode)) == wanted:
-                return True
-        except ValueError:
-            continue
-    return False
+    return any(lock.kind == "FLOCK" and lock.mode == "WRITE" for lock in locks_on(path, locks))
 
 
 def describe_exit(status: int) -> tuple[int, str | None]:

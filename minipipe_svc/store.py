@@ -886,36 +886,18 @@ class Store:
 
     def write_lock_holders(self, locks: str | None = None) -> list[int]:
         """Other processes holding a lock that keeps writers out (SQLite's WAL write,
-        checkpoint and recovery bytes in -shm), read from /proc/locks.
+        checkpoint and recovery bytes in -shm), from /proc/locks.
 
         Any reader with the -shm open may take them and stall every write; the daemon
-        names them in its log when writes keep failing on a lock. (Read from
-        /proc/locks, not asked with fcntl: opening and closing -shm here would drop
-        this process's own SQLite locks on it.)
+        names them in its log when writes keep failing on a lock.
         """
-        try:
-            info = os.stat(self.path + "-shm")
-            if locks is None:
-                with open("/proc/locks") as handle:
-                    locks = handle.read()
-        except OSError:
-            return []
-        wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+        from .procs import locks_on
+
         first, last = WAL_WRITE_LOCK_BYTE, WAL_WRITE_LOCK_BYTE + 2
-        holders = set()
-        for line in locks.splitlines():
-            fields = line.split()
-            # "3: POSIX  ADVISORY  READ 1234 fe:00:2146330 120 120" (waiters have "->")
-            if len(fields) != 8 or fields[1] not in ("POSIX", "OFDLCK") or fields[5] != wanted:
-                continue
-            try:
-                pid, start = int(fields[4]), int(fields[6])
-                end = last if fields[7] == "EOF" else int(fields[7])
-            except ValueError:
-                continue
-            if start <= last and end >= first and pid > 0 and pid != os.getpid():
-                holders.add(pid)
-        return sorted(holders)
+        return sorted({lock.pid for lock in locks_on(self.path + "-shm", locks)
+                       if lock.kind in ("POSIX", "OFDLCK") and lock.start <= last
+                       and (lock.end is None or lock.end >= first) and lock.pid > 0
+                       and lock.pid != os.getpid()})
 
     def integrity_check(self) -> str:
         return self.conn.execute("PRAGMA integrity_check").fetchone()[0]
