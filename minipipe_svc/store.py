@@ -207,6 +207,30 @@ def _prepare_writable(path: str, directory: str, exists: bool) -> None:
                 os.close(fd)
 
 
+def _lock_holders(path: str, first: int, count: int) -> list[int]:
+    """Pids holding a lock that conflicts with a write lock on bytes first.. of path."""
+    import fcntl
+    import struct
+
+    holders = []
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return []
+    try:
+        for offset in range(first, first + count):
+            query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+            kind, _whence, _start, _length, pid = struct.unpack(
+                "hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, query))
+            if kind != fcntl.F_UNLCK and pid > 0:
+                holders.append(pid)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return holders
+
+
 def _unsafe_file(path: str) -> str | None:
     """Why a DB file root is about to write is not root's alone, or None.
 
@@ -884,20 +908,29 @@ class Store:
                 self._event(conn, None, "runs_deleted", ids=ids, before=cutoff)
         return ids
 
-    def write_lock_holders(self, locks: str | None = None) -> list[int]:
+    def write_lock_holders(self) -> list[int]:
         """Other processes holding a lock that keeps writers out (SQLite's WAL write,
-        checkpoint and recovery bytes in -shm), from /proc/locks.
+        checkpoint and recovery bytes in -shm), as the kernel reports them (F_GETLK).
 
         Any reader with the -shm open may take them and stall every write; the daemon
-        names them in its log when writes keep failing on a lock.
+        names them in its log when writes keep failing on a lock. Asked from a forked
+        child: closing a descriptor of -shm here would drop this process's own SQLite
+        locks on it (POSIX), and /proc/locks names another inode on overlayfs.
         """
-        from .procs import locks_on
-
-        first, last = WAL_WRITE_LOCK_BYTE, WAL_WRITE_LOCK_BYTE + 2
-        return sorted({lock.pid for lock in locks_on(self.path + "-shm", locks)
-                       if lock.kind in ("POSIX", "OFDLCK") and lock.start <= last
-                       and (lock.end is None or lock.end >= first) and lock.pid > 0
-                       and lock.pid != os.getpid()})
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(read_end)
+                os.write(write_end, " ".join(map(str, _lock_holders(
+                    self.path + "-shm", WAL_WRITE_LOCK_BYTE, 3))).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as pipe:
+            answer = pipe.read().decode()
+        os.waitpid(pid, 0)
+        return sorted({int(p) for p in answer.split() if p.isdigit()} - {os.getpid()})
 
     def integrity_check(self) -> str:
         return self.conn.execute("PRAGMA integrity_check").fetchone()[0]

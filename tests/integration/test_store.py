@@ -288,6 +288,7 @@ def test_processes_that_keep_writers_out_are_named(tmp_path: Path) -> None:
         before = own_locks()
         assert store.write_lock_holders() == [holder.pid]
         assert own_locks() == before > 0, "asking must not drop this process's own locks"
+        assert store.integrity_check() == "ok"
     finally:
         holder.kill()
         holder.wait()
