@@ -11,7 +11,7 @@ import contextlib
 import functools
 import os
 import signal
-from typing import Any, NamedTuple
+from typing import Any
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -171,19 +171,13 @@ def kill_orphaned_group(pgid: int | None, leader_start: int | None) -> int:
     return killed
 
 
-class FileLock(NamedTuple):
-    kind: str   # FLOCK, POSIX or OFDLCK
-    mode: str   # READ or WRITE
-    pid: int    # -1 for an open file description lock
-    start: int
-    end: int | None  # None: to the end of the file
+def exclusive_flock_held(path: str, locks: str | None = None) -> bool:
+    """Whether some process holds an exclusive flock on `path`, read from /proc/locks.
 
-
-def locks_on(path: str, locks: str | None = None) -> list[FileLock]:
-    """The locks held on `path` (not the waiters), as /proc/locks lists them.
-
-    Read without opening the file: closing a descriptor of a file drops every POSIX
-    lock this process holds on it, and some files are root's alone.
+    Nobody needs to open the file for this (and closing a descriptor of it would
+    drop this process's own POSIX locks on it), so the daemon's lock file can be
+    root's alone: a reader allowed to open it could take the lock first and keep
+    the daemon from starting.
     """
     try:
         info = os.stat(path)
@@ -191,30 +185,12 @@ def locks_on(path: str, locks: str | None = None) -> list[FileLock]:
             with open("/proc/locks") as handle:
                 locks = handle.read()
     except OSError:
-        return []
+        return False
     wanted = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
-    found = []
-    for line in locks.splitlines():
-        fields = line.split()
-        # "3: POSIX  ADVISORY  READ 1234 fe:00:2146330 120 120" (waiters have "->")
-        if len(fields) != 8 or fields[5] != wanted:
-            continue
-        try:
-            found.append(FileLock(fields[1], fields[3], int(fields[4]), int(fields[6]),
-                                  None if fields[7] == "EOF" else int(fields[7])))
-        except ValueError:
-            continue
-    return found
-
-
-def exclusive_flock_held(path: str, locks: str | None = None) -> bool:
-    """Whether some process holds an exclusive flock on `path`.
-
-    Nobody needs to open the file for this, so the daemon's lock file can be root's
-    alone: a reader allowed to open it could take the lock first and keep the
-    daemon from starting.
-    """
-    return any(lock.kind == "FLOCK" and lock.mode == "WRITE" for lock in locks_on(path, locks))
+    # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2146330 0 EOF" (waiters have an extra "->")
+    return any(fields[1:2] == ["FLOCK"] and fields[3:4] == ["WRITE"] and fields[5:6] == [wanted]
+               for fields in (line.split() for line in locks.splitlines())
+               if len(fields) == 8)
 
 
 def describe_exit(status: int) -> tuple[int, str | None]:
