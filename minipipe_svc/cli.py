@@ -25,7 +25,7 @@ from . import __version__
 from .config import Config, ConfigError, load_config
 from .model import RunState
 from .procs import user_name
-from .store import ConflictError, NoSuchRun, Store, StoreError
+from .store import NoSuchRun, Store, StoreError
 
 if TYPE_CHECKING:
     from .client import ClientError
@@ -86,16 +86,15 @@ class Context:
         return self._config
 
     @contextmanager
-    def store(self, *, create: bool = False, readonly: bool = False) -> Iterator[Store]:
+    def store(self) -> Iterator[Store]:
+        """The DB, read-only: every change goes through the daemon (`call`)."""
         try:
-            store = Store.open(self.config.db_path, create=create, readonly=readonly)
+            store = Store.open(self.config.db_path, readonly=True)
         except StoreError as exc:
             raise Failure(str(exc)) from None
         try:
             yield store
         except NoSuchRun as exc:
-            raise UserError(str(exc)) from None
-        except ConflictError as exc:
             raise UserError(str(exc)) from None
         except StoreError as exc:
             raise Failure(str(exc)) from None
@@ -221,7 +220,7 @@ def list_runs(ctx: Context, show_all: bool, limit: int, states: tuple[str, ...],
 
     if mine and owner:
         raise UserError("use either --mine or --user NAME")
-    with ctx.store(readonly=True) as store:
+    with ctx.store() as store:
         runs = store.list_runs(limit=None if show_all else limit,
                                states=tuple(RunState(s.upper()) for s in states) or None,
                                submitted_by=user_name() if mine else owner)
@@ -256,7 +255,7 @@ def show(ctx: Context, run_id: int, event_count: int, as_json: bool) -> None:
     from .output import journal_shortfall
     from .render import event_json, event_text, run_json, step_json, steps_table
 
-    with ctx.store(readonly=True) as store:
+    with ctx.store() as store:
         run = store.get_run(run_id)
         steps = store.get_steps(run_id)
         events = store.last_events(run_id, event_count)
@@ -344,7 +343,7 @@ def logs(ctx: Context, run_id: int, follow: bool, step_id: str | None, raw: bool
 
     shown = printable if not raw and stdout_is_terminal() else keep
 
-    with ctx.store(readonly=True) as store:
+    with ctx.store() as store:
         run = store.get_run(run_id)
         if step_id is not None and step_id not in {s.step_id for s in store.get_steps(run_id)}:
             raise UserError(f"run {run_id} has no step {step_id!r}")
@@ -419,7 +418,7 @@ def retry(ctx: Context, run_id: int) -> None:
 def wait(ctx: Context, run_id: int, timeout: float | None) -> None:
     """Block until a run ends; exit status 0 only if it SUCCEEDED."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    with ctx.store(readonly=True) as store:
+    with ctx.store() as store:
         while True:
             run = store.get_run(run_id)
             if run.state.is_terminal:
@@ -449,7 +448,7 @@ def status(ctx: Context, as_json: bool) -> None:
     Is the daemon running, is the queue paused, how many runs are in each state.
     """
     alive = _daemon_running(ctx.config.lock_path)
-    with ctx.store(readonly=True) as store:
+    with ctx.store() as store:
         counts = store.counts()
         paused = store.is_paused()
     if as_json:
