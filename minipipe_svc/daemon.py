@@ -403,8 +403,7 @@ class Daemon:
                 except OSError as exc:
                     launched.append((run, exc))
         finally:
-            self.store = Store.open(self.config.db_path)
-            self.actions.store = self.store
+            self.store.reopen()
         for run, runner in launched:
             if isinstance(runner, OSError):
                 reason = f"could not start the runner: {runner.strerror or runner}"

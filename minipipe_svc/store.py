@@ -402,8 +402,9 @@ class Store:
     """One connection to the state DB. Not shared between threads or processes."""
 
     def __init__(self, conn: sqlite3.Connection, path: str, readonly: bool,
-                 immutable: bool = False) -> None:
+                 immutable: bool = False, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.conn, self.path, self.readonly = conn, path, readonly
+        self.busy_timeout_ms = busy_timeout_ms
         # Opened while no writer had the DB open: this view never changes by itself.
         self.immutable = immutable
 
@@ -432,7 +433,7 @@ class Store:
             _prepare_writable(path, directory, exists)
         try:
             conn, immutable = _connect(path, readonly, busy_timeout_ms)
-            store = cls(conn, path, readonly, immutable)
+            store = cls(conn, path, readonly, immutable, busy_timeout_ms)
             if not readonly:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
@@ -445,6 +446,14 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+
+    def reopen(self) -> None:
+        """A fresh connection in this same Store, after close() (the daemon closes its
+        own around fork(): SQLite's locks do not survive one). Holders of this object
+        keep using it."""
+        fresh = Store.open(self.path, readonly=self.readonly, create=False,
+                           busy_timeout_ms=self.busy_timeout_ms)
+        self.conn, self.immutable = fresh.conn, fresh.immutable
 
     def reopen_if_stale(self) -> None:
         """For readers that poll: an immutable view is replaced by a live one as soon
