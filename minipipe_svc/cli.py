@@ -11,11 +11,10 @@ Exit statuses (also in `minipipe --help` and the README):
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -25,6 +24,7 @@ from . import __version__
 from .config import Config, ConfigError, load_config
 from .model import RunState
 from .procs import user_name
+from .reads import Printer, ReadError
 from .store import NoSuchRun, Store, StoreError
 
 if TYPE_CHECKING:
@@ -105,11 +105,20 @@ class Context:
         if not self.colour:
             return text
         if state is not None:
-            from .render import STATE_COLOURS
-
-            colour, bold = STATE_COLOURS.get(state, ("white", False))
-            return click.style(text, fg=colour, bold=bold)
+            return self.printer.style(text, state)
         return click.style(text, **kwargs)
+
+    @property
+    def printer(self) -> Printer:
+        return Printer(self.colour)
+
+    def read(self, command: Callable[..., None], *args: Any, **options: Any) -> None:
+        """Run a read command (reads.py); its ReadError becomes the CLI error."""
+        try:
+            command(self.config, self.printer, *args, **options)
+        except ReadError as exc:
+            raise (UserError(str(exc)) if exc.exit_status == EXIT_BAD_INPUT
+                   else Failure(str(exc))) from None
 
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
         """One request to the daemon; its refusal becomes the CLI error it names."""
@@ -127,10 +136,6 @@ def _cli_error(exc: ClientError) -> click.ClickException:
 
 
 pass_ctx = click.make_pass_decorator(Context)
-
-
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2))
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
@@ -216,28 +221,12 @@ def list_runs(ctx: Context, show_all: bool, limit: int, states: tuple[str, ...],
     running), and how long ago it was submitted. `--json` includes each run's
     submitted_by (the user the daemon saw submit it).
     """
-    from .render import keep, printable, run_json, runs_table, stdout_is_terminal
+    from . import reads
 
     if mine and owner:
         raise UserError("use either --mine or --user NAME")
-    with ctx.store() as store:
-        runs = store.list_runs(limit=None if show_all else limit,
-                               states=tuple(RunState(s.upper()) for s in states) or None,
-                               submitted_by=user_name() if mine else owner)
-    if as_json:
-        _echo_json([run_json(r) for r in runs])
-        return
-    if not runs:
-        click.echo("no runs yet; submit one with `minipipe submit PLAN`", err=True)
-        return
-    lines, row_states = runs_table(runs, shown=printable if stdout_is_terminal() else keep)
-    click.echo(ctx.style(lines[0], bold=True))
-    for line, state in zip(lines[1:], row_states, strict=True):
-        click.echo(_colour_state_cell(ctx, line, state))
-
-
-def _colour_state_cell(ctx: Context, line: str, state: str) -> str:
-    return line.replace(state, ctx.style(state, state), 1) if ctx.colour else line
+    ctx.read(reads.list_runs, limit=None if show_all else limit, states=states,
+             submitted_by=user_name() if mine else owner, as_json=as_json)
 
 
 @cli.command()
@@ -252,64 +241,9 @@ def show(ctx: Context, run_id: int, event_count: int, as_json: bool) -> None:
     On a terminal, control characters in the run's text (name, steps, reasons,
     events) are shown as escapes, e.g. ESC as \\x1b; --json keeps them JSON-escaped.
     """
-    from .output import journal_shortfall
-    from .render import event_json, event_text, run_json, step_json, steps_table
+    from . import reads
 
-    with ctx.store() as store:
-        run = store.get_run(run_id)
-        steps = store.get_steps(run_id)
-        events = store.last_events(run_id, event_count)
-        lost = sum(e.detail.get("lines", 0) for e in store.events(run_id=run_id)
-                   if e.kind == "log_lines_lost")
-        output_lines = store.output_lines(run_id)
-        shortfall = journal_shortfall(store, run)
-    if as_json:
-        _echo_json({**run_json(run), "steps": [step_json(s) for s in steps],
-                    "events": [event_json(e) for e in events], "log_lines_lost": lost,
-                    "output_lines": output_lines,
-                    "journal_lines_missing": shortfall[1] - shortfall[0] if shortfall else 0})
-        return
-    from .render import elapsed, keep, printable, stdout_is_terminal
-
-    shown = printable if stdout_is_terminal() else keep
-    click.echo(f"{ctx.style(f'run {run.id}', bold=True)}  {shown(run.name)}  "
-               f"{ctx.style(run.state.value, run.state.value)}")
-    facts = [("phase", run.phase or "-"), ("steps", f"{run.steps_done}/{run.steps_total}"),
-             ("attempt", str(run.attempt)), ("priority", str(run.priority)),
-             ("duration", elapsed(run.started_at, run.finished_at)),
-             ("created", run.created_at), ("started", run.started_at or "-"),
-             ("finished", run.finished_at or "-"),
-             ("exit code", "-" if run.exit_code is None else str(run.exit_code))]
-    if run.reason:
-        facts.append(("reason", run.reason))
-    if run.cancel_requested:
-        facts.append(("cancel", "requested"))
-    if run.submitted_by:
-        facts.append(("by", run.submitted_by + (f" (steps ran as {run.run_user})"
-                                                if run.run_user and run.run_user
-                                                != run.submitted_by else "")))
-    if run.plan_source:
-        facts.append(("plan", run.plan_source))
-    if output_lines is not None:
-        facts.append(("output", f"{output_lines} line(s)"))
-    if lost:
-        facts.append(("lost", f"{lost} line(s) could not be stored anywhere"))
-    if shortfall:
-        facts.append(("journal", f"kept {shortfall[0]} of {shortfall[1]} lines (journald "
-                                 f"dropped {shortfall[1] - shortfall[0]}); `minipipe logs` "
-                                 "shows the complete file mirror"))
-    for key, value in facts:
-        click.echo(f"  {key + ':':<11}{shown(value)}")
-    click.echo()
-    lines = steps_table(steps, shown=shown)
-    click.echo(ctx.style(lines[0], bold=True))
-    for line, step in zip(lines[1:], steps, strict=True):
-        click.echo(_colour_state_cell(ctx, line, step.state.value))
-    if events:
-        click.echo()
-        click.echo(ctx.style("events", bold=True))
-        for event in events:
-            click.echo(f"  {shown(event_text(event))}")
+    ctx.read(reads.show_run, run_id, event_count=event_count, as_json=as_json)
 
 
 @cli.command()
@@ -447,46 +381,9 @@ def status(ctx: Context, as_json: bool) -> None:
 
     Is the daemon running, is the queue paused, how many runs are in each state.
     """
-    alive = _daemon_running(ctx.config.lock_path)
-    with ctx.store() as store:
-        counts = store.counts()
-        paused = store.is_paused()
-    if as_json:
-        _echo_json({"daemon_running": alive, "paused": paused, "counts": counts,
-                    "db_path": ctx.config.db_path})
-        return
-    activation = "; socket-activated: the next request starts it" if (
-        not alive and os.path.exists(ctx.config.socket_path)) else ""
-    click.echo(f"daemon: {'running' if alive else ctx.style('not running', fg='red')}"
-               f"{activation}")
-    click.echo(f"queue:  {ctx.style('paused', fg='yellow') if paused else 'accepting'}")
-    for state, count in counts.items():
-        click.echo(f"  {ctx.style(f'{state:<12}', state)}{count}")
+    from . import reads
 
-
-def _daemon_running(lock_path: str) -> bool:
-    """Whether a daemon holds its lock, seen in /proc/locks: without asking it (asking
-    would start a socket-activated one) and without opening its lock file."""
-    from .procs import exclusive_flock_held
-
-    if exclusive_flock_held(lock_path):
-        return True
-    # /proc/locks names the underlying inode on overlayfs (a container's disk). Whoever
-    # may open the lock (the private instance's own user, root) may also just test it:
-    # a daemon starting meanwhile waits a moment for it.
-    import fcntl
-
-    try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    ctx.read(reads.status, as_json=as_json)
 
 
 @cli.command()

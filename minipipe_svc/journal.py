@@ -15,7 +15,6 @@ import configparser
 import contextlib
 import functools
 import glob
-import os
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -249,16 +248,3 @@ def _run_entries(run_id: int, since: str | None = None,
         yield reader
     finally:
         reader.close()
-
-
-def journal_readable() -> bool:
-    """Whether this user can read system journal entries at all (root, systemd-journal, adm)."""
-    if os.geteuid() == 0:
-        return True
-    try:
-        import grp
-
-        groups = {grp.getgrgid(g).gr_name for g in os.getgroups()}
-    except KeyError:
-        groups = set()
-    return bool(groups & {"systemd-journal", "adm", "wheel"})

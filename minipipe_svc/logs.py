@@ -12,21 +12,21 @@ the text keeps any tabs of its own. `tail -f` works on it; `minipipe logs` parse
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Protocol
+from collections import namedtuple
 
 from .store import utc_now
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Protocol
+else:  # `show` and `logs` must not pay for importing typing (bench/ figure 7)
+    Protocol = object
 
 STREAMS = ("stdout", "stderr", "minipipe")
 
 
-@dataclass(frozen=True)
-class LogLine:
-    ts: str
-    step_id: str
-    attempt: int
-    stream: str
-    text: str
+# One output line: ts str, step_id str, attempt int, stream str (STREAMS), text str.
+LogLine = namedtuple("LogLine", ["ts", "step_id", "attempt", "stream", "text"])
 
 
 class LogSink(Protocol):

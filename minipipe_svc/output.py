@@ -56,7 +56,7 @@ class OutputReader:
                               f"({self.path} does not exist)")
 
     def _from_journal(self, follow: bool) -> Iterator[LogLine]:
-        from .journal import journal_readable, read_journal
+        from .journal import read_journal
 
         if not journal_readable():
             self.notes.append(f"{NO_JOURNAL_ACCESS}; showing the file mirror {self.path}")
@@ -113,13 +113,13 @@ def _journal_module() -> bool:
 
 def journal_shortfall(store: Store, run: RunRow) -> tuple[int, int] | None:
     """(lines the journal kept, lines written) for a finished run in a scope, if short."""
-    if not run.unit or not run.state.is_terminal or not _journal_module():
+    if not run.unit or not run.state.is_terminal or not journal_readable():
         return None
-    from .journal import count_journal_lines, journal_readable
-
     expected = store.output_lines(run.id)
-    if expected is None or not journal_readable():
+    if expected is None or not _journal_module():
         return None
+    from .journal import count_journal_lines
+
     kept = count_journal_lines(run.id, since=run.created_at)
     return (kept, expected) if kept < expected else None
 
@@ -143,8 +143,6 @@ class OutputFollower:
         self.note: str | None = None
         self.source = "file"
         if run.unit and _journal_module():
-            from .journal import journal_readable
-
             if journal_readable():
                 self.source = "journal"
             else:
@@ -171,3 +169,16 @@ class OutputFollower:
             if len(lines) > self.backlog:
                 lines = lines[-self.backlog:]
         return lines
+
+
+def journal_readable() -> bool:
+    """Whether this user can read system journal entries at all (root, systemd-journal, adm)."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        import grp
+
+        groups = {grp.getgrgid(g).gr_name for g in os.getgroups()}
+    except KeyError:
+        groups = set()
+    return bool(groups & {"systemd-journal", "adm", "wheel"})

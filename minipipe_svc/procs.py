@@ -11,7 +11,10 @@ import contextlib
 import functools
 import os
 import signal
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _stat_fields(pid: int) -> list[str] | None:

@@ -6,13 +6,24 @@ says what a valid value looks like.
 
 from __future__ import annotations
 
-import re
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import re
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_PART = r"(\d+(?:\.\d+)?)(ms|s|m|h|d)"
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-_SIZE = re.compile(r"(\d+)([KMGT]?)")
-_PERCENT = re.compile(r"(\d+(?:\.\d+)?)%")
+_SIZE = r"(\d+)([KMGT]?)"
+_PERCENT = r"(\d+(?:\.\d+)?)%"
+
+
+def _re(pattern: str) -> re.Pattern[str]:
+    """The compiled pattern; `re` is imported on first parse, not by the read commands
+    that only format durations (bench/ figure 7)."""
+    import re
+
+    return re.compile(pattern)  # re caches compiled patterns
+
 
 DURATION_HELP = 'a duration like "90s", "10m", "1h30m" or a number of seconds'
 SIZE_HELP = 'a size like "512M", "2G" or a number of bytes'
@@ -31,7 +42,7 @@ def parse_duration(value: object, *, maximum: float = 366 * 86400.0) -> float:
         if not text:
             raise ValueError(f"expected {DURATION_HELP}, got an empty string")
         while pos < len(text):
-            match = _DURATION_PART.match(text, pos)
+            match = _re(_DURATION_PART).match(text, pos)
             if not match:
                 raise ValueError(f"expected {DURATION_HELP}, got {value!r}")
             seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
@@ -52,7 +63,7 @@ def parse_size(value: object, *, maximum: int = 1024**5) -> int:
     if isinstance(value, int):
         size = value
     elif isinstance(value, str):
-        match = _SIZE.fullmatch(value.strip().upper().removesuffix("B"))
+        match = _re(_SIZE).fullmatch(value.strip().upper().removesuffix("B"))
         if not match:
             raise ValueError(f"expected {SIZE_HELP}, got {value!r}")
         size = int(match.group(1)) * _SIZE_UNITS[match.group(2)]
@@ -67,7 +78,7 @@ def parse_size(value: object, *, maximum: int = 1024**5) -> int:
 
 def parse_cpu_quota(value: object) -> float:
     """Percent of one CPU from `"200%"`, as systemd's CPUQuota= takes it."""
-    if not isinstance(value, str) or not (match := _PERCENT.fullmatch(value.strip())):
+    if not isinstance(value, str) or not (match := _re(_PERCENT).fullmatch(value.strip())):
         raise ValueError(f"expected {CPU_QUOTA_HELP}, got {value!r}")
     percent = float(match.group(1))
     if not 0 < percent <= 100_000:

@@ -8,15 +8,19 @@ users; `printable` is what makes such text safe to show on a terminal.
 
 from __future__ import annotations
 
-import re
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
 from .model import RunState, StepState
 from .quantities import format_duration
-from .store import EventRow, RunRow, StepRow, parse_time
+from .store import parse_time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: the read commands do not load `typing`
+    from collections.abc import Callable
+    from typing import Any
+
+    from .store import EventRow, RunRow, StepRow
 
 STATE_COLOURS: dict[str, tuple[str, bool]] = {
     RunState.PENDING.value: ("yellow", False),
@@ -36,7 +40,7 @@ _UNPRINTABLE = [*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F, *range(0x80, 0xA0)
                 *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
 _ESCAPES = {code: rf"\x{code:02x}" if code < 0x100 else rf"\u{code:04x}"
             for code in _UNPRINTABLE}
-_HAS_UNPRINTABLE = re.compile("[" + "".join(re.escape(chr(c)) for c in _UNPRINTABLE) + "]")
+_UNPRINTABLE_CHARS = frozenset(map(chr, _UNPRINTABLE))
 
 
 def printable(text: str) -> str:
@@ -51,7 +55,7 @@ def printable(text: str) -> str:
     looks like an escaped ESC, and the exact text is what a pipe or
     `minipipe logs --raw` gives.
     """
-    if not _HAS_UNPRINTABLE.search(text):
+    if _UNPRINTABLE_CHARS.isdisjoint(text):
         return text
     return text.translate(_ESCAPES)
 

@@ -7,14 +7,13 @@ in the same transaction. WAL lets readers (CLI, monitor) never block the writers
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections import namedtuple
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
 
+from . import jsonline
 from .model import (
     RUN_RETRYABLE,
     IllegalTransition,
@@ -23,6 +22,11 @@ from .model import (
     check_run_transition,
     check_step_transition,
 )
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: `typing` is not loaded by the read commands
+    from collections.abc import Iterator
+    from typing import Any
 
 BUSY_TIMEOUT_MS = 10_000
 # SQLite's unix VFS keeps the WAL locks in -shm from byte 120: write, checkpoint, recover.
@@ -307,54 +311,37 @@ def parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-class RunRow(NamedTuple):
-    id: int
-    name: str
-    state: RunState
-    phase: str | None
-    priority: int
-    steps_total: int
-    steps_done: int
-    attempt: int
-    exit_code: int | None
-    reason: str | None
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    plan_source: str | None
-    submitted_by: str | None
-    unit: str | None
-    runner_pid: int | None
-    runner_start: int | None
-    cancel_requested: bool
-    submitted_uid: int | None
-    umask: int | None
-    run_user: str | None
+# Rows as the readers get them. Plain namedtuples, not typing.NamedTuple: `minipipe ls`
+# must not pay for importing `typing` (bench/ figure 7). Field types, for readers:
+#   RunRow: id int, name str, state RunState, phase str|None, priority int, steps_total
+#     int, steps_done int, attempt int, exit_code int|None, reason str|None, created_at
+#     str, started_at/finished_at str|None, plan_source str|None, submitted_by str|None,
+#     unit str|None, runner_pid/runner_start int|None, cancel_requested bool,
+#     submitted_uid int|None, umask int|None, run_user str|None
+#   StepRow: run_id int, idx int, step_id str, phase str, command str, state StepState,
+#     attempt int, started_at/finished_at str|None, exit_code int|None, reason str|None,
+#     pid/pid_start int|None
+#   EventRow: id int, ts str, run_id int|None, step_id str|None, kind str, detail dict
+RunRow = namedtuple("RunRow", [
+    "id", "name", "state", "phase", "priority", "steps_total", "steps_done", "attempt",
+    "exit_code", "reason", "created_at", "started_at", "finished_at", "plan_source",
+    "submitted_by", "unit", "runner_pid", "runner_start", "cancel_requested",
+    "submitted_uid", "umask", "run_user"])
+StepRow = namedtuple("StepRow", [
+    "run_id", "idx", "step_id", "phase", "command", "state", "attempt", "started_at",
+    "finished_at", "exit_code", "reason", "pid", "pid_start"])
+EventRow = namedtuple("EventRow", ["id", "ts", "run_id", "step_id", "kind", "detail"])
 
 
-class StepRow(NamedTuple):
-    run_id: int
-    idx: int
-    step_id: str
-    phase: str
-    command: str
-    state: StepState
-    attempt: int
-    started_at: str | None
-    finished_at: str | None
-    exit_code: int | None
-    reason: str | None
-    pid: int | None
-    pid_start: int | None
+def _dumps(value: object) -> str:
+    """JSON text for the DB; `json` is imported by writers only (it loads `re`)."""
+    import json
+
+    return json.dumps(value)
 
 
-class EventRow(NamedTuple):
-    id: int
-    ts: str
-    run_id: int | None
-    step_id: str | None
-    kind: str
-    detail: dict[str, Any]
+def _loads(text: str) -> Any:
+    return jsonline.loads(text)
 
 
 _RUN_COLUMNS = """
@@ -381,7 +368,7 @@ def _step_row(row: sqlite3.Row) -> StepRow:
 
 def _event_row(row: sqlite3.Row) -> EventRow:
     values = dict(row)
-    values["detail"] = json.loads(values["detail"]) if values["detail"] else {}
+    values["detail"] = _loads(values["detail"]) if values["detail"] else {}
     return EventRow(**values)
 
 
@@ -555,7 +542,7 @@ class Store:
         conn.execute(
             "INSERT INTO events (ts, run_id, step_id, kind, detail) VALUES (?, ?, ?, ?, ?)",
             (utc_now(), run_id, step_id, kind,
-             json.dumps({k: v for k, v in detail.items() if v is not None}) if detail else None),
+             _dumps({k: v for k, v in detail.items() if v is not None}) if detail else None),
         )
 
     def events(self, *, run_id: int | None = None, after_id: int = 0,
@@ -574,13 +561,19 @@ class Store:
             "SELECT * FROM events WHERE run_id = ? ORDER BY id DESC LIMIT ?", (run_id, count))
         return [_event_row(row) for row in reversed(rows.fetchall())]
 
+    def lines_lost(self, run_id: int) -> int:
+        """Output lines the run's runners could store nowhere (their log_lines_lost)."""
+        return sum(_loads(detail or "{}").get("lines", 0) for (detail,) in self.conn.execute(
+            "SELECT detail FROM events WHERE run_id = ? AND kind = 'log_lines_lost'",
+            (run_id,)))
+
     def output_lines(self, run_id: int) -> int | None:
         """Lines the run's runners wrote over all attempts; None if one did not say."""
         total = 0
         for event in self.conn.execute(
                 "SELECT detail FROM events WHERE run_id = ? AND kind = 'run_finished'",
                 (run_id,)):
-            lines = json.loads(event[0] or "{}").get("output_lines")
+            lines = _loads(event[0] or "{}").get("output_lines")
             if lines is None:
                 return None
             total += lines
@@ -602,7 +595,7 @@ class Store:
         row = self.conn.execute("SELECT plan FROM runs WHERE id = ?", (run_id,)).fetchone()
         if row is None:
             raise NoSuchRun(f"no run with id {run_id}")
-        return json.loads(row[0])
+        return _loads(row[0])
 
     def list_runs(self, *, limit: int | None = 20,
                   states: tuple[RunState, ...] | None = None,
@@ -680,7 +673,7 @@ class Store:
                 "INSERT INTO runs (name, plan, plan_source, state, priority, steps_total, "
                 "created_at, submitted_by, submitted_uid, umask) "
                 "VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?, ?, ?)",
-                (plan["name"], json.dumps(plan), source, priority, len(plan["steps"]),
+                (plan["name"], _dumps(plan), source, priority, len(plan["steps"]),
                  utc_now(), submitted_by, submitted_uid, umask))
             run_id = cursor.lastrowid
             assert run_id is not None

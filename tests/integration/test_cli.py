@@ -221,3 +221,55 @@ def test_a_plain_submit_does_not_import_click(running: Instance) -> None:
     baseline = _imports(instance, "-m", "minipipe_svc.__init__")
     assert not (imported - baseline) & {"tomllib", "sqlite3", "typing", "json", "re", "enum",
                                         "contextlib"}, imported - baseline
+
+
+def _through_click(instance: Instance, *args: str) -> subprocess.CompletedProcess[str]:
+    """The same command line, served by the click CLI whatever its form."""
+    return subprocess.run(
+        [sys.executable, "-m", "minipipe_svc.cli", "--config", str(instance.config_path),
+         *args], capture_output=True, text=True, timeout=120,
+        **as_user(instance.user, instance.root))
+
+
+def test_the_fast_read_path_and_click_agree(instance: Instance) -> None:
+    """`ls`, `show RUN`, `status` (the forms `watch` runs) skip click and print the
+    very same bytes and statuses, errors included."""
+    forms = [["ls"], ["ls", "--json"], ["ls", "--mine"], ["status"], ["status", "--json"],
+             ["show", "1"], ["show", "--json", "1"], ["show", "99"]]
+    # No DB yet: the same error, the same status.
+    fast, slow = instance.cli("ls", check=False), _through_click(instance, "ls")
+    assert (fast.returncode, fast.stderr) == (slow.returncode, slow.stderr) != (0, "")
+    instance.start_daemon()
+    instance.submit(TRIVIAL)
+    instance.wait_state(1, "SUCCEEDED")
+    for form in forms:
+        fast, slow = instance.cli(*form, check=False), _through_click(instance, *form)
+        assert (fast.returncode, fast.stdout, fast.stderr) == (
+            slow.returncode, slow.stdout, slow.stderr), form
+    assert instance.cli("show", "99", check=False).returncode == 2
+    assert "no run with id 99" in instance.cli("show", "99", check=False).stderr
+    assert json.loads(instance.cli("show", "--json", "1").stdout)["state"] == "SUCCEEDED"
+
+
+def test_plain_read_commands_import_neither_click_nor_typing(running: Instance) -> None:
+    instance = running
+    instance.submit(TRIVIAL)
+    instance.wait_state(1, "SUCCEEDED")
+    baseline = _imports(instance, "-m", "minipipe_svc.__init__")
+    for form in (["ls"], ["show", "1"], ["status"]):
+        imported = _imports(instance, "-m", "minipipe_svc", "--config",
+                            str(instance.config_path), *form)
+        assert "minipipe_svc.reads" in imported and "sqlite3" in imported, form
+        # Each costs a fraction of Python's own start or more (bench/ figure 7).
+        assert not (imported - baseline) & {"click", "minipipe_svc.cli", "typing", "json",
+                                            "re", "dataclasses", "tomllib"}, form
+
+
+def test_other_read_forms_still_go_through_click(running: Instance) -> None:
+    """Options the fast path does not know are click's: its usage errors and help."""
+    instance = running
+    result = instance.cli("ls", "--limit", "0", check=False)
+    assert result.returncode == 2 and "--limit" in result.stderr
+    result = instance.cli("show", "0", check=False)
+    assert result.returncode == 2 and "is not a run id" in result.stderr
+    assert "Show one run" in instance.cli("show", "--help").stdout

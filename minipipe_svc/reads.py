@@ -1,0 +1,232 @@
+"""The read commands, `ls`, `show` and `status`: what they print, without click.
+
+Operators and scripts run these in loops (`watch minipipe ls`); importing click
+costs three bare Python starts (bench/ figure 7), more than the command. So the
+commands live here, importing only the store, the renderer and the standard
+library's cheapest parts, and both the click CLI (cli.py, which owns options, help
+and every mistake) and the start-up fast path (entry.py, for the plain forms) call
+them. Errors are `ReadError`s carrying the exit status; the callers print them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .model import RunState
+from .render import STATE_COLOURS
+from .store import NoSuchRun, Store, StoreError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .config import Config
+
+EXIT_FAILURE, EXIT_BAD_INPUT = 1, 2
+
+# SGR codes for the colour names STATE_COLOURS uses (click.style's names).
+_COLOURS = {"black": 30, "red": 31, "green": 32, "yellow": 33, "blue": 34, "magenta": 35,
+            "cyan": 36, "white": 37, "bright_black": 90}
+
+
+class ReadError(Exception):
+    """A read command cannot answer; `exit_status` is the CLI's (1 failure, 2 input)."""
+
+    def __init__(self, message: str, exit_status: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
+class Printer:
+    """Lines to stdout, coloured on a terminal unless NO_COLOR is set."""
+
+    def __init__(self, colour: bool | None = None) -> None:
+        self.colour = (sys.stdout.isatty() and "NO_COLOR" not in os.environ
+                       if colour is None else colour)
+
+    def style(self, text: str, state: str | None = None, *, fg: str | None = None,
+              bold: bool = False) -> str:
+        """`text` in a state's colour, or in `fg` and/or bold (as click.style renders)."""
+        if not self.colour:
+            return text
+        if state is not None:
+            fg, bold = STATE_COLOURS.get(state, ("white", False))
+        codes = ([f"\x1b[{_COLOURS[fg]}m"] if fg else []) + (["\x1b[1m"] if bold else [])
+        return "".join(codes) + text + "\x1b[0m" if codes else text
+
+    def state_cell(self, line: str, state: str) -> str:
+        """`line` with its first occurrence of `state` coloured."""
+        return line.replace(state, self.style(state, state), 1) if self.colour else line
+
+    def echo(self, text: str = "") -> None:
+        sys.stdout.write(text + "\n")
+
+    def json(self, data: Any) -> None:
+        import json
+
+        self.echo(json.dumps(data, indent=2))
+
+
+class _Reading:
+    """The DB opened read-only for one command; store errors become ReadErrors."""
+
+    def __init__(self, config: Config) -> None:
+        self.path = config.db_path
+
+    def __enter__(self) -> Store:
+        try:
+            self.store = Store.open(self.path, readonly=True)
+        except StoreError as exc:
+            raise ReadError(str(exc)) from None
+        return self.store
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 _tb: object) -> None:
+        self.store.close()
+        if isinstance(exc, NoSuchRun):
+            raise ReadError(str(exc), EXIT_BAD_INPUT) from None
+        if isinstance(exc, StoreError):
+            raise ReadError(str(exc)) from None
+
+
+def shown_text() -> Any:
+    """What user text goes through: `printable` on a terminal, else unchanged."""
+    from .render import keep, printable, stdout_is_terminal
+
+    return printable if stdout_is_terminal() else keep
+
+
+def list_runs(config: Config, out: Printer, *, limit: int | None = 20,
+              states: tuple[str, ...] = (), submitted_by: str | None = None,
+              as_json: bool = False) -> None:
+    """`minipipe ls`: runs newest first (`limit=None`: all of them)."""
+    from .render import run_json, runs_table
+
+    with _Reading(config) as store:
+        runs = store.list_runs(limit=limit,
+                               states=tuple(RunState(s.upper()) for s in states) or None,
+                               submitted_by=submitted_by)
+    if as_json:
+        out.json([run_json(r) for r in runs])
+        return
+    if not runs:
+        sys.stderr.write("no runs yet; submit one with `minipipe submit PLAN`\n")
+        return
+    lines, row_states = runs_table(runs, shown=shown_text())
+    out.echo(out.style(lines[0], bold=True))
+    for line, state in zip(lines[1:], row_states, strict=True):
+        out.echo(out.state_cell(line, state))
+
+
+def show_run(config: Config, out: Printer, run_id: int, *, event_count: int = 10,
+             as_json: bool = False) -> None:
+    """`minipipe show RUN`: one run, its steps and its latest events."""
+    from .render import elapsed, event_json, event_text, run_json, step_json, steps_table
+
+    with _Reading(config) as store:
+        run = store.get_run(run_id)
+        steps = store.get_steps(run_id)
+        events = store.last_events(run_id, event_count)
+        lost = store.lines_lost(run_id)
+        output_lines = store.output_lines(run_id)
+        shortfall = _journal_shortfall(store, run)
+    if as_json:
+        out.json({**run_json(run), "steps": [step_json(s) for s in steps],
+                  "events": [event_json(e) for e in events], "log_lines_lost": lost,
+                  "output_lines": output_lines,
+                  "journal_lines_missing": shortfall[1] - shortfall[0] if shortfall else 0})
+        return
+    shown = shown_text()
+    out.echo(f"{out.style(f'run {run.id}', bold=True)}  {shown(run.name)}  "
+             f"{out.style(run.state.value, run.state.value)}")
+    facts = [("phase", run.phase or "-"), ("steps", f"{run.steps_done}/{run.steps_total}"),
+             ("attempt", str(run.attempt)), ("priority", str(run.priority)),
+             ("duration", elapsed(run.started_at, run.finished_at)),
+             ("created", run.created_at), ("started", run.started_at or "-"),
+             ("finished", run.finished_at or "-"),
+             ("exit code", "-" if run.exit_code is None else str(run.exit_code))]
+    if run.reason:
+        facts.append(("reason", run.reason))
+    if run.cancel_requested:
+        facts.append(("cancel", "requested"))
+    if run.submitted_by:
+        facts.append(("by", run.submitted_by + (f" (steps ran as {run.run_user})"
+                                                if run.run_user and run.run_user
+                                                != run.submitted_by else "")))
+    if run.plan_source:
+        facts.append(("plan", run.plan_source))
+    if output_lines is not None:
+        facts.append(("output", f"{output_lines} line(s)"))
+    if lost:
+        facts.append(("lost", f"{lost} line(s) could not be stored anywhere"))
+    if shortfall:
+        facts.append(("journal", f"kept {shortfall[0]} of {shortfall[1]} lines (journald "
+                                 f"dropped {shortfall[1] - shortfall[0]}); `minipipe logs` "
+                                 "shows the complete file mirror"))
+    for key, value in facts:
+        out.echo(f"  {key + ':':<11}{shown(value)}")
+    out.echo()
+    lines = steps_table(steps, shown=shown)
+    out.echo(out.style(lines[0], bold=True))
+    for line, step in zip(lines[1:], steps, strict=True):
+        out.echo(out.state_cell(line, step.state.value))
+    if events:
+        out.echo()
+        out.echo(out.style("events", bold=True))
+        for event in events:
+            out.echo(f"  {shown(event_text(event))}")
+
+
+def _journal_shortfall(store: Store, run: Any) -> tuple[int, int] | None:
+    """Only runs that had a journal, and only for readers who may read it, pay for
+    loading python-systemd and counting (see output.journal_shortfall)."""
+    if not run.unit or not run.state.is_terminal:
+        return None
+    from .output import journal_shortfall
+
+    return journal_shortfall(store, run)
+
+
+def status(config: Config, out: Printer, *, as_json: bool = False) -> None:
+    """`minipipe status`: is the daemon up, is the queue paused, runs per state."""
+    alive = daemon_running(config.lock_path)
+    with _Reading(config) as store:
+        counts = store.counts()
+        paused = store.is_paused()
+    if as_json:
+        out.json({"daemon_running": alive, "paused": paused, "counts": counts,
+                  "db_path": config.db_path})
+        return
+    activation = "; socket-activated: the next request starts it" if (
+        not alive and os.path.exists(config.socket_path)) else ""
+    out.echo(f"daemon: {'running' if alive else out.style('not running', fg='red')}"
+             f"{activation}")
+    out.echo(f"queue:  {out.style('paused', fg='yellow') if paused else 'accepting'}")
+    for state, count in counts.items():
+        out.echo(f"  {out.style(f'{state:<12}', state)}{count}")
+
+
+def daemon_running(lock_path: str) -> bool:
+    """Whether a daemon holds its lock, seen in /proc/locks: without asking it (asking
+    would start a socket-activated one) and without opening its lock file."""
+    from .procs import exclusive_flock_held
+
+    if exclusive_flock_held(lock_path):
+        return True
+    # /proc/locks names the underlying inode on overlayfs (a container's disk). Whoever
+    # may open the lock (the private instance's own user, root) may also just test it:
+    # a daemon starting meanwhile waits a moment for it.
+    import fcntl
+
+    try:
+        fd = os.open(lock_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
