@@ -1,0 +1,270 @@
+"""Worktrees, diff stats and landing with real git, run as an unprivileged user.
+
+When the tests run as root, every git command of `workspace.Git` runs as the test
+user (the repositories are that user's), as the runner does for a run's user; the
+checks compare with what git itself reports.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from minipipe_svc.identity import RunIdentity
+from minipipe_svc.workspace import (
+    Git,
+    GitError,
+    LandConflict,
+    LandRefused,
+    branch_name,
+    user_directory,
+    valid_ref,
+)
+
+from .conftest import as_user, unprivileged_user
+
+AUTHOR = {"GIT_AUTHOR_NAME": "Tester", "GIT_AUTHOR_EMAIL": "t@example.org",
+          "GIT_COMMITTER_NAME": "Tester", "GIT_COMMITTER_EMAIL": "t@example.org"}
+
+
+class Repos:
+    """A directory of the test user's, where repositories are made and changed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.user = unprivileged_user()
+        if self.user is not None:
+            os.chown(root, self.user.pw_uid, self.user.pw_gid)
+            for parent in root.parents:
+                mode = parent.stat().st_mode
+                if not mode & 0o001:
+                    os.chmod(parent, (mode & 0o7777) | 0o001)
+        self.identity = None if self.user is None else RunIdentity(
+            self.user.pw_name, self.user.pw_uid, self.user.pw_gid, (self.user.pw_gid,),
+            str(root), "/bin/sh")
+        self.git = Git(self.identity, hostname="test")
+
+    def sh(self, script: str, cwd: Path | str | None = None) -> str:
+        """A shell script as the test user (what a step would do)."""
+        options = as_user(self.user, self.root)
+        options["env"].update(AUTHOR, HOME=str(self.root))
+        result = subprocess.run(["sh", "-ec", script], cwd=cwd or self.root,
+                                capture_output=True, text=True, timeout=60, **options)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def make(self, name: str = "app") -> Path:
+        path = self.root / name
+        self.sh(f"""
+            git init --quiet --initial-branch=main {name}
+            cd {name}
+            printf 'one\\ntwo\\nthree\\n' > a.txt
+            printf 'keep\\n' > b.txt
+            printf 'gone\\n' > c.txt
+            seq 1 50 > moved.txt
+            git add . && git commit --quiet -m base
+        """)
+        return path
+
+    def head(self, repo: Path, ref: str = "HEAD") -> str:
+        return self.sh(f"git rev-parse {ref}", cwd=repo).strip()
+
+
+@pytest.fixture
+def repos(tmp_path: Path) -> Repos:
+    root = tmp_path / "home"
+    root.mkdir()
+    return Repos(root)
+
+
+def _run_changes(repos: Repos, repo: Path, run_id: int = 1) -> tuple[Path, str, str]:
+    """A run's worktree with edits, an addition, a deletion, a rename, a commit and an
+    untracked file; returns (worktree, base, snapshot head)."""
+    base = repos.git.resolve(str(repo), "main")
+    worktree = repos.root / f"wt-{run_id}"
+    repos.git.create(str(repo), str(worktree), branch_name(run_id), base)
+    repos.sh("""
+        printf 'one\\nTWO\\nthree\\nfour\\n' > a.txt
+        git rm --quiet c.txt
+        git mv moved.txt renamed.txt
+        git commit --quiet -m 'step commit'
+        printf 'new\\nfile\\n' > untracked.txt
+        printf '\\000\\001binary' > blob.bin
+    """, cwd=worktree)
+    head = repos.git.snapshot(str(worktree), run_id)
+    return worktree, base, head
+
+
+def test_a_worktree_on_its_own_branch_and_stats_as_git_counts_them(repos: Repos) -> None:
+    repo = repos.make()
+    worktree, base, head = _run_changes(repos, repo)
+    assert repos.sh("git rev-parse --abbrev-ref HEAD", cwd=worktree).strip() == "minipipe/run-1"
+    assert repos.sh("git status --porcelain", cwd=worktree) == ""  # all of it committed
+    # Changes already on main after the run began never show: the merge-base counts.
+    repos.sh("printf 'later\\n' > later.txt && git add later.txt && git commit -qm later",
+             cwd=repo)
+    changes = repos.git.changes(str(repo), repos.head(repo, "main"), head)
+    assert changes["merge_base"] == base
+    by_path = {f["path"]: f for f in changes["files"]}
+    assert set(by_path) == {"a.txt", "c.txt", "renamed.txt", "untracked.txt", "blob.bin"}
+    assert by_path["a.txt"] | {} == {"path": "a.txt", "old_path": None, "status": "modified",
+                                     "insertions": 2, "deletions": 1, "binary": False}
+    assert by_path["c.txt"]["status"] == "deleted"
+    assert (by_path["renamed.txt"]["status"], by_path["renamed.txt"]["old_path"]) == (
+        "renamed", "moved.txt")
+    assert by_path["untracked.txt"]["status"] == "added"
+    assert by_path["blob.bin"]["binary"] and by_path["blob.bin"]["insertions"] is None
+    shortstat = repos.sh(f"git diff --shortstat -M {base} {head}", cwd=repo)
+    assert shortstat.strip() == (f"{changes['files_changed']} files changed, "
+                                 f"{changes['insertions']} insertions(+), "
+                                 f"{changes['deletions']} deletions(-)")
+    assert [c["subject"] for c in changes["commits"]] == [
+        "minipipe: changes run 1 left uncommitted", "step commit"]
+    assert changes["commit_count"] == 2
+    text, cut = repos.git.diff_text(str(repo), base, head)
+    assert not cut and b"+TWO" in text and b"Binary files" in text
+
+
+def test_the_recorded_diff_ignores_what_a_step_configures(repos: Repos) -> None:
+    """A step may set the repository's config (external diff, textconv, colour) to make
+    the reviewed diff hide its change; the recorded diff and stats are git's own."""
+    repo = repos.make()
+    base = repos.git.resolve(str(repo), "main")
+    worktree = repos.root / "wt"
+    repos.git.create(str(repo), str(worktree), branch_name(3), base)
+    repos.sh("""
+        git config diff.external /bin/true
+        git config color.diff always
+        git config diff.fake.textconv 'echo harmless'
+        printf '*.txt diff=fake\\n' > .gitattributes
+        printf 'one\\nrm -rf /\\nthree\\n' > a.txt
+    """, cwd=worktree)
+    head = repos.git.snapshot(str(worktree), 3)
+    text, _ = repos.git.diff_text(str(repo), base, head)
+    assert b"+rm -rf /" in text and b"harmless" not in text and b"\x1b[" not in text
+    # What attributes can still do (call a text file binary) is flagged for the reviewer.
+    assert repos.git.changes(str(repo), base, head)["attributes_changed"]
+
+
+def test_no_changes_means_the_base_itself(repos: Repos) -> None:
+    repo = repos.make()
+    base = repos.git.resolve(str(repo), "main")
+    worktree = repos.root / "wt"
+    repos.git.create(str(repo), str(worktree), branch_name(2), base)
+    assert repos.git.snapshot(str(worktree), 2) == base
+    assert repos.git.changes(str(repo), base, base)["files_changed"] == 0
+
+
+def test_landing_by_merge_commit_fast_forward_and_refusals(repos: Repos) -> None:
+    repo = repos.make()
+    # The repository's own checkout has main: landing must update it safely.
+    worktree, base, head = _run_changes(repos, repo)
+    assert repos.git.land(str(repo), head, "main", "ff-only", "land run 1", 1) == head
+    assert repos.head(repo, "main") == head
+    assert (repo / "untracked.txt").exists() and not (repo / "c.txt").exists()
+    assert repos.sh("git status --porcelain", cwd=repo) == ""
+    # A second run, while main moved on elsewhere: ff-only refuses, merge merges.
+    worktree2, _, head2 = _run_changes_on(repos, repo, 2, "printf 'x\\n' > x.txt")
+    repos.sh("printf 'y\\n' > y.txt && git add y.txt && git commit -qm y", cwd=repo)
+    before = repos.head(repo, "main")
+    with pytest.raises(LandRefused, match="fast-forward is impossible"):
+        repos.git.land(str(repo), head2, "main", "ff-only", "land run 2", 1)
+    assert repos.head(repo, "main") == before
+    merged = repos.git.land(str(repo), head2, "main", "merge", "land run 2", 1)
+    assert repos.sh(f"git rev-list --parents -n1 {merged}", cwd=repo).split()[1:] == [
+        before, head2]
+    assert (repo / "x.txt").exists() and (repo / "y.txt").exists()
+    # branch-only lands nothing.
+    assert repos.git.land(str(repo), head2, "main", "branch-only", "m", 1) is None
+
+
+def _run_changes_on(repos: Repos, repo: Path, run_id: int, script: str) -> tuple[Path, str, str]:
+    base = repos.git.resolve(str(repo), "main")
+    worktree = repos.root / f"wt-{run_id}"
+    repos.git.create(str(repo), str(worktree), branch_name(run_id), base)
+    repos.sh(script, cwd=worktree)
+    return worktree, base, repos.git.snapshot(str(worktree), run_id)
+
+
+def test_a_conflict_names_the_files_and_changes_nothing(repos: Repos) -> None:
+    repo = repos.make()
+    _, _, head = _run_changes_on(repos, repo, 1, "printf 'mine\\n' > a.txt")
+    repos.sh("printf 'theirs\\n' > a.txt && git commit -qam theirs", cwd=repo)
+    before = repos.head(repo, "main")
+    with pytest.raises(LandConflict) as caught:
+        repos.git.land(str(repo), head, "main", "merge", "land", 1)
+    assert caught.value.files == ["a.txt"] and "a.txt" in str(caught.value)
+    assert repos.head(repo, "main") == before
+    assert repos.sh("git status --porcelain", cwd=repo) == ""
+
+
+def test_a_dirty_checkout_of_the_target_is_refused_untouched(repos: Repos) -> None:
+    repo = repos.make()
+    _, _, head = _run_changes_on(repos, repo, 1, "printf 'x\\n' > x.txt")
+    repos.sh("printf 'local edit\\n' >> b.txt", cwd=repo)
+    before = repos.head(repo, "main")
+    with pytest.raises(LandRefused, match="uncommitted changes"):
+        repos.git.land(str(repo), head, "main", "merge", "land", 1)
+    assert repos.head(repo, "main") == before and not (repo / "x.txt").exists()
+    assert "local edit" in (repo / "b.txt").read_text()
+
+
+def test_a_bare_repository_and_cleanup_leave_nothing_behind(repos: Repos) -> None:
+    source = repos.make("src")
+    repos.sh(f"git clone --quiet --bare {source} app.git")
+    repo = repos.root / "app.git"
+    worktree, _, head = _run_changes_on(repos, repo, 7, "printf 'x\\n' > x.txt")
+    assert repos.git.land(str(repo), head, "main", "merge", "land", 1) == head
+    repos.git.remove(str(repo), str(worktree), branch_name(7))
+    assert not worktree.exists()
+    assert "minipipe/run-7" not in repos.sh("git branch --list", cwd=repo)
+    assert repos.sh("git worktree list --porcelain", cwd=repo).count("worktree ") == 1
+
+
+def test_a_retried_run_starts_again_from_its_base(repos: Repos) -> None:
+    repo = repos.make()
+    worktree, base, _ = _run_changes_on(repos, repo, 4, "printf 'x\\n' > x.txt")
+    repos.git.create(str(repo), str(worktree), branch_name(4), base)
+    assert not (worktree / "x.txt").exists()
+    assert repos.head(worktree) == base
+
+
+def test_bad_repositories_and_refs_are_named(repos: Repos, tmp_path: Path) -> None:
+    repo = repos.make()
+    with pytest.raises(GitError, match="has no branch, tag or commit 'nope'"):
+        repos.git.resolve(str(repo), "nope")
+    with pytest.raises(GitError, match="is not a git repository"):
+        repos.git.resolve(str(repos.root), "main")
+    if repos.user is not None:  # a directory the user may not read
+        private = tmp_path / "private"
+        private.mkdir(mode=0o700)
+        with pytest.raises(GitError, match="not a git repository user"):
+            repos.git.resolve(str(private), "main")
+
+
+def test_ref_syntax() -> None:
+    for good in ("main", "release/1.2", "v1.0", "a" * 40):
+        assert valid_ref(good) is None, good
+    for bad in ("", "-x", "--upload-pack=evil", "a..b", "a b", "main@{1}", "HEAD~1", "a^",
+                "x:y", "/main", "main/", "a\x1bb", "a.lock"):
+        assert valid_ref(bad) is not None, bad
+
+
+def test_the_user_directory_is_the_users_and_never_followed(repos: Repos,
+                                                            tmp_path: Path) -> None:
+    base = tmp_path / "worktrees"
+    path = user_directory(str(base), repos.identity)
+    info = os.lstat(path)
+    uid = repos.user.pw_uid if repos.user else os.getuid()
+    assert info.st_uid == uid and info.st_mode & 0o777 == 0o700
+    assert user_directory(str(base), repos.identity) == path  # again: the same
+    if os.geteuid() == 0 and repos.identity is not None:
+        # Someone else's directory (or a link) in its place is refused, not adopted.
+        os.rmdir(path)
+        os.symlink("/etc", path)
+        with pytest.raises(GitError, match="is not a directory of uid"):
+            user_directory(str(base), repos.identity)
+        assert os.lstat("/etc").st_uid == 0
