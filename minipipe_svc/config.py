@@ -44,6 +44,16 @@ KEYS: dict[str, tuple[object, str]] = {
     "minipipe_command": (None, "argv that executes one run, e.g. to wrap the runner in a "
                                "profiler (null: the daemon forks runners, much faster)"),
     "kill_grace_seconds": (10.0, "SIGTERM to SIGKILL grace when a step times out or is cancelled"),
+    "worktree_dir": (None, "where runs with a [workspace] get their git worktrees, one "
+                           "directory per user (null: <db dir>/worktrees)"),
+    "review": (False, "whether runs with a [workspace] wait for review when their plan "
+                      "does not say (plan key review)"),
+    "reviewer_group": (None, "members may approve and reject runs awaiting review (null: "
+                             "admin_group); root always may"),
+    "review_by_other": (False, "four eyes: nobody approves or rejects their own run"),
+    "max_awaiting_review": (0, "when this many runs await review, runs that would need "
+                               "review are not started (0: no limit)"),
+    "worktree_keep_days": (0.0, "how long a landed or rejected run's worktree is kept"),
 }
 
 
@@ -57,7 +67,8 @@ _FIELDS = {
     "max_concurrent_runs": 4, "poll_interval_seconds": 30.0,
     "auto_cleanup_completed_runs": False, "completed_run_retention_days": 7.0,
     "log_dir": "", "socket_path": "", "minipipe_command": (), "kill_grace_seconds": 10.0,
-    "source": None,
+    "worktree_dir": "", "review": False, "reviewer_group": None, "review_by_other": False,
+    "max_awaiting_review": 0, "worktree_keep_days": 0.0, "source": None,
 }
 
 
@@ -86,6 +97,12 @@ class Config(Record):
     socket_path: str
     minipipe_command: tuple[str, ...]
     kill_grace_seconds: float
+    worktree_dir: str
+    review: bool
+    reviewer_group: str | None
+    review_by_other: bool
+    max_awaiting_review: int
+    worktree_keep_days: float
     source: str | None
 
     @property
@@ -178,10 +195,12 @@ def build_config(document: dict[str, object], *, source: str | None) -> Config:
         raise bad("run_as", '"submitter" or a user name')
     if run_as in ("root", "0"):
         raise ConfigError(f"{label}: 'run_as' must not be root: steps never execute as root")
+    for key in ("admin_group", "reviewer_group"):
+        group = values[key]
+        if group is not None and (not isinstance(group, str) or not group.strip()
+                                  or "\0" in group):
+            raise bad(key, "a group name or null")
     admin_group = values["admin_group"]
-    if admin_group is not None and (not isinstance(admin_group, str) or not admin_group.strip()
-                                    or "\0" in admin_group):
-        raise bad("admin_group", "a group name or null")
     default_limits = _limits(values["default_limits"], label)
     concurrency = values["max_concurrent_runs"]
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not (
@@ -190,14 +209,20 @@ def build_config(document: dict[str, object], *, source: str | None) -> Config:
     numbers = {}
     for key, low, high in (("poll_interval_seconds", 0.05, 3600.0),
                            ("completed_run_retention_days", 0.0, 36500.0),
-                           ("kill_grace_seconds", 0.0, 3600.0)):
+                           ("kill_grace_seconds", 0.0, 3600.0),
+                           ("worktree_keep_days", 0.0, 36500.0)):
         value = values[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or not (
                 low <= value <= high):
             raise bad(key, f"a number from {low:g} to {high:g}")
         numbers[key] = float(value)
-    if not isinstance(values["auto_cleanup_completed_runs"], bool):
-        raise bad("auto_cleanup_completed_runs", "true or false")
+    for key in ("auto_cleanup_completed_runs", "review", "review_by_other"):
+        if not isinstance(values[key], bool):
+            raise bad(key, "true or false")
+    awaiting = values["max_awaiting_review"]
+    if isinstance(awaiting, bool) or not isinstance(awaiting, int) or not (
+            0 <= awaiting <= 100000):
+        raise bad("max_awaiting_review", "an integer from 0 (no limit) to 100000")
     command = values["minipipe_command"]
     argv: tuple[str, ...] = ()  # the daemon forks its runners
     if command is None:
@@ -227,6 +252,12 @@ def build_config(document: dict[str, object], *, source: str | None) -> Config:
                                                                                "minipipe.sock"),
         minipipe_command=argv,
         kill_grace_seconds=numbers["kill_grace_seconds"],
+        worktree_dir=path_value("worktree_dir") or os.path.join(db_dir, "worktrees"),
+        review=values["review"],
+        reviewer_group=values["reviewer_group"] or admin_group,
+        review_by_other=values["review_by_other"],
+        max_awaiting_review=awaiting,
+        worktree_keep_days=numbers["worktree_keep_days"],
         source=source,
     )
 

@@ -18,6 +18,9 @@ class RunState(enum.StrEnum):
     CANCELLED = "CANCELLED"
     TIMED_OUT = "TIMED_OUT"
     INTERRUPTED = "INTERRUPTED"
+    # Its steps succeeded and changed its workspace; a reviewer approves or rejects.
+    AWAITING_REVIEW = "AWAITING_REVIEW"
+    REJECTED = "REJECTED"
 
     @property
     def is_terminal(self) -> bool:
@@ -40,7 +43,7 @@ class StepState(enum.StrEnum):
 
 RUN_TERMINAL = frozenset(
     {RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT,
-     RunState.INTERRUPTED}
+     RunState.INTERRUPTED, RunState.REJECTED}
 )
 # A run that ended any way but SUCCEEDED may be retried: it goes back to PENDING
 # with attempt + 1. A SUCCEEDED run is resubmitted instead, never retried.
@@ -48,17 +51,29 @@ RUN_RETRYABLE = RUN_TERMINAL - {RunState.SUCCEEDED}
 
 # RUNNING -> PENDING is a requeue: the runner could not begin the run (the system
 # is shutting down, so systemd refuses new scopes) and gives it back untouched.
+# The review gate (runs with a workspace and `review = true`):
+#   RUNNING -> AWAITING_REVIEW   the steps succeeded with changes (event run_awaiting_review)
+#   AWAITING_REVIEW -> PENDING   approved: queued to land the change (event run_approved);
+#                                its runner lands it, runs the on_approve steps, and
+#                                ends SUCCEEDED, or goes back to AWAITING_REVIEW when the
+#                                change conflicts (event land_refused)
+#   AWAITING_REVIEW -> REJECTED  rejected (event run_rejected); retry starts it afresh
+#   AWAITING_REVIEW -> CANCELLED cancelled while waiting
+# A run awaiting review holds no slot: only RUNNING runs count.
 RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.PENDING: frozenset({RunState.RUNNING, RunState.CANCELLED}),
     RunState.RUNNING: frozenset(
         {RunState.SUCCEEDED, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT,
-         RunState.INTERRUPTED, RunState.PENDING}
+         RunState.INTERRUPTED, RunState.PENDING, RunState.AWAITING_REVIEW}
     ),
+    RunState.AWAITING_REVIEW: frozenset(
+        {RunState.PENDING, RunState.REJECTED, RunState.CANCELLED}),
     RunState.SUCCEEDED: frozenset(),
     RunState.FAILED: frozenset({RunState.PENDING}),
     RunState.CANCELLED: frozenset({RunState.PENDING}),
     RunState.TIMED_OUT: frozenset({RunState.PENDING}),
     RunState.INTERRUPTED: frozenset({RunState.PENDING}),
+    RunState.REJECTED: frozenset({RunState.PENDING}),
 }
 
 STEP_TERMINAL = frozenset(

@@ -26,9 +26,15 @@ MAX_RETRIES = 100
 MAX_NAME_CHARS = 100
 PRIORITY_RANGE = (-1000, 1000)
 
-TOP_KEYS = ("name", "description", "priority", "defaults", "limits", "steps")
+TOP_KEYS = ("name", "description", "priority", "defaults", "limits", "steps", "workspace",
+            "review", "on_approve")
 DEFAULT_KEYS = ("timeout", "retries", "cwd", "env")
 STEP_KEYS = ("id", "phase", "run", "cwd", "env", "timeout", "retries")
+WORKSPACE_KEYS = ("repo", "ref", "setup", "land", "target")
+# Steps of a plan with a workspace run in stages: the workspace's setup command, the
+# steps, and after an approval (or at once without review) the on_approve steps.
+STAGES = ("setup", "main", "on_approve")
+SETUP_STEP_ID = "workspace-setup"
 
 STEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 STEP_ID_HELP = (
@@ -50,11 +56,21 @@ class Step(NamedTuple):
     timeout: float | None = None
     retries: int = 0
     shell: bool = False
+    stage: str = "main"  # STAGES
 
     @property
     def command(self) -> str:
         """The command as the user wrote it, for display."""
         return self.argv[2] if self.shell else shlex.join(self.argv)
+
+
+class Workspace(NamedTuple):
+    """A run's own git worktree (workspace.py): of `repo` at `ref`, landing on `target`."""
+
+    repo: str
+    ref: str
+    land: str      # workspace.LAND_MODES
+    target: str    # the branch a landing updates
 
 
 class Plan(NamedTuple):
@@ -63,15 +79,19 @@ class Plan(NamedTuple):
     priority: int = 0
     description: str = ""
     limits: Limits = Limits()
+    workspace: Workspace | None = None
+    review: bool | None = None  # None: the config's `review` decides (at submit)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "description": self.description, "priority": self.priority,
             "limits": self.limits._asdict(),
+            "workspace": self.workspace._asdict() if self.workspace else None,
+            "review": self.review,
             "steps": [
                 {"id": s.id, "phase": s.phase, "argv": list(s.argv), "shell": s.shell,
                  "cwd": s.cwd, "env": dict(s.env), "timeout": s.timeout, "retries": s.retries,
-                 "command": s.command}
+                 "command": s.command, "stage": s.stage}
                 for s in self.steps
             ],
         }
@@ -81,11 +101,18 @@ class Plan(NamedTuple):
         steps = tuple(
             Step(id=s["id"], phase=s["phase"], argv=tuple(s["argv"]), cwd=s["cwd"],
                  env=dict(s["env"]), timeout=s["timeout"], retries=s["retries"],
-                 shell=s["shell"])
+                 shell=s["shell"], stage=s.get("stage", "main"))
             for s in data["steps"]
         )
+        workspace = data.get("workspace")
         return cls(name=data["name"], steps=steps, priority=data["priority"],
-                   description=data.get("description", ""), limits=Limits(**data["limits"]))
+                   description=data.get("description", ""), limits=Limits(**data["limits"]),
+                   workspace=Workspace(**workspace) if workspace else None,
+                   review=data.get("review"))
+
+    def stage(self, name: str) -> list[tuple[int, Step]]:
+        """(index, step) of the steps in one stage, in order."""
+        return [(idx, step) for idx, step in enumerate(self.steps) if step.stage == name]
 
 
 # ---------------------------------------------------------------- loading
@@ -171,7 +198,7 @@ def _toml_line_index(text: str) -> dict[tuple[Any, ...], int]:
     """
     index: dict[tuple[Any, ...], int] = {}
     section: tuple[Any, ...] = ()
-    step = -1
+    counts = {"steps": -1, "on_approve": -1}  # the arrays of tables a plan has
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -180,16 +207,17 @@ def _toml_line_index(text: str) -> dict[tuple[Any, ...], int]:
         # root daemon, and a backtracking pattern would let one line stall it.
         if (match := re.match(r"\[\[([^\]]*)\]\]", line)) and match.group(1).strip():
             name = "".join(match.group(1).split())
-            if name == "steps":
-                step += 1
-                section = ("steps", step)
+            if name in counts:
+                counts[name] += 1
+                section = (name, counts[name])
             else:
                 section = ("?", name)
             index.setdefault(section, number)
             continue
         if (match := re.match(r"\[([^\]]*)\]", line)) and match.group(1).strip():
             parts = "".join(match.group(1).split()).split(".")
-            section = ("steps", step, *parts[1:]) if parts[0] == "steps" else tuple(parts)
+            section = ((parts[0], counts[parts[0]], *parts[1:]) if parts[0] in counts
+                       else tuple(parts))
             index.setdefault(section, number)
             continue
         if match := re.match(r"""("[^"]*"|'[^']*'|[A-Za-z0-9_-]+)\s*=""", line):
@@ -207,6 +235,8 @@ class _Validator:
 
     def __init__(self, source: str, lines: dict[tuple[Any, ...], int], base_dir: str) -> None:
         self.source, self.lines, self.base_dir = source, lines, base_dir
+        self.in_workspace = False
+        self.base: dict[str, Any] = {"env": {}, "timeout": None}
 
     def fail(self, path: tuple[Any, ...], where: str | None, message: str,
              hint: str | None = None) -> PlanError:
@@ -253,9 +283,68 @@ class _Validator:
         defaults = self.table(doc, "defaults", (), None)
         self.unknown_keys(defaults, DEFAULT_KEYS, ("defaults",), "[defaults]")
         limits = self.limits(self.table(doc, "limits", (), None))
-        steps = self.steps(doc, defaults)
+        review = doc.get("review")
+        if review is not None and not isinstance(review, bool):
+            raise self.fail(("review",), None, f"'review' must be true or false, not "
+                            f"{_kind(review)}")
+        workspace, setup = self.workspace(doc, review)
+        self.in_workspace = workspace is not None
+        steps = self.steps(doc, defaults, "steps", "main")
+        if "on_approve" in doc:
+            if workspace is None:
+                raise self.fail(("on_approve",), None, "'on_approve' steps need a [workspace]",
+                                "add a [workspace] with the repo whose change they follow")
+            steps += self.steps(doc, defaults, "on_approve", "on_approve", seen=steps)
+        if setup is not None:
+            if any(step.id == SETUP_STEP_ID for step in steps):
+                raise self.fail(("steps",), None, f"step id {SETUP_STEP_ID!r} is the "
+                                "workspace's setup command's", "rename that step")
+            steps = (Step(id=SETUP_STEP_ID, phase="setup", argv=setup[0], shell=setup[1],
+                          cwd="", env=self.base["env"], timeout=self.base["timeout"],
+                          stage="setup"), *steps)
         return Plan(name=name.strip(), description=description, priority=priority,
-                    limits=limits, steps=steps)
+                    limits=limits, steps=steps, workspace=workspace, review=review)
+
+    def workspace(self, doc: dict[str, Any], review: bool | None
+                  ) -> tuple[Workspace | None, tuple[tuple[str, ...], bool] | None]:
+        """[workspace]: the repository (absolute), a ref git could name, how to land."""
+        where = "[workspace]"
+        if "workspace" not in doc:
+            if review:
+                raise self.fail(("review",), None, "'review = true' needs a [workspace]",
+                                "review gates a change to a repository: add [workspace] "
+                                'with repo = "/path/to/repo"')
+            return None, None
+        table = self.table(doc, "workspace", (), None)
+        self.unknown_keys(table, WORKSPACE_KEYS, ("workspace",), where)
+        repo = table.get("repo")
+        if not isinstance(repo, str) or not repo or "\0" in repo:
+            raise self.fail(("workspace", "repo"), where,
+                            "'repo' must be the path of a local git repository",
+                            'e.g. repo = "/srv/git/app"')
+        if not os.path.isabs(repo):
+            raise self.fail(("workspace", "repo"), where, f"'repo' must be an absolute path, "
+                            f"got {repo!r}", "write the full path, e.g. /srv/git/app")
+        ref = table.get("ref", "HEAD")
+        from .workspace import LAND_MODES, valid_ref
+
+        if not isinstance(ref, str) or (problem := valid_ref(ref)) is not None:
+            raise self.fail(("workspace", "ref"), where, f"invalid ref {ref!r}"
+                            + (f": {problem}" if isinstance(ref, str) else ""),
+                            "name a branch, tag or commit, e.g. ref = \"main\"")
+        land = table.get("land", "merge" if review else "branch-only")
+        if land not in LAND_MODES:
+            raise self.fail(("workspace", "land"), where, f"'land' must be one of "
+                            f"{', '.join(LAND_MODES)}, got {land!r}")
+        target = table.get("target", ref)
+        if not isinstance(target, str) or valid_ref(target) is not None or target == "HEAD":
+            raise self.fail(("workspace", "target" if "target" in table else "ref"), where,
+                            f"{target!r} is not a branch to land on",
+                            'set target = "main" (the branch approving updates)')
+        setup = None
+        if "setup" in table:
+            setup = self.command({"run": table["setup"]}, ("workspace", "setup"), where)
+        return Workspace(repo=os.path.normpath(repo), ref=ref, land=land, target=target), setup
 
     def limits(self, table: dict[str, Any]) -> Limits:
         where = "[limits]"
@@ -269,26 +358,29 @@ class _Validator:
                     raise self.fail(("limits", key), where, f"{key}: {exc}") from None
         return Limits(**parsed)
 
-    def steps(self, doc: dict[str, Any], defaults: dict[str, Any]) -> tuple[Step, ...]:
-        raw_steps = doc.get("steps")
+    def steps(self, doc: dict[str, Any], defaults: dict[str, Any], key: str, stage: str,
+              seen: tuple[Step, ...] = ()) -> tuple[Step, ...]:
+        raw_steps = doc.get(key)
         if raw_steps is None:
             raise self.fail((), None, "the plan has no steps",
                             'add at least one [[steps]] table with an "id" and a "run"')
         if not isinstance(raw_steps, list) or not raw_steps:
-            raise self.fail(("steps",), None, "'steps' must be a non-empty list of tables",
-                            'write each step as a [[steps]] table with an "id" and a "run"')
-        if len(raw_steps) > MAX_STEPS:
-            raise self.fail(("steps",), None, f"too many steps ({len(raw_steps)}; at most "
-                            f"{MAX_STEPS})")
-        base = self.step_settings(defaults, ("defaults",), "[defaults]",
-                                  {"cwd": self.base_dir, "env": {}, "timeout": None,
-                                   "retries": 0})
+            raise self.fail((key,), None, f"{key!r} must be a non-empty list of tables",
+                            f'write each step as a [[{key}]] table with an "id" and a "run"')
+        if len(raw_steps) + len(seen) > MAX_STEPS:
+            raise self.fail((key,), None, f"too many steps ({len(raw_steps) + len(seen)}; at "
+                            f"most {MAX_STEPS})")
+        # With a workspace, steps run in the run's worktree unless they say otherwise.
+        self.base = base = self.step_settings(
+            defaults, ("defaults",), "[defaults]",
+            {"cwd": "" if self.in_workspace else self.base_dir, "env": {}, "timeout": None,
+             "retries": 0})
         steps: list[Step] = []
-        seen: dict[str, int] = {}
-        phase = DEFAULT_PHASE
+        ids = {step.id: number for number, step in enumerate(seen)}
+        phase = DEFAULT_PHASE if stage == "main" else stage
         for number, raw in enumerate(raw_steps):
-            path: tuple[Any, ...] = ("steps", number)
-            where = f"steps[{number + 1}]"
+            path: tuple[Any, ...] = (key, number)
+            where = f"{key}[{number + 1}]"
             if not isinstance(raw, dict):
                 raise self.fail(path, where, f"each step must be a table, not {_kind(raw)}")
             if not raw:
@@ -304,11 +396,11 @@ class _Validator:
                 raise self.fail((*path, "id"), where, f"invalid step id {step_id!r}",
                                 STEP_ID_HELP)
             where = f"step {step_id!r}"
-            if step_id in seen:
+            if step_id in ids:
                 raise self.fail((*path, "id"), where,
-                                f"duplicate step id (also used by steps[{seen[step_id] + 1}])",
+                                f"duplicate step id (also used by step #{ids[step_id] + 1})",
                                 "step ids must be unique within a plan")
-            seen[step_id] = number
+            ids[step_id] = len(seen) + number
             if "phase" in raw:
                 phase = raw["phase"]
                 if not isinstance(phase, str) or not STEP_ID.fullmatch(phase) or ".." in phase:
@@ -319,7 +411,7 @@ class _Validator:
             env = {**base["env"], **settings["env"]} if "env" in raw else base["env"]
             steps.append(Step(id=step_id, phase=phase, argv=argv, shell=shell,
                               cwd=settings["cwd"], env=env, timeout=settings["timeout"],
-                              retries=settings["retries"]))
+                              retries=settings["retries"], stage=stage))
         return tuple(steps)
 
     def command(self, raw: dict[str, Any], path: tuple[Any, ...],
@@ -371,8 +463,16 @@ class _Validator:
         return result
 
     def cwd(self, cwd: object, path: tuple[Any, ...], where: str) -> str:
+        """An absolute path; with a workspace also a path inside the worktree, relative
+        to it ("" is the worktree itself)."""
         if not isinstance(cwd, str) or not cwd or "\0" in cwd:
             raise self.fail(path, where, "'cwd' must be a non-empty path string")
+        if self.in_workspace and not os.path.isabs(cwd):
+            inside = os.path.normpath(cwd)
+            if inside == ".." or inside.startswith("../"):
+                raise self.fail(path, where, f"'cwd' {cwd!r} leaves the run's worktree",
+                                "a relative cwd is a directory inside the worktree")
+            return "" if inside == "." else inside
         if not os.path.isabs(cwd):
             raise self.fail(path, where, f"'cwd' must be an absolute path, got {cwd!r}",
                             "write the full path, e.g. /srv/app")

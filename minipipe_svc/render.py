@@ -30,6 +30,8 @@ STATE_COLOURS: dict[str, tuple[str, bool]] = {
     RunState.CANCELLED.value: ("magenta", False),
     RunState.TIMED_OUT.value: ("red", False),
     RunState.INTERRUPTED.value: ("yellow", True),
+    RunState.AWAITING_REVIEW.value: ("blue", True),
+    RunState.REJECTED.value: ("magenta", True),
     StepState.SKIPPED.value: ("bright_black", False),
 }
 

@@ -38,7 +38,9 @@ from .logs import LogSink, TeeSink
 from .model import RUN_STATE_FOR_STEP_FAILURE, RunState, StepState
 from .plan import Plan, Step
 from .quantities import format_duration
+from .review import RunWorkspace
 from .store import Store, StoreError
+from .workspace import GitError
 
 MAX_LINE_BYTES = 64 * 1024
 RUNNER_BUSY_TIMEOUT_MS = 120_000
@@ -86,8 +88,13 @@ def step_outcome(returncode: int, stopped_for: str | None, why: str | None) -> S
 class Runner:
     def __init__(self, store: Store, run_id: int, sinks: list[LogSink],
                  kill_grace: float, runtime_max: float | None = None,
-                 identity: RunIdentity | None = None, umask: int | None = None) -> None:
+                 identity: RunIdentity | None = None, umask: int | None = None, *,
+                 worktree_dir: str = "", log_dir: str = "") -> None:
         self.store, self.run_id, self.kill_grace = store, run_id, kill_grace
+        self.worktree_dir, self.log_dir = worktree_dir, log_dir
+        self.workspace: RunWorkspace | None = None
+        self.deadline: float | None = None
+        self.effective_runtime_max: float | None = None
         self.runtime_max = runtime_max  # the daemon's merge of plan and config limits
         self.identity = identity  # None: steps run as the runner's own user
         self.umask = umask  # the submitter's, as Slurm does
@@ -134,30 +141,99 @@ class Runner:
         procs.become_subreaper()
         plan = Plan.from_dict(self.store.run_plan(self.run_id))
         runtime_max = self.runtime_max or plan.limits.runtime_max
-        run_deadline = time.monotonic() + runtime_max if runtime_max else None
+        self.deadline = time.monotonic() + runtime_max if runtime_max else None
+        self.effective_runtime_max = runtime_max
         try:
-            for idx, step in enumerate(plan.steps):
-                if self.stop_signal is not None:
-                    state, reason = self.stop_cause()
-                    self.finish(state, None, reason)
-                    return 0
-                result = self.run_step(idx, step, run_deadline, runtime_max)
-                if result.state is not StepState.SUCCEEDED:
-                    state = RUN_STATE_FOR_STEP_FAILURE[result.state]
-                    if result.state is StepState.CANCELLED:
-                        state = self.stop_cause()[0]
-                    self.finish(state, result.exit_code, f"step {step.id}: {result.reason}")
-                    return 0
-            self.finish(RunState.SUCCEEDED, 0, None)
+            if plan.workspace is None:
+                self.finish(*self.run_stage(plan, ("setup", "main")))
+                return 0
+            return self.run_in_workspace(plan)
         finally:
             self.sink.close()
+
+    def run_in_workspace(self, plan: Plan) -> int:
+        """The review gate around the steps (review.py): a fresh worktree, the steps in
+        it, their change recorded; then await review, or land at once, or just end."""
+        self.workspace = RunWorkspace(self.store, self.run_id, plan, self.identity,
+                                      self.worktree_dir, self.log_dir)
+        row = self.store.workspace(self.run_id)
+        if row is not None and row.approved_by:
+            return self.land_and_finish(plan, row.approved_by)
+        try:
+            self.workspace.prepare()
+        except GitError as exc:
+            self.finish(RunState.FAILED, None, f"workspace: {exc}")
+            return 0
+        state, exit_code, reason = self.run_stage(plan, ("setup", "main"))
+        try:
+            changes = self.workspace.summarise()
+        except GitError as exc:
+            self.store.note(self.run_id, "workspace_error", error=str(exc))
+            if state is RunState.SUCCEEDED:
+                state, exit_code, reason = (RunState.FAILED, None,
+                                            f"recording the run's change failed: {exc}")
+            changes = None
+        changed = changes is not None and (changes["files_changed"] or changes["commit_count"])
+        if state is not RunState.SUCCEEDED or not changed:
+            self.finish(state, exit_code, reason)
+        elif row is not None and row.review:
+            self.record_output_losses()
+            self.store.await_review(self.run_id)
+        else:
+            return self.land_and_finish(plan, None)
         return 0
 
-    def finish(self, state: RunState, exit_code: int | None, reason: str | None) -> None:
+    def land_and_finish(self, plan: Plan, approved_by: str | None) -> int:
+        """Land the recorded change, then the on_approve steps. A refused landing after a
+        review goes back to review (nothing changed); without review the run fails."""
+        assert self.workspace is not None and plan.workspace is not None
+        self.workspace.resume()
+        try:
+            commit = self.workspace.land(approved_by)
+        except GitError as exc:
+            if approved_by is None:
+                self.finish(RunState.FAILED, None, f"landing the change failed: {exc}")
+            else:
+                self.record_output_losses()
+                self.store.land_refused(self.run_id, f"approved by {approved_by}, but {exc}",
+                                        files=getattr(exc, "files", None))
+            return 0
+        landed = (f"landed on {plan.workspace.target} at {commit[:12]}" if commit
+                  else f"kept on branch {self.workspace.branch}")
+        self.sink.write("workspace", 0, "minipipe", f"the change is {landed}")
+        state, exit_code, reason = self.run_stage(plan, ("on_approve",))
+        if state is not RunState.SUCCEEDED:
+            reason = f"{reason} (the change is {landed})"
+        self.finish(state, exit_code, reason)
+        return 0
+
+    def run_stage(self, plan: Plan, stages: tuple[str, ...]
+                  ) -> tuple[RunState, int | None, str | None]:
+        """Run the steps of `stages` in order; how the run would end (not recorded)."""
+        for idx, step in enumerate(plan.steps):
+            if step.stage not in stages:
+                continue
+            if self.stop_signal is not None:
+                state, reason = self.stop_cause()
+                return state, None, reason
+            if self.workspace is not None:
+                step = step._replace(cwd=self.workspace.step_cwd(step))
+            result = self.run_step(idx, step, self.deadline, self.effective_runtime_max)
+            if result.state is not StepState.SUCCEEDED:
+                state = RUN_STATE_FOR_STEP_FAILURE[result.state]
+                if result.state is StepState.CANCELLED:
+                    state = self.stop_cause()[0]
+                return state, result.exit_code, f"step {step.id}: {result.reason}"
+        return RunState.SUCCEEDED, 0, None
+
+    def record_output_losses(self) -> None:
         self.sink.flush()
         if self.sink.lines_lost or self.sink.error:
             self.store.note(self.run_id, "log_lines_lost", lines=self.sink.lines_lost,
                             error=self.sink.error)
+
+    def finish(self, state: RunState, exit_code: int | None, reason: str | None) -> None:
+        self.record_output_losses()
         self.store.finish_run(self.run_id, state, exit_code=exit_code, reason=reason,
                               output_lines=self.sink.lines_written)
 
@@ -186,6 +262,8 @@ class Runner:
         if self.identity is not None:
             env.update(self.identity.login_environment())
         env.update(step.env)
+        if self.workspace is not None:
+            env.update(self.workspace.environment())
         env.update(MINIPIPE_RUN_ID=str(self.run_id), MINIPIPE_STEP_ID=step.id,
                    MINIPIPE_ATTEMPT=str(attempt))
         return env
@@ -383,6 +461,7 @@ class RunnerArgs:
     journal: bool = False  # also send every output line to journald
     identity: RunIdentity | None = None  # whom the steps execute as (None: as the runner)
     umask: int | None = None
+    worktree_dir: str = ""  # where runs with a [workspace] get their worktrees
 
     def argv(self) -> list[str]:
         """The same, as the command line of `python3 -m minipipe_svc.runner`."""
@@ -393,6 +472,8 @@ class RunnerArgs:
             extra += ["--run-as", self.identity.user]
         if self.umask is not None:
             extra += ["--umask", f"{self.umask:o}"]
+        if self.worktree_dir:
+            extra += ["--worktree-dir", self.worktree_dir]
         return ["--db-path", self.db_path, "--log-dir", self.log_dir,
                 "--kill-grace", f"{self.kill_grace:g}", *extra, str(self.run_id)]
 
@@ -411,6 +492,8 @@ def parse_args(argv: list[str] | None = None) -> RunnerArgs:
     parser.add_argument("--run-as", metavar="USER", help="the user the steps execute as")
     parser.add_argument("--umask", type=lambda text: int(text, 8), default=None,
                         help="the steps' umask (octal)")
+    parser.add_argument("--worktree-dir", default="",
+                        help="where runs with a [workspace] get their worktrees")
     parser.add_argument("run_id", type=int)
     args = parser.parse_args(argv)
     identity = None
@@ -422,7 +505,8 @@ def parse_args(argv: list[str] | None = None) -> RunnerArgs:
         except KeyError:
             parser.error(f"there is no user {args.run_as!r}")
     return RunnerArgs(args.db_path, args.log_dir, args.run_id, args.kill_grace,
-                      args.runtime_max, args.journal, identity, args.umask)
+                      args.runtime_max, args.journal, identity, args.umask,
+                      args.worktree_dir)
 
 
 def execute(args: RunnerArgs, sinks: list[LogSink]) -> int:
@@ -435,7 +519,8 @@ def execute(args: RunnerArgs, sinks: list[LogSink]) -> int:
         print(f"minipipe-runner: {exc}", file=sys.stderr)
         return 1
     runner = Runner(store, args.run_id, sinks, args.kill_grace, args.runtime_max,
-                    args.identity, args.umask)
+                    args.identity, args.umask, worktree_dir=args.worktree_dir,
+                    log_dir=args.log_dir)
     try:
         return runner.run()
     except Exception as exc:  # the run must still end in the DB, with the reason

@@ -129,8 +129,29 @@ ALTER TABLE runs ADD COLUMN run_user TEXT;
 CREATE INDEX runs_by_submitter ON runs (submitted_by, id);
 """
 
+# v5: runs on their own git worktree (workspace.py). What the plan says (repo, ref,
+# land, target, review) stays in the plan; this is what happened: the worktree, the
+# base the run started from, the reviewed commit and its changes (JSON), the landing.
+_SCHEMA_V5 = """
+CREATE TABLE workspaces (
+    run_id          INTEGER PRIMARY KEY REFERENCES runs (id) ON DELETE CASCADE,
+    review          INTEGER NOT NULL DEFAULT 0,
+    path            TEXT,
+    branch          TEXT,
+    base_commit     TEXT,
+    head_commit     TEXT,
+    changes         TEXT,                       -- JSON: workspace.Git.changes()
+    disk_bytes      INTEGER,
+    awaiting_since  TEXT,
+    approved_by     TEXT,
+    landed_commit   TEXT,
+    removed_at      TEXT
+);
+CREATE INDEX workspaces_to_remove ON workspaces (run_id) WHERE removed_at IS NULL;
+"""
+
 # Migration N (1-based) brings user_version from N-1 to N. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -331,6 +352,12 @@ StepRow = namedtuple("StepRow", [
     "run_id", "idx", "step_id", "phase", "command", "state", "attempt", "started_at",
     "finished_at", "exit_code", "reason", "pid", "pid_start"])
 EventRow = namedtuple("EventRow", ["id", "ts", "run_id", "step_id", "kind", "detail"])
+#   WorkspaceRow: run_id int, review bool, path/branch/base_commit/head_commit str|None,
+#     changes dict|None (workspace.Git.changes), disk_bytes int|None, awaiting_since,
+#     approved_by, landed_commit, removed_at str|None
+WorkspaceRow = namedtuple("WorkspaceRow", [
+    "run_id", "review", "path", "branch", "base_commit", "head_commit", "changes",
+    "disk_bytes", "awaiting_since", "approved_by", "landed_commit", "removed_at"])
 
 
 def _dumps(value: object) -> str:
@@ -370,6 +397,13 @@ def _event_row(row: sqlite3.Row) -> EventRow:
     values = dict(row)
     values["detail"] = _loads(values["detail"]) if values["detail"] else {}
     return EventRow(**values)
+
+
+def _workspace_row(row: sqlite3.Row) -> WorkspaceRow:
+    values = dict(row)
+    values["review"] = bool(values["review"])
+    values["changes"] = _loads(values["changes"]) if values["changes"] else None
+    return WorkspaceRow(**values)
 
 
 def _friendly(exc: sqlite3.Error, path: str) -> StoreError:
@@ -489,9 +523,10 @@ class Store:
         run inside the root daemon's own writes (e.g. rewrite who submitted a run).
         The daemon calls this once at start. Returns what it dropped, for the log.
         """
-        known_tables = {"runs", "steps", "events", "settings", "run_counts", "sqlite_sequence"}
+        known_tables = {"runs", "steps", "events", "settings", "run_counts", "sqlite_sequence",
+                        "workspaces"}
         known_indexes = {"runs_by_queue", "events_by_run", "runs_by_finished",
-                         "runs_by_submitter"}
+                         "runs_by_submitter", "workspaces_to_remove"}
         triggers = [statement for statement in _statements(_SCHEMA_V3)
                     if statement.lstrip().upper().startswith("CREATE TRIGGER")]
         dropped = []
@@ -682,6 +717,9 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, 'PENDING')",
                 [(run_id, idx, step["id"], step["phase"], step["command"])
                  for idx, step in enumerate(plan["steps"])])
+            if plan.get("workspace"):
+                conn.execute("INSERT INTO workspaces (run_id, review) VALUES (?, ?)",
+                             (run_id, bool(plan.get("review"))))
             self._event(conn, run_id, "run_submitted", name=plan["name"], priority=priority,
                         source=source, by=submitted_by)
         return run_id
@@ -840,6 +878,10 @@ class Store:
             if state is RunState.PENDING:
                 self._finish_run(conn, run_id, RunState.CANCELLED, exit_code=None,
                                  reason=f"cancelled before it started{f' by {by}' if by else ''}")
+            elif state is RunState.AWAITING_REVIEW:
+                self._finish_run(conn, run_id, RunState.CANCELLED, exit_code=None,
+                                 reason="cancelled while awaiting review"
+                                 + (f" by {by}" if by else ""))
             elif state is RunState.RUNNING:
                 conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (run_id,))
                 self._event(conn, run_id, "run_cancel_requested", by=by)
@@ -872,11 +914,139 @@ class Store:
                 "exit_code = NULL, reason = NULL, started_at = NULL, finished_at = NULL, "
                 "unit = NULL, runner_pid = NULL, runner_start = NULL, cancel_requested = 0 "
                 "WHERE id = ?", (run_id,))
+            conn.execute(
+                "UPDATE workspaces SET head_commit = NULL, changes = NULL, approved_by = NULL, "
+                "awaiting_since = NULL, landed_commit = NULL WHERE run_id = ?", (run_id,))
             attempt = conn.execute("SELECT attempt FROM runs WHERE id = ?",
                                    (run_id,)).fetchone()[0]
             self._event(conn, run_id, "run_retried", attempt=attempt, previous=state.value,
                         by=by)
             return attempt
+
+    # ------------------------------------------------------------ workspaces, review
+
+    def workspace(self, run_id: int) -> WorkspaceRow | None:
+        row = self.conn.execute("SELECT * FROM workspaces WHERE run_id = ?",
+                                (run_id,)).fetchone()
+        return _workspace_row(row) if row else None
+
+    def workspace_started(self, run_id: int, *, path: str, branch: str,
+                          base_commit: str) -> None:
+        """The runner made the run's worktree (each attempt afresh) from `base_commit`."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE workspaces SET path = ?, branch = ?, base_commit = ?, "
+                "head_commit = NULL, changes = NULL, disk_bytes = NULL, removed_at = NULL "
+                "WHERE run_id = ?", (path, branch, base_commit, run_id))
+            self._event(conn, run_id, "workspace_created", base=base_commit, branch=branch,
+                        path=path)
+
+    def workspace_changed(self, run_id: int, *, head_commit: str, changes: dict[str, Any],
+                          disk_bytes: int | None) -> None:
+        """What the steps changed: the commit a reviewer sees and approving lands."""
+        with self._write() as conn:
+            conn.execute(
+                "UPDATE workspaces SET head_commit = ?, changes = ?, disk_bytes = ? "
+                "WHERE run_id = ?", (head_commit, _dumps(changes), disk_bytes, run_id))
+            self._event(conn, run_id, "workspace_changes", head=head_commit,
+                        files=changes["files_changed"], insertions=changes["insertions"],
+                        deletions=changes["deletions"], commits=changes["commit_count"])
+
+    def await_review(self, run_id: int) -> None:
+        """RUNNING -> AWAITING_REVIEW: the steps succeeded with changes; the slot is free."""
+        with self._write() as conn:
+            check_run_transition(self._run_state(conn, run_id), RunState.AWAITING_REVIEW)
+            now = utc_now()
+            conn.execute("UPDATE runs SET state = 'AWAITING_REVIEW', phase = 'review', "
+                         "exit_code = 0, reason = NULL, runner_pid = NULL, runner_start = NULL, "
+                         "cancel_requested = 0 WHERE id = ?", (run_id,))
+            conn.execute("UPDATE workspaces SET awaiting_since = ?, approved_by = NULL "
+                         "WHERE run_id = ?", (now, run_id))
+            self._event(conn, run_id, "run_awaiting_review")
+
+    def approve(self, run_id: int, *, by: str, message: str | None = None) -> None:
+        """AWAITING_REVIEW -> PENDING: queued for its runner to land the change."""
+        with self._write() as conn:
+            state = self._run_state(conn, run_id)
+            if state is not RunState.AWAITING_REVIEW:
+                raise ConflictError(f"run {run_id} is {state.value}, not AWAITING_REVIEW: "
+                                    "there is nothing to approve")
+            check_run_transition(state, RunState.PENDING)
+            conn.execute("UPDATE runs SET state = 'PENDING', reason = NULL, unit = NULL, "
+                         "runner_pid = NULL, runner_start = NULL WHERE id = ?", (run_id,))
+            conn.execute("UPDATE workspaces SET approved_by = ? WHERE run_id = ?",
+                         (by, run_id))
+            self._event(conn, run_id, "run_approved", by=by, message=message)
+
+    def reject(self, run_id: int, *, by: str, message: str) -> None:
+        """AWAITING_REVIEW -> REJECTED (terminal; a retry starts the run afresh)."""
+        with self._write() as conn:
+            state = self._run_state(conn, run_id)
+            if state is not RunState.AWAITING_REVIEW:
+                raise ConflictError(f"run {run_id} is {state.value}, not AWAITING_REVIEW: "
+                                    "there is nothing to reject")
+            self._event(conn, run_id, "run_rejected", by=by, message=message)
+            self._finish_run(conn, run_id, RunState.REJECTED, exit_code=None,
+                             reason=f"rejected by {by}: {message}")
+
+    def land_refused(self, run_id: int, reason: str, files: list[str] | None = None) -> None:
+        """RUNNING -> AWAITING_REVIEW: approving could not land the change (a conflict,
+        the target moved); nothing was changed and a reviewer decides again."""
+        with self._write() as conn:
+            check_run_transition(self._run_state(conn, run_id), RunState.AWAITING_REVIEW)
+            conn.execute("UPDATE runs SET state = 'AWAITING_REVIEW', phase = 'review', "
+                         "reason = ?, runner_pid = NULL, runner_start = NULL, "
+                         "cancel_requested = 0 WHERE id = ?", (reason, run_id))
+            conn.execute("UPDATE workspaces SET approved_by = NULL WHERE run_id = ?",
+                         (run_id,))
+            self._event(conn, run_id, "land_refused", reason=reason, files=files)
+
+    def landed(self, run_id: int, *, commit: str | None, target: str, mode: str) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE workspaces SET landed_commit = ? WHERE run_id = ?",
+                         (commit, run_id))
+            self._event(conn, run_id, "run_landed", commit=commit, target=target, mode=mode)
+
+    def awaiting_review(self) -> list[tuple[RunRow, WorkspaceRow]]:
+        """Runs awaiting review, oldest first, with their workspaces."""
+        runs = [_run_row(row) for row in self.conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.state = 'AWAITING_REVIEW' "
+            "ORDER BY r.id")]
+        return [(run, workspace) for run in runs
+                if (workspace := self.workspace(run.id)) is not None]
+
+    def count_awaiting_review(self) -> int:
+        row = self.conn.execute(
+            "SELECT n FROM run_counts WHERE state = 'AWAITING_REVIEW'").fetchone()
+        return row[0] if row else 0
+
+    def workspaces_due(self, *, ended_before: str, landed_or_rejected_before: str
+                       ) -> list[tuple[RunRow, WorkspaceRow]]:
+        """Worktrees to remove: of runs landed or rejected before the second time, and
+        of any other ended run before the first (its retention)."""
+        rows = self.conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs r JOIN workspaces w ON w.run_id = r.id "
+            "WHERE w.path IS NOT NULL AND w.removed_at IS NULL AND r.finished_at IS NOT NULL "
+            "AND r.state NOT IN ('PENDING', 'RUNNING', 'AWAITING_REVIEW') AND ("
+            "r.finished_at < ? OR ((r.state = 'REJECTED' OR (r.state = 'SUCCEEDED' AND "
+            "w.approved_by IS NOT NULL)) AND r.finished_at < ?)) ORDER BY r.id",
+            (ended_before, landed_or_rejected_before))
+        runs = [_run_row(row) for row in rows]
+        return [(run, workspace) for run in runs
+                if (workspace := self.workspace(run.id)) is not None]
+
+    def workspace_removed(self, run_id: int) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE workspaces SET removed_at = ? WHERE run_id = ?",
+                         (utc_now(), run_id))
+            self._event(conn, run_id, "workspace_removed")
+
+    def worktree_disk_bytes(self) -> tuple[int, int]:
+        """(worktrees on disk, their bytes as last measured)."""
+        count, total = self.conn.execute(
+            "SELECT count(*), coalesce(sum(disk_bytes), 0) FROM workspaces "
+            "WHERE path IS NOT NULL AND removed_at IS NULL").fetchone()
+        return count, total
 
     # ------------------------------------------------------------ queue settings
 
@@ -900,9 +1070,12 @@ class Store:
     def delete_finished_before(self, cutoff: str) -> list[int]:
         """Delete finished runs (with their steps and events) that ended before `cutoff`."""
         with self._write() as conn:
+            # A run whose worktree is still on disk stays until the daemon removed it.
             ids = [row[0] for row in conn.execute(
                 "SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ? "
-                "AND state NOT IN ('PENDING', 'RUNNING')", (cutoff,))]
+                "AND state NOT IN ('PENDING', 'RUNNING', 'AWAITING_REVIEW') AND NOT EXISTS "
+                "(SELECT 1 FROM workspaces w WHERE w.run_id = runs.id AND w.path IS NOT NULL "
+                "AND w.removed_at IS NULL)", (cutoff,))]
             conn.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
             if ids:
                 # The runs' own events go with them; this one tells followers (the

@@ -23,7 +23,11 @@ LEGAL_RUN = {
     (R.RUNNING, R.PENDING),
     # retry: every unsuccessful end may become a new attempt
     (R.FAILED, R.PENDING), (R.CANCELLED, R.PENDING), (R.TIMED_OUT, R.PENDING),
-    (R.INTERRUPTED, R.PENDING),
+    (R.INTERRUPTED, R.PENDING), (R.REJECTED, R.PENDING),
+    # the review gate: steps succeeded with changes; approved (queued to land),
+    # rejected, or cancelled while waiting; a refused landing waits again
+    (R.RUNNING, R.AWAITING_REVIEW), (R.AWAITING_REVIEW, R.PENDING),
+    (R.AWAITING_REVIEW, R.REJECTED), (R.AWAITING_REVIEW, R.CANCELLED),
 }
 
 LEGAL_STEP = {
@@ -58,7 +62,9 @@ def test_every_step_state_pair(current: StepState, new: StepState) -> None:
 
 def test_terminal_states() -> None:
     assert {s for s in RunState if s.is_terminal} == {
-        R.SUCCEEDED, R.FAILED, R.CANCELLED, R.TIMED_OUT, R.INTERRUPTED}
+        R.SUCCEEDED, R.FAILED, R.CANCELLED, R.TIMED_OUT, R.INTERRUPTED, R.REJECTED}
+    # Awaiting review is not an end: a reviewer still decides.
+    assert not R.AWAITING_REVIEW.is_terminal
     assert {s for s in StepState if s.is_terminal} == {
         S.SUCCEEDED, S.FAILED, S.TIMED_OUT, S.CANCELLED, S.SKIPPED}
 
