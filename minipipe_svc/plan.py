@@ -70,7 +70,7 @@ class Workspace(NamedTuple):
     repo: str
     ref: str
     land: str      # workspace.LAND_MODES
-    target: str    # the branch a landing updates
+    target: str | None  # the branch a landing updates (None: the one `ref` names)
 
 
 class Plan(NamedTuple):
@@ -292,7 +292,7 @@ class _Validator:
         steps = self.steps(doc, defaults, "steps", "main")
         if "on_approve" in doc:
             if workspace is None:
-                raise self.fail(("on_approve",), None, "'on_approve' steps need a [workspace]",
+                raise self.fail(("on_approve", 0), None, "'on_approve' steps need a [workspace]",
                                 "add a [workspace] with the repo whose change they follow")
             steps += self.steps(doc, defaults, "on_approve", "on_approve", seen=steps)
         if setup is not None:
@@ -336,9 +336,10 @@ class _Validator:
         if land not in LAND_MODES:
             raise self.fail(("workspace", "land"), where, f"'land' must be one of "
                             f"{', '.join(LAND_MODES)}, got {land!r}")
-        target = table.get("target", ref)
-        if not isinstance(target, str) or valid_ref(target) is not None or target == "HEAD":
-            raise self.fail(("workspace", "target" if "target" in table else "ref"), where,
+        target = table.get("target")  # None: the branch `ref` names (HEAD's, for HEAD)
+        if target is not None and (not isinstance(target, str) or target == "HEAD"
+                                   or valid_ref(target) is not None):
+            raise self.fail(("workspace", "target"), where,
                             f"{target!r} is not a branch to land on",
                             'set target = "main" (the branch approving updates)')
         setup = None

@@ -119,14 +119,27 @@ class RunWorkspace:
         row = self.store.workspace(self.run_id)
         if row is None or not row.head_commit:
             raise GitError("the run has no recorded change to land")
+        target = self.target()
         by = f"\n\nApproved-by: {approved_by}" if approved_by else ""
-        message = (f"Merge minipipe run {self.run_id} ({self.plan.name}) into "
-                   f"{self.spec.target}{by}")
-        commit = self.git.land(self.spec.repo, row.head_commit, self.spec.target,
-                               self.spec.land, message, self.run_id)
-        self.store.landed(self.run_id, commit=commit, target=self.spec.target,
-                          mode=self.spec.land)
+        message = f"Merge minipipe run {self.run_id} ({self.plan.name}) into {target}{by}"
+        commit = self.git.land(self.spec.repo, row.head_commit, target, self.spec.land,
+                               message, self.run_id)
+        self.store.landed(self.run_id, commit=commit, target=target, mode=self.spec.land)
         return commit
+
+    def target(self) -> str:
+        """The branch a landing updates: the plan's `target`, else the branch `ref`
+        names (for HEAD: the branch the repository has checked out)."""
+        if self.spec.target:
+            return self.spec.target
+        if self.spec.ref != "HEAD":
+            return self.spec.ref
+        branch = self.git.run("-C", self.spec.repo, "symbolic-ref", "--quiet", "--short",
+                              "HEAD", check=False).stdout.decode().strip()
+        if not branch:
+            raise GitError(f"{self.spec.repo} has no branch checked out to land on; set "
+                           "target in the plan's [workspace]")
+        return branch
 
     def resume(self) -> None:
         """For a landing pass: the worktree and base recorded by the run's attempt."""

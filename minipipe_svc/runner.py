@@ -198,7 +198,7 @@ class Runner:
                 self.store.land_refused(self.run_id, f"approved by {approved_by}, but {exc}",
                                         files=getattr(exc, "files", None))
             return 0
-        landed = (f"landed on {plan.workspace.target} at {commit[:12]}" if commit
+        landed = (f"landed on {self.workspace.target()} at {commit[:12]}" if commit
                   else f"kept on branch {self.workspace.branch}")
         self.sink.write("workspace", 0, "minipipe", f"the change is {landed}")
         state, exit_code, reason = self.run_stage(plan, ("on_approve",))

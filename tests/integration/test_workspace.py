@@ -161,13 +161,13 @@ def test_no_changes_means_the_base_itself(repos: Repos) -> None:
 def test_landing_by_merge_commit_fast_forward_and_refusals(repos: Repos) -> None:
     repo = repos.make()
     # The repository's own checkout has main: landing must update it safely.
-    worktree, base, head = _run_changes(repos, repo)
+    _, _, head = _run_changes(repos, repo)
     assert repos.git.land(str(repo), head, "main", "ff-only", "land run 1", 1) == head
     assert repos.head(repo, "main") == head
     assert (repo / "untracked.txt").exists() and not (repo / "c.txt").exists()
     assert repos.sh("git status --porcelain", cwd=repo) == ""
     # A second run, while main moved on elsewhere: ff-only refuses, merge merges.
-    worktree2, _, head2 = _run_changes_on(repos, repo, 2, "printf 'x\\n' > x.txt")
+    _, _, head2 = _run_changes_on(repos, repo, 2, "printf 'x\\n' > x.txt")
     repos.sh("printf 'y\\n' > y.txt && git add y.txt && git commit -qm y", cwd=repo)
     before = repos.head(repo, "main")
     with pytest.raises(LandRefused, match="fast-forward is impossible"):

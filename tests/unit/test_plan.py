@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from minipipe_svc.plan import MAX_PLAN_BYTES, Plan, PlanError, load_plan
+from minipipe_svc.plan import MAX_PLAN_BYTES, Plan, PlanError, Workspace, load_plan, parse_plan
 
 DATA = Path(__file__).parent.parent / "data"
 BAD = DATA / "bad_plans"
@@ -189,3 +189,49 @@ def test_name_defaults_to_file_stem(tmp_path: Path) -> None:
 def test_stdin_plan() -> None:
     plan = load_plan("-", stdin=b'[[steps]]\nid = "a"\nrun = ["true"]\n')
     assert plan.name == "stdin"
+
+
+def _parse(text: str) -> Plan:
+    return parse_plan(text.encode(), source="p.toml", fmt="toml", base_dir="/srv/plans")
+
+
+def test_a_workspace_plan_runs_its_stages_in_the_worktree() -> None:
+    plan = _parse("""
+        review = true
+        [workspace]
+        repo = "/srv/git/app/"
+        ref = "main"
+        setup = ["make", "deps"]
+        [[steps]]
+        id = "edit"
+        run = "sed -i s/a/b/ x"
+        [[steps]]
+        id = "sub"
+        run = "true"
+        cwd = "docs/./api"
+        [[steps]]
+        id = "elsewhere"
+        run = "true"
+        cwd = "/srv/other"
+        [[on_approve]]
+        id = "push"
+        run = ["git", "push", "origin", "main"]
+    """)
+    assert plan.workspace == Workspace(repo="/srv/git/app", ref="main", land="merge",
+                                       target=None)
+    assert plan.review is True
+    assert [(s.id, s.stage, s.cwd) for s in plan.steps] == [
+        ("workspace-setup", "setup", ""), ("edit", "main", ""), ("sub", "main", "docs/api"),
+        ("elsewhere", "main", "/srv/other"), ("push", "on_approve", "")]
+    assert plan.steps[0].argv == ("make", "deps") and plan.steps[-1].phase == "on_approve"
+    assert Plan.from_dict(plan.to_dict()) == plan
+
+
+def test_without_review_a_workspace_keeps_its_change_on_the_branch() -> None:
+    plan = _parse('[workspace]\nrepo = "/r"\n[[steps]]\nid = "a"\nrun = "true"\n')
+    assert (plan.workspace.land, plan.workspace.ref, plan.review) == ("branch-only", "HEAD",
+                                                                      None)
+    # A plan without a workspace is unchanged: steps run in the plan's directory.
+    plain = _parse('[[steps]]\nid = "a"\nrun = "true"\n')
+    assert plain.workspace is None and plain.steps[0].cwd == "/srv/plans"
+    assert Plan.from_dict({**plain.to_dict(), "workspace": None}) == plain
