@@ -387,6 +387,72 @@ def status(ctx: Context, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@pass_ctx
+def review(ctx: Context, as_json: bool) -> None:
+    """List the runs awaiting review, oldest first.
+
+    A run with a [workspace] and review = true ends its steps AWAITING_REVIEW when
+    they changed something. Look with `minipipe show RUN` and `minipipe diff RUN`,
+    then `minipipe approve RUN` or `minipipe reject RUN -m WHY`.
+    """
+    from . import reads
+
+    ctx.read(reads.review_list, as_json=as_json)
+
+
+@cli.command()
+@click.argument("run_id", type=RUN_ID)
+@click.option("--stat", is_flag=True, help="Per-file counts, like `git diff --stat`.")
+@click.option("--name-only", is_flag=True, help="Only the changed files' names.")
+@pass_ctx
+def diff(ctx: Context, run_id: int, stat: bool, name_only: bool) -> None:
+    """Print what a run changed in its workspace, from the merge-base with its base.
+
+    Includes files the steps left uncommitted (committed for them when the steps
+    ended) and the commits they made. Coloured and paged on a terminal ($PAGER,
+    else less), plain when piped; control characters are escaped on a terminal.
+    """
+    from . import reads
+
+    if stat and name_only:
+        raise UserError("use either --stat or --name-only")
+    ctx.read(reads.diff, run_id, stat=stat, name_only=name_only)
+
+
+@cli.command()
+@click.argument("run_id", type=RUN_ID)
+@click.option("-m", "--message", metavar="TEXT", help="Why, for the run's events.")
+@pass_ctx
+def approve(ctx: Context, run_id: int, message: str | None) -> None:
+    """Approve a run awaiting review: land its change, then run its on_approve steps.
+
+    The run is queued; its runner lands exactly the commit that was reviewed onto
+    the target branch (plan [workspace] land: merge, ff-only or branch-only) and
+    ends SUCCEEDED. If the change conflicts, or the target is checked out with
+    local changes, nothing is changed and the run awaits review again, saying why.
+    Reviewers: root and members of reviewer_group (default: admin_group).
+    """
+    ctx.call("approve", run=run_id, message=message)
+    click.echo(f"run {run_id}: approved; landing its change")
+
+
+@cli.command()
+@click.argument("run_id", type=RUN_ID)
+@click.option("-m", "--message", metavar="TEXT", required=True,
+              help="Why (required): the submitter reads it in `minipipe show`.")
+@pass_ctx
+def reject(ctx: Context, run_id: int, message: str) -> None:
+    """Reject a run awaiting review: it ends REJECTED and its change never lands.
+
+    Its worktree and branch are removed (after worktree_keep_days). `minipipe retry`
+    runs it again from its base.
+    """
+    ctx.call("reject", run=run_id, message=message)
+    click.echo(f"run {run_id}: rejected")
+
+
+@cli.command()
 @pass_ctx
 def pause(ctx: Context) -> None:
     """Stop starting new runs; running runs finish (root and admins only).

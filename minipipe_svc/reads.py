@@ -62,6 +62,43 @@ class Printer:
     def echo(self, text: str = "") -> None:
         sys.stdout.write(text + "\n")
 
+    def diff_line(self, line: str) -> str:
+        """A unified diff line in git's colours (added green, removed red, hunks cyan)."""
+        if not self.colour:
+            return line
+        if line.startswith(("+++", "---", "diff --git", "index ")):
+            return self.style(line, bold=True)
+        if line.startswith("+"):
+            return self.style(line, fg="green")
+        if line.startswith("-"):
+            return self.style(line, fg="red")
+        if line.startswith("@@"):
+            return self.style(line, fg="cyan")
+        return line
+
+    def page(self, lines: list[str]) -> None:
+        """Through a pager ($PAGER, else less) on a terminal, as git does; else print."""
+        if not sys.stdout.isatty() or not lines:
+            for line in lines:
+                self.echo(line)
+            return
+        import shlex
+        import subprocess
+
+        pager = shlex.split(os.environ.get("PAGER") or "less") or ["less"]
+        env = {**os.environ, "LESS": os.environ.get("LESS", "FRX")}
+        try:
+            with subprocess.Popen(pager, stdin=subprocess.PIPE, env=env) as proc:
+                assert proc.stdin is not None
+                try:
+                    proc.stdin.write(("\n".join(lines) + "\n").encode("utf-8", "replace"))
+                    proc.stdin.close()
+                except BrokenPipeError:  # the pager was quit early
+                    pass
+        except OSError:
+            for line in lines:
+                self.echo(line)
+
     def json(self, data: Any) -> None:
         import json
 
@@ -122,7 +159,15 @@ def list_runs(config: Config, out: Printer, *, limit: int | None = 20,
 def show_run(config: Config, out: Printer, run_id: int, *, event_count: int = 10,
              as_json: bool = False) -> None:
     """`minipipe show RUN`: one run, its steps and its latest events."""
-    from .render import elapsed, event_json, event_text, run_json, step_json, steps_table
+    from .render import (
+        elapsed,
+        event_json,
+        event_text,
+        run_json,
+        step_json,
+        steps_table,
+        workspace_json,
+    )
 
     with _Reading(config) as store:
         run = store.get_run(run_id)
@@ -131,11 +176,14 @@ def show_run(config: Config, out: Printer, run_id: int, *, event_count: int = 10
         lost = store.lines_lost(run_id)
         output_lines = store.output_lines(run_id)
         shortfall = _journal_shortfall(store, run)
+        workspace = workspace_json(store.run_plan(run_id).get("workspace"),
+                                   store.workspace(run_id))
     if as_json:
         out.json({**run_json(run), "steps": [step_json(s) for s in steps],
                   "events": [event_json(e) for e in events], "log_lines_lost": lost,
                   "output_lines": output_lines,
-                  "journal_lines_missing": shortfall[1] - shortfall[0] if shortfall else 0})
+                  "journal_lines_missing": shortfall[1] - shortfall[0] if shortfall else 0,
+                  "workspace": workspace})
         return
     shown = shown_text()
     out.echo(f"{out.style(f'run {run.id}', bold=True)}  {shown(run.name)}  "
@@ -164,8 +212,13 @@ def show_run(config: Config, out: Printer, run_id: int, *, event_count: int = 10
         facts.append(("journal", f"kept {shortfall[0]} of {shortfall[1]} lines (journald "
                                  f"dropped {shortfall[1] - shortfall[0]}); `minipipe logs` "
                                  "shows the complete file mirror"))
+    if workspace is not None:
+        facts += _workspace_facts(workspace)
     for key, value in facts:
         out.echo(f"  {key + ':':<11}{shown(value)}")
+    if workspace and (workspace.get("changes") or {}).get("attributes_changed"):
+        out.echo(out.style("  warning:   this run changes .gitattributes, which decides what "
+                           "its diff shows as binary", fg="yellow"))
     out.echo()
     lines = steps_table(steps, shown=shown)
     out.echo(out.style(lines[0], bold=True))
@@ -176,6 +229,86 @@ def show_run(config: Config, out: Printer, run_id: int, *, event_count: int = 10
         out.echo(out.style("events", bold=True))
         for event in events:
             out.echo(f"  {shown(event_text(event))}")
+
+
+def _workspace_facts(workspace: dict[str, Any]) -> list[tuple[str, str]]:
+    from .render import age_since, change_summary
+
+    facts = [("repo", f"{workspace['repo']} at {workspace['ref']}"
+              + (f" ({workspace['base_commit'][:12]})" if workspace.get("base_commit")
+                 else ""))]
+    if workspace.get("path"):
+        facts.append(("worktree", f"{workspace['path']} on {workspace['branch']}"
+                      + (" (removed)" if workspace.get("removed_at") else "")))
+    facts.append(("changes", change_summary(workspace.get("changes"))))
+    review = "required" if workspace.get("review") else "not required"
+    if workspace.get("awaiting_since") and not workspace.get("approved_by"):
+        review += f", waiting {age_since(workspace['awaiting_since'])}"
+    if workspace.get("approved_by"):
+        review += f", approved by {workspace['approved_by']}"
+    facts.append(("review", review))
+    if workspace.get("landed_commit"):
+        facts.append(("landed", f"{workspace['landed_commit'][:12]} on "
+                                f"{workspace.get('target') or workspace['ref']}"))
+    return facts
+
+
+def review_list(config: Config, out: Printer, *, as_json: bool = False) -> None:
+    """`minipipe review`: the runs awaiting review, oldest first."""
+    from .render import age_since, change_summary, run_json, table, workspace_json
+
+    with _Reading(config) as store:
+        waiting = [(run, workspace_json(store.run_plan(run.id).get("workspace"), row))
+                   for run, row in store.awaiting_review()]
+    if as_json:
+        out.json([{**run_json(run), "workspace": workspace} for run, workspace in waiting])
+        return
+    if not waiting:
+        sys.stderr.write("no runs await review\n")
+        return
+    shown = shown_text()
+    rows = [[str(run.id), shown(run.name)[:30], shown(run.submitted_by or "-"),
+             age_since(workspace["awaiting_since"]), change_summary(workspace["changes"]),
+             shown(run.reason or "")] for run, workspace in waiting]
+    lines = table(["ID", "NAME", "OWNER", "WAITING", "CHANGES", "NOTE"], rows)
+    out.echo(out.style(lines[0], bold=True))
+    for line in lines[1:]:
+        out.echo(line)
+
+
+def diff(config: Config, out: Printer, run_id: int, *, stat: bool = False,
+         name_only: bool = False) -> None:
+    """`minipipe diff RUN`: the change the run recorded (never git run by the reader:
+    the run's repository is its user's, and its config could run code)."""
+    from .render import diffstat
+    from .review import read_diff
+
+    with _Reading(config) as store:
+        store.get_run(run_id)
+        row = store.workspace(run_id)
+    if row is None:
+        raise ReadError(f"run {run_id} has no workspace, so no diff", EXIT_BAD_INPUT)
+    if not row.changes:
+        raise ReadError(f"run {run_id} has not recorded its change yet (its steps have "
+                        "not ended)", EXIT_BAD_INPUT)
+    shown = shown_text()
+    if name_only:
+        for entry in row.changes["files"]:
+            out.echo(shown(entry["path"]))
+        return
+    if stat:
+        for line in diffstat(row.changes):
+            out.echo(shown(line))
+        return
+    data = read_diff(config.log_dir, run_id)
+    if data is None:
+        raise ReadError(f"run {run_id}'s diff is missing from {config.log_dir}")
+    lines = [out.diff_line(shown(line)) for line in
+             data.decode("utf-8", "backslashreplace").splitlines()]
+    if row.changes.get("diff_truncated"):
+        lines.append(out.style("(the diff was cut at 8 MiB; `minipipe diff --stat` lists "
+                               "every file)", fg="yellow"))
+    out.page(lines)
 
 
 def _journal_shortfall(store: Store, run: Any) -> tuple[int, int] | None:
@@ -194,9 +327,15 @@ def status(config: Config, out: Printer, *, as_json: bool = False) -> None:
     with _Reading(config) as store:
         counts = store.counts()
         paused = store.is_paused()
+        worktrees, worktree_bytes = store.worktree_disk_bytes()
+    awaiting = counts.get("AWAITING_REVIEW", 0)
+    gate_closed = bool(config.max_awaiting_review) and awaiting >= config.max_awaiting_review
     if as_json:
         out.json({"daemon_running": alive, "paused": paused, "counts": counts,
-                  "db_path": config.db_path})
+                  "db_path": config.db_path, "awaiting_review": awaiting,
+                  "max_awaiting_review": config.max_awaiting_review,
+                  "review_gate_full": gate_closed,
+                  "worktrees": {"count": worktrees, "bytes": worktree_bytes}})
         return
     activation = "; socket-activated: the next request starts it" if (
         not alive and os.path.exists(config.socket_path)) else ""
@@ -204,7 +343,21 @@ def status(config: Config, out: Printer, *, as_json: bool = False) -> None:
              f"{activation}")
     out.echo(f"queue:  {out.style('paused', fg='yellow') if paused else 'accepting'}")
     for state, count in counts.items():
-        out.echo(f"  {out.style(f'{state:<12}', state)}{count}")
+        out.echo(f"  {out.style(f'{state:<16}', state)}{count}")
+    if gate_closed:
+        out.echo(out.style(f"review: {awaiting} runs await review (max_awaiting_review "
+                           f"{config.max_awaiting_review}): runs that need review wait until "
+                           "some are approved or rejected", fg="yellow"))
+    if worktrees:
+        out.echo(f"worktrees: {worktrees} on disk, {_size(worktree_bytes)}")
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024  # type: ignore[assignment]
+    return f"{count} B"
 
 
 def daemon_running(lock_path: str) -> bool:

@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # annotations only: the read commands do not load `typing`
     from collections.abc import Callable
     from typing import Any
 
-    from .store import EventRow, RunRow, StepRow
+    from .store import EventRow, RunRow, StepRow, WorkspaceRow
 
 STATE_COLOURS: dict[str, tuple[str, bool]] = {
     RunState.PENDING.value: ("yellow", False),
@@ -160,3 +160,63 @@ def event_text(event: EventRow) -> str:
 
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# ---------------------------------------------------------------- workspaces, review
+
+
+def workspace_json(spec: dict[str, Any] | None, row: WorkspaceRow | None) -> dict[str, Any] | None:
+    """A run's workspace: what the plan asked (repo, ref, land, target) and what happened."""
+    if spec is None:
+        return None
+    facts = {"repo": spec.get("repo"), "ref": spec.get("ref"), "land": spec.get("land"),
+             "target": spec.get("target")}
+    if row is not None:
+        facts.update(review=row.review, path=row.path, branch=row.branch,
+                     base_commit=row.base_commit, head_commit=row.head_commit,
+                     changes=row.changes, disk_bytes=row.disk_bytes,
+                     awaiting_since=row.awaiting_since, approved_by=row.approved_by,
+                     landed_commit=row.landed_commit, removed_at=row.removed_at)
+    return facts
+
+
+def change_summary(changes: dict[str, Any] | None) -> str:
+    """`+142 −23, 5 files, 2 commits`, or "-" before the steps ended."""
+    if not changes:
+        return "-"
+    files, commits = changes["files_changed"], changes["commit_count"]
+    return (f"+{changes['insertions']} −{changes['deletions']}, {files} file"
+            f"{'s' if files != 1 else ''}, {commits} commit{'s' if commits != 1 else ''}")
+
+
+def diffstat(changes: dict[str, Any], width: int = 80) -> list[str]:
+    """`git diff --stat`-like lines from recorded per-file stats."""
+    files = changes["files"]
+    if not files:
+        return [" 0 files changed"]
+    names = [f"{f['old_path']} => {f['path']}" if f.get("old_path") else f["path"]
+             for f in files]
+    counts = [None if f["binary"] else f["insertions"] + f["deletions"] for f in files]
+    name_width = min(max(len(n) for n in names), max(20, width // 2))
+    largest = max([c for c in counts if c] or [1])
+    bar_width = max(10, width - name_width - 12)
+    scale = min(1.0, bar_width / largest)
+    lines = []
+    for name, count, entry in zip(names, counts, files, strict=True):
+        shown = name if len(name) <= name_width else "..." + name[-(name_width - 3):]
+        if count is None:
+            lines.append(f" {shown:<{name_width}} | Bin")
+            continue
+        plus = round(entry["insertions"] * scale) or (1 if entry["insertions"] else 0)
+        minus = round(entry["deletions"] * scale) or (1 if entry["deletions"] else 0)
+        lines.append(f" {shown:<{name_width}} | {count:>4} {'+' * plus}{'-' * minus}")
+    lines.append(f" {change_summary(changes)}")
+    return lines
+
+
+def age_since(timestamp: str | None, now: datetime | None = None) -> str:
+    """How long ago, without "ago" ("3m05s"), for waiting times."""
+    moment = parse_time(timestamp)
+    if moment is None:
+        return "-"
+    return format_duration(max(0.0, ((now or datetime.now(UTC)) - moment).total_seconds()))
