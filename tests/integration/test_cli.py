@@ -39,8 +39,10 @@ def test_json_outputs_have_the_documented_fields(running: Instance) -> None:
     assert listed[0].keys() >= RUN_FIELDS
     status = json.loads(running.cli("status", "--json").stdout)
     assert set(status["counts"]) == {"PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED",
-                                     "TIMED_OUT", "INTERRUPTED"}
+                                     "TIMED_OUT", "INTERRUPTED", "AWAITING_REVIEW", "REJECTED"}
     assert status["counts"]["SUCCEEDED"] == 1
+    assert (status["awaiting_review"], status["review_gate_full"]) == (0, False)
+    assert status["worktrees"] == {"count": 0, "bytes": 0}
     assert status["paused"] is False and status["daemon_running"] is True
 
 
