@@ -371,3 +371,92 @@ def test_a_trigger_planted_in_an_older_db_is_dropped_before_it_can_run(tmp_path:
             "SELECT name FROM sqlite_master WHERE type = 'trigger'")}
         assert names == {"run_counts_insert", "run_counts_update", "run_counts_delete"}
         assert store.repair_schema() == []  # idempotent
+
+
+REVIEWED = {**parse_plan(
+    b'review = true\n[workspace]\nrepo = "/srv/git/app"\nref = "main"\n'
+    b'[[steps]]\nid = "edit"\nrun = "true"\n[[on_approve]]\nid = "push"\nrun = "true"\n',
+    source="r.toml", fmt="toml", base_dir="/").to_dict(), "review": True}
+CHANGES = {"merge_base": "b" * 40, "head": "h" * 40, "files_changed": 1, "insertions": 2,
+           "deletions": 1, "files": [], "commit_count": 1, "commits": []}
+
+
+def _awaiting(store: Store) -> int:
+    """A run of REVIEWED whose steps succeeded with changes: AWAITING_REVIEW."""
+    run_id = store.submit(REVIEWED, source=None, submitted_by="alice", submitted_uid=1000)
+    assert store.start_run(run_id)
+    store.workspace_started(run_id, path="/w/1000/run-1", branch="minipipe/run-1",
+                            base_commit="b" * 40)
+    store.start_step(run_id, 0, "main")
+    store.finish_step(run_id, 0, StepState.SUCCEEDED, exit_code=0)
+    store.workspace_changed(run_id, head_commit="h" * 40, changes=CHANGES, disk_bytes=4096)
+    store.await_review(run_id)
+    return run_id
+
+
+def test_the_review_gate_through_the_store(store: Store) -> None:
+    run_id = _awaiting(store)
+    run, workspace = store.awaiting_review()[0]
+    assert run.state is RunState.AWAITING_REVIEW and workspace.review
+    assert workspace.changes == CHANGES and workspace.awaiting_since
+    assert store.count_running() == 0 and store.count_awaiting_review() == 1  # no slot
+    assert [s.state for s in store.get_steps(run_id)] == [StepState.SUCCEEDED,
+                                                          StepState.PENDING]
+    with pytest.raises(ConflictError, match="not AWAITING_REVIEW"):
+        store.approve(store.submit(PLAN, source=None, submitted_by=None), by="bob")
+    store.approve(run_id, by="bob", message="lgtm")
+    assert store.get_run(run_id).state is RunState.PENDING
+    assert store.workspace(run_id).approved_by == "bob"
+    # Its runner lands it; a conflict sends it back to review, the approval void.
+    assert store.start_run(run_id)
+    store.land_refused(run_id, "approved by bob, but it conflicts: a.txt", files=["a.txt"])
+    run = store.get_run(run_id)
+    assert (run.state, run.reason) == (RunState.AWAITING_REVIEW,
+                                       "approved by bob, but it conflicts: a.txt")
+    assert store.workspace(run_id).approved_by is None
+    store.reject(run_id, by="carol", message="no")
+    run = store.get_run(run_id)
+    assert (run.state, run.reason) == (RunState.REJECTED, "rejected by carol: no")
+    assert store.get_steps(run_id)[1].state is StepState.SKIPPED  # on_approve never ran
+    kinds = [e.kind for e in store.events(run_id=run_id)]
+    assert kinds.index("run_awaiting_review") < kinds.index("run_approved") < kinds.index(
+        "land_refused") < kinds.index("run_rejected")
+    # Retry after reject: a fresh attempt, the recorded change forgotten.
+    assert store.retry(run_id, by="alice") == 2
+    workspace = store.workspace(run_id)
+    assert (workspace.head_commit, workspace.changes, workspace.approved_by) == (None, None,
+                                                                                 None)
+    assert store.integrity_check() == "ok"
+
+
+def test_a_landed_run_and_cancel_while_awaiting(store: Store) -> None:
+    run_id = _awaiting(store)
+    store.approve(run_id, by="bob")
+    store.start_run(run_id)
+    store.landed(run_id, commit="c" * 40, target="main", mode="merge")
+    store.finish_run(run_id, RunState.SUCCEEDED, exit_code=0)
+    assert store.workspace(run_id).landed_commit == "c" * 40
+    other = _awaiting(store)
+    assert store.request_cancel(other, by="alice") is RunState.AWAITING_REVIEW
+    assert store.get_run(other).state is RunState.CANCELLED
+    with pytest.raises(ConflictError):
+        store.reject(other, by="bob", message="late")
+
+
+def test_worktrees_are_removed_before_their_runs_are_deleted(store: Store) -> None:
+    landed = _awaiting(store)
+    store.approve(landed, by="bob")
+    store.start_run(landed)
+    store.finish_run(landed, RunState.SUCCEEDED, exit_code=0)
+    waiting = _awaiting(store)
+    assert store.worktree_disk_bytes() == (2, 8192)
+    far = "9999-01-01T00:00:00.000Z"
+    past = "2000-01-01T00:00:00.000Z"
+    # Landed: due at once (keep 0 days); a run awaiting review never is.
+    due = store.workspaces_due(ended_before=past, landed_or_rejected_before=far)
+    assert [run.id for run, _ in due] == [landed]
+    assert store.delete_finished_before(far) == []  # its worktree is still on disk
+    store.workspace_removed(landed)
+    assert store.worktree_disk_bytes() == (1, 4096)
+    assert store.delete_finished_before(far) == [landed]
+    assert store.get_run(waiting).state is RunState.AWAITING_REVIEW
