@@ -118,6 +118,27 @@ def fork_runner(args: RunnerArgs, setup: Callable[[], None] | None = None) -> Fo
         os._exit(status)
 
 
+def fork_task(task: Callable[[], int]) -> int:
+    """Fork a short root task of the daemon's (removing a run's worktree as its user);
+    returns its pid, for the daemon to reap. The caller must have no SQLite connection
+    open, as for fork_runner; the task opens its own."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    status = 70
+    try:
+        _leave_the_daemon()
+        status = task()
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+
 def _leave_the_daemon() -> None:
     """In a freshly forked child: shed everything that belongs to the daemon."""
     # The daemon's objects stay in memory but are never collected here, so no

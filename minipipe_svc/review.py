@@ -64,6 +64,16 @@ def read_diff(log_dir: str, run_id: int) -> bytes | None:
         return None
 
 
+def remove_worktree(db_path: str, run_id: int, repo: str, path: str, branch: str | None,
+                    identity: RunIdentity | None) -> int:
+    """The daemon's housekeeping task (forked): a run's worktree (and branch, unless
+    None) removed as the run's user, then recorded. Returns an exit status."""
+    Git(identity).remove(repo, path, branch)
+    with Store.open(db_path, create=False) as store:
+        store.workspace_removed(run_id)
+    return 0
+
+
 class RunWorkspace:
     def __init__(self, store: Store, run_id: int, plan: Plan, identity: RunIdentity | None,
                  worktree_dir: str, log_dir: str) -> None:

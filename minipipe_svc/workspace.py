@@ -214,18 +214,9 @@ class Git:
 
     def disk_usage(self, path: str) -> int | None:
         """Bytes under `path`, as the user may see them (None if unknown)."""
-        options: dict[str, Any] = {}
-        if self.identity is not None and os.geteuid() == 0:
-            options.update(user=self.identity.uid, group=self.identity.gid,
-                           extra_groups=list(self.identity.groups))
+        result = self._as_user(["du", "-s", "-B1", "--", path])
         try:
-            result = subprocess.run(["du", "-s", "-B1", "--", path], capture_output=True,
-                                    timeout=WORK_TIMEOUT_SECONDS, cwd="/", check=False,
-                                    env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"}, **options)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        try:
-            return int(result.stdout.split()[0])
+            return int(result.stdout.split()[0]) if result else None
         except (IndexError, ValueError):
             return None
 
@@ -316,6 +307,21 @@ class Git:
         self.run("-C", repo, "worktree", "prune", check=False)
         if branch:
             self.run("-C", repo, "branch", "-D", "--quiet", branch, check=False)
+        # Whatever git could not remove (the repository is gone, a step made files
+        # git does not track undeletable by git): as the user, never as root.
+        self._as_user(["rm", "-rf", "--one-file-system", "--", path])
+
+    def _as_user(self, argv: list[str]) -> subprocess.CompletedProcess[bytes] | None:
+        options: dict[str, Any] = {}
+        if self.identity is not None and os.geteuid() == 0:
+            options.update(user=self.identity.uid, group=self.identity.gid,
+                           extra_groups=list(self.identity.groups))
+        try:
+            return subprocess.run(argv, capture_output=True, timeout=WORK_TIMEOUT_SECONDS,
+                                  cwd="/", check=False, stdin=subprocess.DEVNULL,
+                                  env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"}, **options)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
 
 
 def user_directory(worktree_dir: str, identity: RunIdentity | None) -> str:
