@@ -16,17 +16,25 @@ from typing import Any
 from . import protocol
 from .config import Config
 from .identity import (
+    PROBE_TIMEOUT_SECONDS,
+    DirectoryProber,
     IdentityError,
     Peer,
+    PendingProbe,
+    ProbeBusy,
     RunIdentity,
     is_admin,
     may_act_on,
-    probe_directories,
     run_identity,
 )
 from .model import RunState
 from .plan import PRIORITY_RANGE, Plan, PlanError, parse_plan
+from .server import Deferred
 from .store import ConflictError, NoSuchRun, Store, StoreError
+
+Reply = dict[str, Any]
+# What needs the DB's write lock (everything but ping).
+WRITE_OPERATIONS = ("submit", "cancel", "retry", "pause", "resume")
 
 MAX_STORED_PLAN_BYTES = 4 * 1024 * 1024
 # Directories private to the service when it runs under systemd (PrivateTmp=yes).
@@ -46,14 +54,19 @@ class Refused(Exception):
 
 class Actions:
     def __init__(self, store: Store, config: Config, *, private_tmp: bool = False,
-                 version: str = "") -> None:
+                 version: str = "", probes: DirectoryProber | None = None) -> None:
         self.store, self.config = store, config
         self.private_tmp = private_tmp
         self.version = version
-        self.on_locked: Callable[[], None] = lambda: None  # the daemon names who holds it
+        self.probes = probes or DirectoryProber()
+        # Set by the daemon: a write failed on the lock (it finds out who holds it), and
+        # why writes would wait right now (None: they would not).
+        self.on_locked: Callable[[], None] = lambda: None
+        self.writes_wait: Callable[[], str | None] = lambda: None
 
-    def handle(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
-        """One request -> one reply; never raises for anything a client can cause."""
+    def handle(self, peer: Peer, request: dict[str, Any]) -> Reply | Deferred:
+        """One request -> one reply, now or deferred; never raises for anything a
+        client can cause."""
         op = request.get("op")
         if request.get("v") != protocol.VERSION:
             return protocol.error("bad_request", f"unsupported protocol version "
@@ -61,20 +74,30 @@ class Actions:
         if op not in protocol.OPERATIONS:
             return protocol.error("bad_request", f"unknown operation {op!r}; known: "
                                   + ", ".join(protocol.OPERATIONS))
+        if op in WRITE_OPERATIONS and (why := self.writes_wait()):
+            return protocol.error("unavailable", why)
+        return self.answer(lambda: getattr(self, f"op_{op}")(peer, request))
+
+    def answer(self, work: Callable[[], dict[str, Any] | Deferred]) -> Reply | Deferred:
+        """The reply for `work`'s fields (or its Deferred), or for the error it raised."""
         try:
-            return {"ok": True, **getattr(self, f"op_{op}")(peer, request)}
-        except Refused as exc:
+            result = work()
+        except (Refused, PlanError, StoreError) as exc:
+            return self.refusal(exc)
+        return result if isinstance(result, Deferred) else {"ok": True, **result}
+
+    def refusal(self, exc: Refused | PlanError | StoreError) -> Reply:
+        if isinstance(exc, Refused):
             return protocol.error(exc.code, str(exc))
-        except PlanError as exc:
+        if isinstance(exc, PlanError):
             return protocol.error("bad_plan", str(exc))
-        except NoSuchRun as exc:
+        if isinstance(exc, NoSuchRun):
             return protocol.error("no_such_run", str(exc))
-        except ConflictError as exc:
+        if isinstance(exc, ConflictError):
             return protocol.error("conflict", str(exc))
-        except StoreError as exc:
-            if "locked" in str(exc):
-                self.on_locked()
-            return protocol.error("unavailable", str(exc))
+        if "locked" in str(exc):
+            self.on_locked()
+        return protocol.error("unavailable", str(exc))
 
     # ------------------------------------------------------------ operations
 
@@ -107,9 +130,21 @@ class Actions:
             default_name=_default_name(path))
         try:
             identity = run_identity(self.config, peer.uid)
-            self.check_directories(plan, label, identity)
+            pending = self.check_directories(plan, label, identity, peer.uid)
         except IdentityError as exc:
             raise Refused("unavailable", f"cannot run this plan: {exc}") from None
+
+        def record() -> dict[str, Any]:
+            return self.record_submit(peer, plan, label, path, priority, umask,
+                                      read_back=request.get("read_back") is True)
+
+        if pending is None:
+            return record()
+        return self.after_probe(pending, plan, label, identity, record)
+
+    def record_submit(self, peer: Peer, plan: Plan, label: str, path: str | None,
+                      priority: int | None, umask: int | None, *,
+                      read_back: bool) -> dict[str, Any]:
         normalized = plan.to_dict()
         # [defaults] is copied into every step: a 1 MiB plan could become a 1 GB row.
         size = len(json.dumps(normalized))
@@ -121,15 +156,20 @@ class Actions:
                                    submitted_by=peer.name, submitted_uid=peer.uid,
                                    priority=priority, umask=umask)
         reply: dict[str, Any] = {"run": run_id}
-        if request.get("read_back") is True:
+        if read_back:
             from .render import run_json
 
             # daemon_running: kept from the days a submit could queue without a daemon.
             reply["run_json"] = {**run_json(self.store.get_run(run_id)), "daemon_running": True}
         return reply
 
-    def check_directories(self, plan: Plan, label: str, identity: RunIdentity | None) -> None:
-        """Every step's cwd exists as the service sees it and its user may enter it."""
+    def check_directories(self, plan: Plan, label: str, identity: RunIdentity | None,
+                          uid: int | None = None) -> PendingProbe | None:
+        """Every step's cwd exists as the service sees it and its user may enter it.
+
+        Raises PlanError for the first step whose cwd is known to be wrong; returns the
+        probe still asking about cwds on filesystems that might not answer, or None.
+        """
         if self.private_tmp:
             # The service's /tmp is not the submitter's, and it is shared by every run
             # of every user: a directory there may be anyone's. Not a place to run in.
@@ -138,11 +178,25 @@ class Actions:
                     raise PlanError(label, f"working directory {step.cwd} is in /tmp or "
                                     "/var/tmp, which the minipipe service keeps private",
                                     where=f"step {step.id!r}", hint=PRIVATE_TMP_HINT)
-        cwds = sorted({step.cwd for step in plan.steps})
-        answers = dict(zip(cwds, probe_directories(identity, cwds), strict=True))
+        cwds = list(dict.fromkeys(step.cwd for step in plan.steps))  # in step order
+        answers = dict(zip(cwds, self.probes.answer_now(identity, cwds), strict=True))
+        self.judge_directories(plan, label, identity, answers)
+        slow = [cwd for cwd in cwds if answers[cwd] is None]
+        if not slow:
+            return None
+        try:
+            return self.probes.start_child(identity, slow, os.getuid() if uid is None else uid)
+        except ProbeBusy as exc:
+            raise Refused("busy", str(exc)) from None
+
+    @staticmethod
+    def judge_directories(plan: Plan, label: str, identity: RunIdentity | None,
+                          answers: dict[str, str | None]) -> None:
+        """PlanError for the first step whose cwd's answer is not "ok" (None: not known
+        yet, passes for now)."""
         for step in plan.steps:
-            answer = answers[step.cwd]
-            if answer == "ok":
+            answer = answers.get(step.cwd)
+            if answer in ("ok", None):
                 continue
             where = f"step {step.id!r}"
             if answer == "missing":
@@ -153,6 +207,44 @@ class Actions:
             raise PlanError(label, f"user {user} (whom this run executes as) cannot enter "
                             f"{step.cwd}", where=where,
                             hint="set the step's cwd to a directory that user may enter")
+
+    def after_probe(self, pending: PendingProbe, plan: Plan, label: str,
+                    identity: RunIdentity | None,
+                    then: Callable[[], dict[str, Any]]) -> Deferred:
+        """The submit's answer once the probe child has answered (then `then` records
+        the run), or a bad-plan error naming the cwd that did not answer in time."""
+
+        def finish() -> dict[str, Any]:
+            self.judge_directories(plan, label, identity,
+                                   dict(zip(pending.paths, pending.answers, strict=False)))
+            if (silent := pending.unanswered()) is not None:
+                raise Refused("unavailable", "cannot run this plan: the check of working "
+                              f"directory {silent} ended without an answer")
+            if why := self.writes_wait():  # the lock was taken meanwhile
+                raise Refused("unavailable", why)
+            return then()
+
+        def reply() -> Reply:
+            try:
+                return {"ok": True, **finish()}
+            except (Refused, PlanError, StoreError) as exc:
+                return self.refusal(exc)
+
+        def give_up() -> Reply:
+            if pending.read():  # it answered just now
+                return reply()
+            pending.abandon()
+            silent = pending.unanswered() or pending.paths[0]
+            step = next(s for s in plan.steps if s.cwd == silent)
+            return self.refusal(PlanError(
+                label, f"working directory {silent} did not answer within "
+                f"{PROBE_TIMEOUT_SECONDS:g} s (a hung network or FUSE filesystem?)",
+                where=f"step {step.id!r}", hint="set the step's cwd to a directory on a "
+                "filesystem that answers, or try again once it does"))
+
+        return Deferred(pending.fd, pending.deadline,
+                        resume=lambda: reply() if pending.read() else None,
+                        give_up=give_up, abandon=pending.abandon)
 
     def op_cancel(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         if request.get("all") is True:

@@ -11,12 +11,21 @@ a signal, or the fallback poll. Each pass:
 Runners own their runs once started, so stopping the daemon never stops a run;
 on start the daemon reconciles: live runners are adopted, dead ones' runs become
 INTERRUPTED with the reason.
+
+A pass never waits long: the daemon's own writes wait at most DAEMON_BUSY_TIMEOUT_MS
+for the DB's write lock. When one times out, someone holds the lock (any group
+member may: README, known limits), and until it is free again the daemon writes
+nothing: no runs start, requests that would write are refused at once, and the
+loop goes on pinging the watchdog, with the holder in its status and, once a
+minute, in its log. Restarting would not free the lock, and the daemon never kills
+the holder: writes wait until an admin stops it, then resume by themselves.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import selectors
@@ -24,6 +33,7 @@ import signal
 import socket
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -48,6 +58,13 @@ CLEANUP_EVERY_SECONDS = 3600.0
 STATUS_EVERY_SECONDS = 1.0
 REQUEUE_BACKOFF_SECONDS = 5.0
 LOCK_WAIT_SECONDS = 2.0  # `minipipe status` may hold the lock for a moment to test it
+# The daemon's own wait for the DB's write lock (store.BUSY_TIMEOUT_MS, 10 s, is for
+# the CLI and runners). Runners hold the lock for milliseconds; a pass makes at most
+# one write that fails (then it stops), and the loop must ping well within
+# WatchdogSec (30 s).
+DAEMON_BUSY_TIMEOUT_MS = 2_000
+WRITE_LOCK_CHECK_SECONDS = 1.0  # while someone else holds it: is it free yet?
+WRITE_LOCK_REPORT_SECONDS = 60.0
 
 
 class Notifier:
@@ -67,6 +84,15 @@ class Notifier:
 
     def stopping(self) -> None:
         pass
+
+
+@dataclass
+class WriteLock:
+    """The DB's write lock is someone else's: the daemon's writes would only wait."""
+
+    since: float
+    next_check: float
+    holders: list[int]  # as the kernel names them (F_GETLK); may be empty (unnamed)
 
 
 @dataclass
@@ -111,6 +137,10 @@ class Daemon:
         self.status_pending = False
         self.watchdog_sent_at = 0.0
         self.next_lock_report = 0.0
+        self.write_lock: WriteLock | None = None
+        # Bookkeeping for runners already started, not yet in the DB (the lock was
+        # taken meanwhile): written first thing once writes work again.
+        self.owed_writes: list[Callable[[], None]] = []
         self.selector = selectors.DefaultSelector()
 
     # ------------------------------------------------------------ lifecycle
@@ -126,14 +156,22 @@ class Daemon:
             log.error("%s", exc)
             return 1
         try:
-            self.store = Store.open(self.config.db_path)
+            self.store = Store.open(self.config.db_path, busy_timeout_ms=DAEMON_BUSY_TIMEOUT_MS)
             for thing in self.store.repair_schema():
                 log.warning("dropped %s from the state DB: not minipipe's", thing)
         except StoreError as exc:
             log.error("cannot open the state DB: %s", exc)
             return 1
         self._install_signals()
-        self.reconcile()
+        try:
+            self.reconcile()
+        except StoreError as exc:
+            # Before serving, the DB must be repaired: a lock here means a start that
+            # systemd retries (Restart=on-failure) until the holder lets go.
+            log.error("cannot reconcile the state DB: %s", exc)
+            if "locked" in str(exc):
+                self.write_lock_taken()
+            return 1
         # Requests are answered only once the DB is repaired (like READY=1); with
         # socket activation they wait in the socket's backlog meanwhile.
         try:
@@ -144,7 +182,8 @@ class Daemon:
             return 1
         self.actions = Actions(self.store, self.config, private_tmp=self.private_tmp,
                                version=__version__)
-        self.actions.on_locked = self.name_lock_holders
+        self.actions.on_locked = self.write_lock_taken
+        self.actions.writes_wait = self.why_writes_wait
         self.api = ApiServer(listener, self.actions.handle, self.selector,
                              owned_by_systemd=by_systemd, path=self.config.socket_path)
         log.info("minipipe daemon started (pid %d, db %s, isolation %s, up to %d runs)",
@@ -157,12 +196,13 @@ class Daemon:
                     self.iterate()
                 except (StoreError, sqlite3.Error) as exc:
                     # Not a healthy pass: no watchdog ping. A DB that stays unusable
-                    # lets the watchdog restart us; a passing lock is simply retried.
+                    # lets the watchdog restart us. A lock is not the DB's fault and a
+                    # restart would not free it: the next passes wait it out, healthy.
                     log.error("scheduler pass failed, retrying: %s", exc)
                     if "locked" in str(exc):
-                        self.name_lock_holders()
+                        self.write_lock_taken()
                 self.wait(min(self.config.poll_interval_seconds, self.max_sleep or 3600.0,
-                              self.status_wait()))
+                              self.status_wait(), self.write_lock_wait()))
         finally:
             self.notifier.stopping()
             self.shutdown()
@@ -230,31 +270,109 @@ class Daemon:
             os.close(watch.pidfd)
         self.watches.clear()
         self.api.shutdown()
+        self.actions.probes.close()
         os.close(self.lock)
         self.store.close()
         log.info("daemon stopped; %d run(s) keep running and will be adopted on the next start",
                  running)
 
+    # ------------------------------------------------------------ the write lock
+
+    def write_lock_taken(self) -> None:
+        """A write gave up waiting for the DB's write lock: stop writing until it is free.
+
+        Meanwhile requests that would write are refused at once (`why_writes_wait`),
+        passes skip everything that writes, and runner exits wait to be judged (their
+        pidfds leave the selector, or an exited one would wake the loop at once,
+        again and again).
+        """
+        now = time.monotonic()
+        if self.write_lock is None:
+            self.write_lock = WriteLock(now, now + WRITE_LOCK_CHECK_SECONDS, [])
+            for watch in self.watches.values():
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(watch.pidfd)
+        self.write_lock.holders = self.lock_holders()
+        self.name_lock_holders()
+
+    def check_write_lock(self) -> None:
+        """Once a second while someone else holds the lock: is it free again?"""
+        lock = self.write_lock
+        now = time.monotonic()
+        if lock is None or now < lock.next_check:
+            return
+        if not _write_lock_free(self.config.db_path):
+            lock.next_check = now + WRITE_LOCK_CHECK_SECONDS
+            lock.holders = self.lock_holders()
+            self.name_lock_holders()
+            return
+        self.write_lock = None
+        self.next_lock_report = 0.0
+        log.info("the state DB's write lock is free again after %.0fs; writes resume",
+                 now - lock.since)
+        for watch in self.watches.values():
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.register(watch.pidfd, selectors.EVENT_READ,
+                                       ("runner", watch.run_id))
+
+    def lock_holders(self) -> list[int]:
+        try:
+            return self.store.write_lock_holders()
+        except OSError as exc:  # it forks to ask; no fork, no names this time
+            log.warning("cannot name the state DB's write-lock holders: %s", exc)
+            return []
+
+    def write_lock_wait(self) -> float:
+        """How long the loop may sleep before the lock is due to be checked again."""
+        if self.write_lock is None:
+            return 3600.0
+        return max(0.0, self.write_lock.next_check - time.monotonic())
+
+    def why_writes_wait(self) -> str | None:
+        """For a request that would write while the lock is someone else's."""
+        if self.write_lock is None:
+            return None
+        return (f"the state DB is write-locked by {self.lock_holders_text()}; writes wait "
+                "until it lets go (an admin can stop it); try again later")
+
+    def lock_holders_text(self) -> str:
+        if self.write_lock is None or not self.write_lock.holders:
+            return "another process (not named by the kernel)"
+        runners = {watch.pid: watch.run_id for watch in self.watches.values()}
+        return ", ".join(
+            f"pid {pid} (runner of run {runners[pid]})" if pid in runners
+            else f"pid {pid} (user {_owner_name(pid)})" for pid in self.write_lock.holders)
+
     def name_lock_holders(self) -> None:
         """Say who keeps writers out: an admin can then act (the daemon does not kill)."""
         if time.monotonic() < self.next_lock_report:
             return
-        self.next_lock_report = time.monotonic() + 60.0
-        for pid in self.store.write_lock_holders():
-            uid = procs.owner(pid)
+        self.next_lock_report = time.monotonic() + WRITE_LOCK_REPORT_SECONDS
+        holders = self.write_lock.holders if self.write_lock else []
+        for pid in holders:
             log.warning("the state DB's write lock is held by pid %d (user %s: %s); every "
-                        "write waits for it", pid, "?" if uid is None else procs.user_name(uid),
-                        procs.command_line(pid))
+                        "write waits for it, the daemon keeps serving and retries",
+                        pid, _owner_name(pid), procs.command_line(pid))
+        if not holders:
+            log.warning("the state DB's write lock is held by a process the kernel does "
+                        "not name (an open file description lock, or another pid "
+                        "namespace); every write waits for it, the daemon retries")
 
     # ------------------------------------------------------------ the loop
 
     def iterate(self) -> None:
         if self.reload_requested:
             self.reload()
-        self.collect_exited()
-        self.deliver_cancels()
-        self.start_pending()
-        self.cleanup_if_due()
+        self.actions.probes.reap()
+        self.check_write_lock()
+        if self.write_lock is None:
+            self.pay_owed_writes()
+            self.collect_exited()
+            self.deliver_cancels()
+            self.start_pending()
+            self.cleanup_if_due()
+        else:
+            self.deliver_cancels()  # reads and signals only
         status = self.current_status()
         now = time.monotonic()
         if status != self.last_status and now >= self.status_sent_at + STATUS_EVERY_SECONDS:
@@ -288,8 +406,11 @@ class Daemon:
         self.api.expire()
 
     def current_status(self) -> str:
-        return status_line(self.store.counts(), self.config.max_concurrent_runs,
+        line = status_line(self.store.counts(), self.config.max_concurrent_runs,
                            self.store.is_paused())
+        if self.write_lock is not None:
+            line += f" · state DB write-locked by {self.lock_holders_text()}; writes wait"
+        return line
 
     # ------------------------------------------------------------ runners
 
@@ -312,10 +433,11 @@ class Daemon:
                 if not _pidfd_ready(watch.pidfd):
                     continue
                 status = None
-            # Judge the run first: if the DB is locked now, the watch stays and the
-            # next pass tries again (the pidfd stays readable, poll() keeps the status).
+            # Judge the run first: if the DB is locked now, the watch stays and a later
+            # pass tries again (the pidfd stays readable, poll() keeps the status).
             self.runner_ended(watch.run_id, status)
-            self.selector.unregister(watch.pidfd)
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(watch.pidfd)
             os.close(watch.pidfd)
             del self.watches[watch.run_id]
             self.cancels_sent.discard(watch.run_id)
@@ -378,6 +500,7 @@ class Daemon:
         if free <= 0:
             return
         ready: list[tuple[RunRow, RunnerArgs, Limits]] = []
+        locked: StoreError | None = None
         for run in self.store.pending_runs(free):
             try:
                 prepared = self.prepare(run)
@@ -388,10 +511,19 @@ class Daemon:
                                           reason=f"could not start: {exc}")
                 log.error("run %d FAILED before it started: %s", run.id, exc)
                 continue
+            except StoreError as exc:
+                if not ready:
+                    raise
+                locked = exc  # start the runs already marked RUNNING, then say so
+                break
             if prepared is not None:
                 ready.append(prepared)
-        if not ready:
-            return
+        if ready:
+            self.launch(ready)
+        if locked is not None:
+            raise locked
+
+    def launch(self, ready: list[tuple[RunRow, RunnerArgs, Limits]]) -> None:
         # Runners are forked from this process, and SQLite forbids carrying an open
         # connection across fork(): ours is closed meanwhile (reopening costs ~0.2 ms).
         launched: list[tuple[RunRow, LaunchedRunner | OSError]] = []
@@ -404,18 +536,40 @@ class Daemon:
                     launched.append((run, exc))
         finally:
             self.store.reopen()
+        # Watched before anything is written: if the lock is taken meanwhile, the
+        # writes wait (owed_writes) but no runner goes unwatched.
         for run, runner in launched:
             if isinstance(runner, OSError):
-                reason = f"could not start the runner: {runner.strerror or runner}"
-                self.store.finish_run(run.id, RunState.FAILED, reason=reason)
-                log.error("run %d FAILED: %s", run.id, reason)
-                continue
-            self.store.set_runner(run.id, runner.pid, runner.start_time)
-            if not self.watch(run.id, runner.pid, runner):
-                # It already exited and was reaped elsewhere: judge it by the DB.
-                self.runner_ended(run.id, None)
-            log.info("run %d (%s) started: runner pid %d%s", run.id, run.name, runner.pid,
-                     f", unit {runner.unit}" if runner.unit else "")
+                self.owed_writes.append(functools.partial(self.launch_failed, run, runner))
+            else:
+                watched = self.watch(run.id, runner.pid, runner)
+                self.owed_writes.append(functools.partial(self.launched, run, runner,
+                                                          watched))
+        self.pay_owed_writes()
+
+    def pay_owed_writes(self) -> None:
+        """In order; a lock stops them (the rest wait for the next pass), nothing else."""
+        while self.owed_writes:
+            try:
+                self.owed_writes[0]()
+            except StoreError as exc:
+                if "locked" in str(exc):
+                    raise
+                log.error("could not record a runner's start: %s", exc)
+            self.owed_writes.pop(0)
+
+    def launch_failed(self, run: RunRow, error: OSError) -> None:
+        reason = f"could not start the runner: {error.strerror or error}"
+        self.store.finish_run(run.id, RunState.FAILED, reason=reason)
+        log.error("run %d FAILED: %s", run.id, reason)
+
+    def launched(self, run: RunRow, runner: LaunchedRunner, watched: bool) -> None:
+        self.store.set_runner(run.id, runner.pid, runner.start_time)
+        log.info("run %d (%s) started: runner pid %d%s", run.id, run.name, runner.pid,
+                 f", unit {runner.unit}" if runner.unit else "")
+        if not watched:
+            # It already exited and was reaped elsewhere: judge it by the DB.
+            self.runner_ended(run.id, None)
 
     def prepare(self, run: RunRow) -> tuple[RunRow, RunnerArgs, Limits] | None:
         """Check what the run needs (its plan, its user), then mark it RUNNING."""
@@ -470,6 +624,29 @@ class Daemon:
         log.info("config reloaded: up to %d runs, poll every %gs", new.max_concurrent_runs,
                  new.poll_interval_seconds)
         self.notifier.ready(self.current_status())
+
+
+def _write_lock_free(db_path: str) -> bool:
+    """Whether a write could begin now, asked without waiting: a connection of its own
+    that waits for no lock, and an empty write transaction (the pause flag set to what
+    it is). Exact where naming the holder is not (open file description locks, other
+    pid namespaces); ~0.3 ms, once a second while the lock is held."""
+    try:
+        probe = Store.open(db_path, create=False, busy_timeout_ms=0)
+    except StoreError:
+        return False
+    try:
+        probe.set_paused(probe.is_paused())
+        return True
+    except StoreError:
+        return False
+    finally:
+        probe.close()
+
+
+def _owner_name(pid: int) -> str:
+    uid = procs.owner(pid)
+    return "?" if uid is None else procs.user_name(uid)
 
 
 def _pidfd_ready(pidfd: int) -> bool:

@@ -6,19 +6,39 @@ kernel reports for the socket (SO_PEERCRED). A run executes as its submitter
 `systemd-run --uid` do) or as one fixed user; never as root: root's runs use
 `run_user`. Ownership: a run's owner, root and members of `admin_group` may
 cancel or retry it; pause and resume are for root and admins only.
+
+Whether a run's user may enter a cwd is asked as that user: by the runner directly
+(`probe_directories`), by the daemon without ever waiting on a filesystem that may
+not answer (`DirectoryProber`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import gc
 import grp
 import os
 import pwd
+import signal
 import socket
 import struct
-from typing import Any, NamedTuple
+import time
+from collections.abc import Iterator
+from typing import Any, NamedTuple, NoReturn
 
 from .config import Config
-from .procs import user_name
+from .procs import (
+    MOUNTINFO,
+    RESOLVE_NO_MAGICLINKS,
+    RESOLVE_NO_SYMLINKS,
+    RESOLVE_NO_XDEV,
+    MountTable,
+    MountTree,
+    openat2,
+    path_parts,
+    user_name,
+)
 
 
 class IdentityError(Exception):
@@ -153,9 +173,20 @@ def probe_directories(identity: RunIdentity | None, paths: list[str]) -> list[st
     (setfsuid/setfsgid and its groups, put back at once: the daemon and the runner
     have no other threads), which costs microseconds where a forked child cost a
     millisecond. Without an identity (a private instance) this process asks for itself.
+
+    This waits as long as the filesystem does: the runner, whose wait delays only its
+    own run, asks this way; the daemon asks a `DirectoryProber`.
     """
-    if identity is None or os.geteuid() != 0:
+    with _filesystem_identity(identity):
         return [_probe(path) for path in paths]
+
+
+@contextlib.contextmanager
+def _filesystem_identity(identity: RunIdentity | None) -> Iterator[None]:
+    """Path lookups inside the block are the user's (a no-op without an identity or root)."""
+    if identity is None or os.geteuid() != 0:
+        yield
+        return
     if identity.uid == 0:
         raise IdentityError("steps never execute as root")
     libc = _libc()
@@ -167,7 +198,7 @@ def probe_directories(identity: RunIdentity | None, paths: list[str]) -> list[st
         # setfsuid() says nothing on failure; asking with an invalid id returns the current.
         if libc.setfsuid(-1) != identity.uid or libc.setfsgid(-1) != identity.gid:
             raise IdentityError(f"could not take the identity of user {identity.user}")
-        return [_probe(path) for path in paths]
+        yield
     finally:
         libc.setfsuid(0)
         libc.setfsgid(gid)
@@ -190,3 +221,227 @@ def _probe(path: str) -> str:
     except OSError:
         return "denied"
     return "ok"
+
+
+# ---------------------------------------------------------------- the daemon's probe
+
+PROBE_TIMEOUT_SECONDS = 3.0  # a cwd that has not answered by then is reported as hung
+MAX_PROBE_CHILDREN = 32  # forked probes alive (or killed, not yet reaped) at once
+MAX_PROBE_CHILDREN_PER_USER = 4
+_PATH_ONLY = os.O_PATH | os.O_CLOEXEC
+# Errors after which only a lookup that might wait can tell: ask in a child.
+_UNDECIDED = frozenset({errno.EXDEV, errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.E2BIG,
+                        errno.EAGAIN})
+PR_SET_PDEATHSIG = 1
+
+
+class ProbeBusy(Exception):
+    """Too many directory probes are waiting already; the message says to try again."""
+
+
+class DirectoryProber:
+    """`probe_directories` for the daemon: its loop never waits on a filesystem.
+
+    A cwd on a filesystem that never answers (a FUSE mount a group member made, a
+    hung NFS server) would block a stat() forever. So the daemon answers in-process
+    only where every lookup stays on a local, kernel-backed filesystem
+    (`procs.LOCAL_FILESYSTEMS`), and asks anything else in a forked child it may
+    abandon after PROBE_TIMEOUT_SECONDS (`start_child`, `PendingProbe`).
+
+    Which filesystems a lookup touches is decided without touching any, and without
+    trusting the text of the path alone:
+
+    - /proc/self/mountinfo, as a tree (`procs.MountTree`), names the mounts the text
+      of the path passes through; all of them must be local.
+    - The walk itself goes mount by mount, as the user (setfsuid: search permission is
+      theirs). Inside one mount it is openat2() with RESOLVE_NO_XDEV: the kernel
+      refuses (EXDEV) to cross into any other mount, wherever a symlink, a `..` or a
+      mount made a moment ago would lead. Symlinks are followed by the kernel, not
+      by us, so a symlink that stays on its local filesystem costs nothing and one
+      that leads onto another filesystem (even another local one) sends the path to
+      a child. We never resolve symlinks ourselves (realpath would stat through them).
+    - Where the walk does cross, at a mount point the table named, nothing is
+      looked up in the mount it enters until poll() on mountinfo confirms no mount
+      changed since the table was read: a mount stacked there meanwhile is caught.
+
+    Without openat2 (Linux < 5.6, or a seccomp filter) every path goes to a child.
+    """
+
+    def __init__(self, mountinfo: str | None = None) -> None:
+        self.mounts = MountTable(mountinfo or MOUNTINFO)
+        self.children: dict[int, int] = {}  # pid -> the asking uid, until reaped
+        self._root: int | None = None
+
+    def answer_now(self, identity: RunIdentity | None, paths: list[str]) -> list[str | None]:
+        """Each path's answer ("ok", "missing", "denied"), or None where finding it
+        out could wait on a filesystem (then ask `start_child`)."""
+        tree = self.mounts.tree()
+        if tree is None:
+            return [None] * len(paths)
+        if self._root is None:
+            self._root = os.open("/", _PATH_ONLY | os.O_DIRECTORY)
+        with _filesystem_identity(identity):
+            return [self._walk(tree, path) for path in paths]
+
+    def _walk(self, tree: MountTree, path: str) -> str | None:
+        parts = path_parts(path)
+        chain = tree.chain(path) if os.path.isabs(path) else None
+        if chain is None or "." in parts or ".." in parts or not all(m.local for m in chain):
+            return None
+        assert self._root is not None
+        here, depth, opened = self._root, 0, []
+        try:
+            for mount in chain[1:]:
+                point = path_parts(mount.point)
+                if len(point) == depth:
+                    continue  # stacked on the previous one: the crossing reached the top
+                between = point[depth:]
+                try:
+                    parent = openat2(here, "/".join(between[:-1]) or ".",
+                                     _PATH_ONLY | os.O_DIRECTORY,
+                                     RESOLVE_NO_XDEV | RESOLVE_NO_SYMLINKS
+                                     | RESOLVE_NO_MAGICLINKS)
+                    opened.append(parent)
+                    here = os.open(between[-1], _PATH_ONLY | os.O_NOFOLLOW, dir_fd=parent)
+                    opened.append(here)
+                except OSError as exc:
+                    # Only a refusal the kernel made on this local way is an answer.
+                    return "denied" if exc.errno == errno.EACCES else None
+                if self.mounts.changed():
+                    return None
+                depth = len(point)
+            try:
+                opened.append(openat2(here, "/".join((*parts[depth:], ".")),
+                                      _PATH_ONLY | os.O_DIRECTORY,
+                                      RESOLVE_NO_XDEV | RESOLVE_NO_MAGICLINKS))
+            except OSError as exc:
+                if exc.errno in _UNDECIDED:
+                    return None
+                return "missing" if exc.errno in (errno.ENOENT, errno.ENOTDIR) else "denied"
+            return "ok"
+        finally:
+            for fd in opened:
+                os.close(fd)
+
+    def start_child(self, identity: RunIdentity | None, paths: list[str],
+                    uid: int) -> PendingProbe:
+        """Fork a child that takes the user's identity and stats each path in turn.
+
+        Raises ProbeBusy past MAX_PROBE_CHILDREN, or MAX_PROBE_CHILDREN_PER_USER for
+        `uid` (children count until reaped: a killed one that cannot die yet, stuck
+        in a filesystem, keeps its place).
+        """
+        if identity is not None and identity.uid == 0:
+            raise IdentityError("steps never execute as root")
+        self.reap()
+        if len(self.children) >= MAX_PROBE_CHILDREN:
+            raise ProbeBusy(f"the daemon is already waiting for {len(self.children)} working "
+                            "directories on slow filesystems; try again in a few seconds")
+        if sum(owner == uid for owner in self.children.values()) >= MAX_PROBE_CHILDREN_PER_USER:
+            raise ProbeBusy(f"the daemon is already waiting for {MAX_PROBE_CHILDREN_PER_USER} "
+                            "of your working directories on slow filesystems; try again in a "
+                            "few seconds")
+        read_end, write_end = os.pipe()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            _probe_in_child(identity, paths, write_end, parent)
+        os.close(write_end)
+        os.set_blocking(read_end, False)
+        self.children[pid] = uid
+        return PendingProbe(self, pid, read_end, paths,
+                            time.monotonic() + PROBE_TIMEOUT_SECONDS)
+
+    def reap(self) -> None:
+        """Collect the probe children that ended (each by its own pid: never anyone
+        else's, such as the daemon's runners)."""
+        for pid in list(self.children):
+            try:
+                done, _status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                del self.children[pid]
+
+    def close(self) -> None:
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.reap()
+        self.mounts.close()
+        if self._root is not None:
+            os.close(self._root)
+            self._root = None
+
+
+class PendingProbe:
+    """A probe child's answers, read as they come, one line per path."""
+
+    def __init__(self, prober: DirectoryProber, pid: int, fd: int, paths: list[str],
+                 deadline: float) -> None:
+        self.prober, self.pid, self.fd = prober, pid, fd
+        self.paths, self.deadline = paths, deadline
+        self.received = b""
+        self.answers: list[str] = []
+
+    def read(self) -> bool:
+        """Take what the child wrote; True once every answer is in or the child is gone."""
+        ended = False
+        while not ended:
+            try:
+                chunk = os.read(self.fd, 4096)
+            except BlockingIOError:
+                break
+            except OSError:
+                chunk = b""
+            ended = not chunk
+            self.received += chunk
+        self.answers = self.received.decode("ascii", "replace").split("\n")[:-1]
+        if ended or len(self.answers) >= len(self.paths):
+            self.finish()
+            return True
+        return False
+
+    def unanswered(self) -> str | None:
+        """The first path the child gave no answer for: the one it is stuck in."""
+        return self.paths[len(self.answers)] if len(self.answers) < len(self.paths) else None
+
+    def abandon(self) -> None:
+        """Stop waiting: kill the child (still unreaped, so the pid is still ours)."""
+        if self.pid in self.prober.children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+        self.finish()
+
+    def finish(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.prober.reap()
+
+
+def _probe_in_child(identity: RunIdentity | None, paths: list[str], answers: int,
+                    parent: int) -> NoReturn:
+    """In a freshly forked child: become the user entirely, stat, report, exit."""
+    status = 70
+    try:
+        gc.disable()  # the daemon's objects are never finalized here
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_DFL)
+        # Killable in its wait, and killed with the daemon: never left behind.
+        _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            return
+        # The lock, the sockets and the DB stay the daemon's alone.
+        os.closerange(3, answers)
+        os.closerange(answers + 1, os.sysconf("SC_OPEN_MAX"))
+        if identity is not None and os.geteuid() == 0:
+            os.setgroups(list(identity.groups))
+            os.setgid(identity.gid)
+            os.setuid(identity.uid)
+        for path in paths:
+            os.write(answers, f"{_probe(path)}\n".encode())
+        status = 0
+    finally:
+        os._exit(status)

@@ -7,6 +7,11 @@ and fit in MAX_REQUEST_BYTES, at most MAX_CONNECTIONS are open at once, and a
 reply the client does not read is dropped at the same deadline. The listening
 socket comes from systemd (minipipe.socket, socket activation) or is bound here
 for a private instance.
+
+A handler whose answer depends on something that may take long (a cwd on a
+network or FUSE filesystem, probed in a child) returns a `Deferred` instead of
+waiting: the server then waits for its descriptor in the same selector, and gives
+up at its deadline.
 """
 
 from __future__ import annotations
@@ -31,7 +36,27 @@ log = logging.getLogger("minipipe.api")
 SD_LISTEN_FDS_START = 3
 ACCEPTS_PER_WAKE = 256
 
-Handler = Callable[[Peer, dict[str, Any]], dict[str, Any]]
+REPLY_GRACE_SECONDS = 1.0  # to read an answer that came late (a deferred one)
+
+
+@dataclass
+class Deferred:
+    """An answer that is not ready yet: the handler's work goes on elsewhere.
+
+    `resume` is called whenever `fd` is readable and returns the reply, or None to
+    keep waiting; `give_up` is called at `deadline` instead and returns the reply
+    then; `abandon` when no reply will be sent (the client left, the daemon stops).
+    Each of them releases what the work held.
+    """
+
+    fd: int
+    deadline: float
+    resume: Callable[[], dict[str, Any] | None]
+    give_up: Callable[[], dict[str, Any]]
+    abandon: Callable[[], None]
+
+
+Handler = Callable[[Peer, dict[str, Any]], "dict[str, Any] | Deferred"]
 
 
 def listening_socket(path: str, group: str | None = None) -> tuple[socket.socket, bool]:
@@ -107,6 +132,7 @@ class Connection:
     deadline: float
     received: bytearray = field(default_factory=bytearray)
     outgoing: bytes = b""
+    waiting: Deferred | None = None  # the request is in, its answer is not
 
 
 class ApiServer:
@@ -121,11 +147,14 @@ class ApiServer:
         selector.register(listener, selectors.EVENT_READ, ("api", None))
 
     def next_deadline(self) -> float | None:
-        return min((c.deadline for c in self.connections.values()), default=None)
+        return min((c.waiting.deadline if c.waiting else c.deadline
+                    for c in self.connections.values()), default=None)
 
     def on_event(self, conn: Connection | None, mask: int) -> None:
         if conn is None:
             self.accept()
+        elif conn.waiting is not None:
+            self.resume(conn)
         elif mask & selectors.EVENT_WRITE:
             self.send(conn)
         else:
@@ -174,9 +203,45 @@ class ApiServer:
                     "too_large", f"a request is at most {protocol.MAX_REQUEST_BYTES} bytes"))
             return
         self.selector.unregister(conn.sock)
-        self.reply(conn, self.answer(conn.peer, bytes(conn.received[:end])))
+        answer = self.answer(conn.peer, bytes(conn.received[:end]))
+        if isinstance(answer, Deferred):
+            conn.waiting = answer
+            self.selector.register(answer.fd, selectors.EVENT_READ, ("api", conn))
+        else:
+            self.reply(conn, answer)
 
-    def answer(self, peer: Peer, line: bytes) -> dict[str, Any]:
+    def resume(self, conn: Connection) -> None:
+        """The deferred answer's descriptor is readable: reply if the answer is ready."""
+        deferred = conn.waiting
+        assert deferred is not None
+        try:
+            message = deferred.resume()
+        except Exception:
+            message = self._failed(conn, deferred)
+        if message is not None:
+            self.stop_waiting(conn)
+            self.reply_late(conn, message)
+
+    def stop_waiting(self, conn: Connection) -> Deferred | None:
+        deferred, conn.waiting = conn.waiting, None
+        if deferred is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(deferred.fd)
+        return deferred
+
+    def reply_late(self, conn: Connection, message: dict[str, Any]) -> None:
+        conn.deadline = max(conn.deadline, time.monotonic() + REPLY_GRACE_SECONDS)
+        self.reply(conn, message)
+
+    def _failed(self, conn: Connection, deferred: Deferred) -> dict[str, Any]:
+        log.error("a deferred request from uid %d failed:\n%s", conn.peer.uid,
+                  traceback.format_exc())
+        with contextlib.suppress(Exception):
+            deferred.abandon()
+        return protocol.error("internal", "the daemon failed on this request; "
+                              "`journalctl -u minipipe` has the details")
+
+    def answer(self, peer: Peer, line: bytes) -> dict[str, Any] | Deferred:
         try:
             request = protocol.decode(line)
         except protocol.ProtocolError as exc:
@@ -214,9 +279,20 @@ class ApiServer:
         self.selector.register(conn.sock, selectors.EVENT_WRITE, ("api", conn))
 
     def expire(self) -> None:
-        """Close connections whose client is too slow, with a reply if it still fits."""
+        """Close connections whose client is too slow, with a reply if it still fits;
+        answer deferred requests whose work did not finish in time."""
         now = time.monotonic()
-        for conn in [c for c in self.connections.values() if c.deadline <= now]:
+        for conn in [c for c in self.connections.values()
+                     if c.waiting is not None and c.waiting.deadline <= now]:
+            deferred = self.stop_waiting(conn)
+            assert deferred is not None
+            try:
+                message = deferred.give_up()
+            except Exception:
+                message = self._failed(conn, deferred)
+            self.reply_late(conn, message)
+        for conn in [c for c in self.connections.values()
+                     if c.waiting is None and c.deadline <= now]:
             if conn.outgoing:
                 self.close(conn)  # it does not read its reply
                 continue
@@ -229,6 +305,8 @@ class ApiServer:
                 conn.deadline = now + 1.0
 
     def close(self, conn: Connection) -> None:
+        if (deferred := self.stop_waiting(conn)) is not None:
+            deferred.abandon()
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(conn.sock)
         if self.connections.pop(conn.sock.fileno(), None) is not None:
