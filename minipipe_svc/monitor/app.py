@@ -25,13 +25,17 @@ from ..model import RunState
 from ..output import OutputFollower
 from ..render import printable
 from ..store import EventRow, StepRow
-from .data import MonitorData, Update
+from . import diff
+from .data import MonitorData, Update, WorkspaceFacts
 from .messages import RunChosen
+from .widgets.diff_screen import DiffScreen
 from .widgets.events import MAX_ROWS, EventsTable
 from .widgets.help import HelpScreen
 from .widgets.output import OutputLog
 from .widgets.runs import ACTIVE, RunsTable, matches, ordered
 from .widgets.steps import StepsPanel, StepsTable
+from .widgets.style import literal
+from .widgets.workspace import WorkspaceDetail
 
 
 @dataclass
@@ -46,6 +50,8 @@ class Sync:
     output: list[LogLine] = field(default_factory=list)
     output_reset: bool = False
     output_note: str | None = None
+    workspace: WorkspaceFacts | None = None
+    workspace_read: bool = False                # False: unchanged
 
 
 class FilterInput(Input):
@@ -67,6 +73,7 @@ class MonitorApp(App[None]):
         Binding("e", "toggle_events", "Events run/all"),
         Binding("f", "toggle_follow", "Follow"),
         Binding("r", "refresh_now", "Refresh"),
+        Binding("d", "diff", "Diff"),
     ]
 
     def __init__(self, db_path: str, log_dir: str, *, poll_interval: float = 2.0,
@@ -124,6 +131,8 @@ class MonitorApp(App[None]):
             if selected is not None and (reselect or update.reloaded
                                          or selected in update.changed):
                 result.steps = self.data.steps(selected)
+                result.workspace = self.data.workspace(selected)
+                result.workspace_read = True
                 if reselect or update.reloaded:
                     result.run_events = self.data.run_events(selected)
             if run is None:
@@ -188,6 +197,8 @@ class MonitorApp(App[None]):
                 panel.show(run, self.steps_cache if run else [], now)
             elif run.state is RunState.RUNNING:
                 panel.tick(run, self.steps_cache, now)
+            if sync.workspace_read or run is None:
+                self.query_one(WorkspaceDetail).show(sync.workspace, run, now)
             output = self.query_one(OutputLog)
             if sync.output_reset:
                 title = f"Output · run {self.selected}" if run else "Output"
@@ -197,9 +208,12 @@ class MonitorApp(App[None]):
 
     def draw_title(self) -> None:
         counts = self.data.counts()
-        finished = sum(v for k, v in counts.items() if k not in ("RUNNING", "PENDING"))
+        waiting = counts.get(RunState.AWAITING_REVIEW.value, 0)
+        finished = sum(v for k, v in counts.items() if k not in ACTIVE)
         parts = [f"{counts.get('RUNNING', 0)} running", f"{counts.get('PENDING', 0)} pending",
                  f"{finished} recent finished"]
+        if waiting:
+            parts.insert(2, f"{waiting} awaiting review")
         flags = ["active only" if self.active_only else "all runs"]
         if self.filter_text:
             flags.append(f"filter: {printable(self.filter_text)}")
@@ -212,6 +226,8 @@ class MonitorApp(App[None]):
         text = Text()
         text.append("minipipe-monitor", style="bold")
         text.append(line)
+        if waiting:  # runs wait for a person: the count stands out
+            text.highlight_words([f"{waiting} awaiting review"], style="bold")
         self.query_one("#title", Static).update(text, layout=False)  # always one line
 
     # ------------------------------------------------------------ events from widgets
@@ -286,3 +302,33 @@ class MonitorApp(App[None]):
 
     def action_help(self) -> None:
         self.push_screen(HelpScreen())
+
+    def action_diff(self) -> None:
+        run_id = self.selected
+        run = self.data.runs.get(run_id) if run_id is not None else None
+        title = Text("Diff", style="bold")
+        if run is not None:
+            title.append(f" · run {run.id} · ").append_text(literal(run.name))
+        self.push_screen(DiffScreen(title, lambda: self.load_diff(run_id)))
+
+    def load_diff(self, run_id: int | None) -> diff.DiffDocument:
+        """What the diff screen shows for `run_id` (in its worker thread): the facts
+        from the DB now, the diff from the log directory."""
+        with self.lock:
+            problem = self.data.problem
+            facts = self.data.workspace(run_id) if run_id is not None and not problem else None
+        if problem:
+            return diff.message(f"cannot read the state DB: {problem}")
+        if run_id is None:
+            return diff.message("no run selected")
+        from ..review import read_diff  # its imports are paid when a diff is first opened
+
+        try:
+            changed = facts is not None and facts.row is not None and facts.row.changes
+            data = read_diff(self.log_dir, run_id) if changed else None
+            return diff.build(run_id, facts, data, self.log_dir)
+        except OSError as exc:
+            return diff.message(f"cannot read the diff of run {run_id}: "
+                                f"{exc.strerror or exc}")
+        except (KeyError, TypeError, ValueError) as exc:  # a change of an unknown shape
+            return diff.message(f"cannot show the change of run {run_id}: {exc!r}")

@@ -15,8 +15,8 @@ def main(argv: list[str] | None = None) -> None:
         description="A live, read-only terminal view of minipipe: runs, the selected run's "
                     "steps, events and output. Opens the state DB read-only and never "
                     "writes anything. Keys: arrows/j/k move, enter opens a run, tab next "
-                    "pane, / filter, a active/all, e events run/all, f follow, r refresh, "
-                    "? help, q quit.")
+                    "pane, / filter, a active/all, e events run/all, f follow, d the run's diff, "
+                    "r refresh, ? help, q quit.")
     parser.add_argument("--config", metavar="PATH",
                         help="config file (default: $MINIPIPE_CONFIG or "
                              "/etc/minipipe/config.json); gives db_path and log_dir")

@@ -13,12 +13,24 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from dataclasses import dataclass, field
+from typing import Any
 
-from ..store import EventRow, RunRow, SchemaTooNew, StepRow, Store, StoreError, StoreMissing
+from ..model import RunState
+from ..store import (
+    EventRow,
+    RunRow,
+    SchemaTooNew,
+    StepRow,
+    Store,
+    StoreError,
+    StoreMissing,
+    WorkspaceRow,
+)
 
 RECENT_FINISHED = 200
 EVENT_BACKLOG = 200
 MAX_EVENTS_PER_TICK = 5000
+MAX_PLANS_KEPT = 1000
 
 
 @dataclass
@@ -31,6 +43,14 @@ class Update:
     reloaded: bool = False  # everything was (re)loaded: redraw from scratch
 
 
+@dataclass(frozen=True)
+class WorkspaceFacts:
+    """A run's workspace: what its plan asked for and, once made, what happened."""
+
+    spec: dict[str, Any]        # the plan's [workspace]: repo, ref, land, target
+    row: WorkspaceRow | None    # None: the DB has no workspace row for the run
+
+
 class MonitorData:
     def __init__(self, db_path: str) -> None:
         self.db_path = db_path
@@ -38,6 +58,8 @@ class MonitorData:
         self.runs: dict[int, RunRow] = {}
         self.last_event_id = 0
         self.problem: str | None = "opening the state DB…"
+        # A plan never changes: its [workspace] is read once per run (None: it has none).
+        self.specs: dict[int, dict[str, Any] | None] = {}
 
     def refresh(self) -> Update:
         try:
@@ -51,9 +73,14 @@ class MonitorData:
 
     def _load(self) -> Update:
         self.store = Store.open(self.db_path, readonly=True)
+        self.specs.clear()  # another DB (or a restored one) may reuse run ids
         self.last_event_id = self.store.last_event_id()
         self.runs = {run.id: run for run in
                      self.store.active_and_recent_runs(RECENT_FINISHED)}
+        # Runs awaiting review wait for a person, however old: never cut off with the
+        # finished ones (they are few; events keep them current from here on).
+        self.runs.update((run.id, run) for run in self.store.list_runs(
+            limit=None, states=(RunState.AWAITING_REVIEW,)))
         backlog = self.store.events(after_id=max(0, self.last_event_id - EVENT_BACKLOG),
                                     limit=EVENT_BACKLOG)
         self.problem = None
@@ -74,6 +101,7 @@ class MonitorData:
         removed = (touched - set(fresh)) | (deleted & set(self.runs))
         for run_id in removed:
             self.runs.pop(run_id, None)
+            self.specs.pop(run_id, None)
         return Update(changed=set(fresh), removed=removed, events=events)
 
     def steps(self, run_id: int) -> list[StepRow]:
@@ -91,6 +119,23 @@ class MonitorData:
             return self.store.last_events(run_id, count)
         except (StoreError, sqlite3.Error):
             return []
+
+    def workspace(self, run_id: int) -> WorkspaceFacts | None:
+        """The run's workspace facts, or None when its plan has none (or on a read error:
+        the detail then shows nothing rather than something stale)."""
+        if self.store is None:
+            return None
+        try:
+            if run_id not in self.specs:
+                if len(self.specs) >= MAX_PLANS_KEPT:
+                    self.specs.clear()
+                self.specs[run_id] = self.store.run_plan(run_id).get("workspace") or None
+            spec = self.specs[run_id]
+            if spec is None:
+                return None
+            return WorkspaceFacts(spec, self.store.workspace(run_id))
+        except (StoreError, sqlite3.Error):
+            return None
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -9,6 +9,7 @@ from pathlib import Path
 from minipipe_svc.logs import FileLogSink, log_path
 from minipipe_svc.model import RunState, StepState
 from minipipe_svc.plan import parse_plan
+from minipipe_svc.review import write_diff
 from minipipe_svc.store import Store
 
 NOW = datetime(2026, 11, 26, 12, 0, 0, tzinfo=UTC)
@@ -85,6 +86,8 @@ def freeze_times(db: Path) -> None:
                  "WHERE finished_at IS NOT NULL")
     conn.execute(f"UPDATE events SET ts = '{base}' || coalesce(run_id, 0) || ':' || "
                  "printf('%02d', id) || '.000Z'")
+    conn.execute(f"UPDATE workspaces SET awaiting_since = '{base}' || run_id || ':50.000Z' "
+                 "WHERE awaiting_since IS NOT NULL")
     conn.commit()
     conn.close()
 
@@ -128,4 +131,90 @@ def build_hostile_db(root: Path) -> Path:
             if number < len(HOSTILE):
                 store.finish_step(run_id, 0, StepState.FAILED, exit_code=1, reason=text)
                 store.finish_run(run_id, RunState.FAILED, exit_code=1, reason=text)
+    return db
+
+
+# ---------------------------------------------------------------- workspaces and review
+
+DIFF = b"""\
+diff --git a/app/main.py b/app/main.py
+index 1111111..2222222 100644
+--- a/app/main.py
++++ b/app/main.py
+@@ -1,3 +1,4 @@ def main():
+ import sys
+-print("hello")
++print("hello, world")
++++ not a file header: an added line
+ sys.exit(0)
+diff --git a/README b/README
+new file mode 100644
+index 0000000..3333333
+--- /dev/null
++++ b/README
+@@ -0,0 +1 @@
++needle in the readme
+"""
+
+CHANGES = {
+    "merge_base": "a" * 40, "head": "c" * 40, "files_changed": 2, "insertions": 4,
+    "deletions": 1,
+    "files": [{"path": "app/main.py", "old_path": None, "status": "M", "insertions": 3,
+               "deletions": 1, "binary": False},
+              {"path": "README", "old_path": None, "status": "A", "insertions": 1,
+               "deletions": 0, "binary": False}],
+    "files_truncated": False,
+    "commit_count": 1,
+    "commits": [{"sha": "c" * 40, "author": "bob", "subject": "greet the world"}],
+    "attributes_changed": False, "diff_truncated": False,
+}
+
+
+def workspace_plan(name: str, *, review: bool = True, text: str = THREE_STEPS.decode()) -> dict:
+    """A plan with a [workspace] (as `submit` stores it: the DB is the boundary)."""
+    base = parse_plan(f'name = "{name}"\n{text}'.encode(), source="t.toml", fmt="toml",
+                      base_dir="/").to_dict()
+    base.update(workspace={"repo": "/srv/git/app", "ref": "main", "land": "merge",
+                           "target": None}, review=review)
+    return base
+
+
+def add_change(store: Store, logs: Path, run_id: int, changes: dict, diff: bytes | None,
+               *, await_review: bool = True) -> None:
+    """What a runner records for a run whose steps changed its workspace."""
+    store.start_run(run_id)
+    store.workspace_started(run_id, path=f"/var/lib/minipipe/worktrees/1000/run-{run_id}",
+                            branch=f"minipipe/run-{run_id}", base_commit="b" * 40)
+    store.workspace_changed(run_id, head_commit=changes["head"], changes=changes,
+                            disk_bytes=4096)
+    if diff is not None:
+        logs.mkdir(exist_ok=True)
+        write_diff(str(logs), run_id, diff)
+    if await_review:
+        store.await_review(run_id)
+
+
+def build_review_db(root: Path) -> Path:
+    """Runs 1-4: 1 AWAITING_REVIEW (a 2-file change, its diff recorded), 2 SUCCEEDED
+    without a workspace, 3 RUNNING in a fresh worktree (no change yet), 4 landed after
+    alice approved it."""
+    db = root / "state.db"
+    logs = root / "logs"
+    with Store.open(str(db)) as store:
+        waiting = store.submit(workspace_plan("feature"), source=None, submitted_by="bob")
+        add_change(store, logs, waiting, CHANGES, DIFF)
+        plain = store.submit(plan("nightly"), source=None, submitted_by="alice")
+        store.start_run(plain)
+        store.finish_run(plain, RunState.SUCCEEDED, exit_code=0, output_lines=0)
+        live = store.submit(workspace_plan("refactor"), source=None, submitted_by="bob")
+        store.start_run(live)
+        store.workspace_started(live, path=f"/var/lib/minipipe/worktrees/1000/run-{live}",
+                                branch=f"minipipe/run-{live}", base_commit="d" * 40)
+        landed = store.submit(workspace_plan("docs-fix"), source=None, submitted_by="carol")
+        add_change(store, logs, landed, {**CHANGES, "head": "e" * 40}, DIFF)
+        store.approve(landed, by="alice")
+        store.start_run(landed)
+        store.landed(landed, commit="f" * 40, target="main", mode="merge")
+        store.finish_run(landed, RunState.SUCCEEDED, exit_code=0, output_lines=0)
+    freeze_times(db)
     return db

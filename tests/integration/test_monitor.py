@@ -13,16 +13,30 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from rich.style import Style
+from textual.widgets import Static
+
 from minipipe_svc.monitor.app import MonitorApp
+from minipipe_svc.monitor.widgets.diff_screen import DiffScreen
+from minipipe_svc.monitor.widgets.diff_view import DiffView
 from minipipe_svc.monitor.widgets.events import EventsTable
 from minipipe_svc.monitor.widgets.help import HelpScreen
 from minipipe_svc.monitor.widgets.output import OutputLog
 from minipipe_svc.monitor.widgets.runs import RunsTable
 from minipipe_svc.monitor.widgets.steps import StepsPanel, StepsTable
+from minipipe_svc.monitor.widgets.workspace import WorkspaceDetail
 from minipipe_svc.store import SCHEMA_VERSION, Store
 
 from .conftest import ROOT, Instance
-from .monitor_fixtures import NOW, build_db
+from .monitor_fixtures import (
+    CHANGES,
+    DIFF,
+    NOW,
+    add_change,
+    build_db,
+    build_review_db,
+    workspace_plan,
+)
 
 
 def run_app(app: MonitorApp, scenario: Callable, size: tuple[int, int] = (100, 30)) -> None:
@@ -247,7 +261,8 @@ def test_a_session_changes_nothing_in_the_db(tmp_path: Path) -> None:
     app = monitor(db)
 
     async def scenario(pilot) -> None:
-        await pilot.press("j", "j", "e", "a", "a", "slash", *"x", "escape", "r", "f", "k")
+        await pilot.press("j", "j", "e", "a", "a", "slash", *"x", "escape", "r", "f", "k",
+                          "d", "slash", *"x", "enter", "n", "escape")
         await settle(app, pilot)
         await pilot.press("q")
 
@@ -364,3 +379,313 @@ def test_unreadable_db_is_explained_to_a_user_outside_the_group() -> None:
     assert result.returncode == 0, result.stderr
     assert "permission denied" in result.stdout
     assert "add yourself to group minipipe" in result.stdout
+
+
+# ---------------------------------------------------------------- workspaces and review
+
+
+def detail(app: MonitorApp) -> str:
+    widget = app.query_one(WorkspaceDetail)
+    return str(widget.content) if widget.has_class("visible") else ""
+
+
+async def select(app: MonitorApp, pilot, run_id: int) -> None:
+    table = app.query_one(RunsTable)
+    table.move_cursor(row=table.shown.index(run_id))
+    await until(app, pilot, lambda: app.selected == run_id, what=f"run {run_id} selected")
+    await settle(app, pilot)
+
+
+async def open_diff(app: MonitorApp, pilot, run_id: int) -> DiffScreen:
+    await select(app, pilot, run_id)
+    await pilot.press("d")
+    screen = app.screen
+    assert isinstance(screen, DiffScreen)
+    await until(app, pilot, lambda: screen.document is not None, what="the diff read")
+    return screen
+
+
+def view_lines(screen: DiffScreen) -> list[str]:
+    return screen.query_one(DiffView).document.lines
+
+
+def status(screen: DiffScreen) -> str:
+    return str(screen.query_one("#diff-status", Static).content)
+
+
+def styles_of(screen: DiffScreen, text: str) -> list[tuple[str, Style | None]]:
+    """The segments of the diff line that reads `text`, as drawn on screen."""
+    view = screen.query_one(DiffView)
+    index = view.document.lines.index(text)
+    view.scroll_to(0, index, animate=False, immediate=True)
+    return [(s.text, s.style) for s in view.render_line(index - view.scroll_offset.y)
+            if s.text.strip()]
+
+
+def colours_of(screen: DiffScreen, text: str) -> list[tuple[str, str | None]]:
+    """Each drawn piece of that line and its colour (None: the pane's own)."""
+    plain = screen.query_one(DiffView).rich_style.color
+    return [(piece, style.color.name if style and style.color and style.color != plain
+             else None) for piece, style in styles_of(screen, text)]
+
+
+def test_the_selected_runs_workspace_and_review_are_shown(tmp_path: Path) -> None:
+    app = monitor(build_review_db(tmp_path))
+
+    async def scenario(pilot) -> None:
+        await select(app, pilot, 1)
+        shown = detail(app).splitlines()
+        assert shown == ["awaiting review since 11:51:50 · +4 −1, 2 files, 1 commit",
+                         "repo /srv/git/app @ main (base bbbbbbbbbb)",
+                         "branch minipipe/run-1 · worktree /var/lib/minipipe/worktrees/1000/"
+                         "run-1"]
+        await select(app, pilot, 4)
+        assert detail(app).splitlines()[0] == ("landed ffffffffff on main · approved by alice"
+                                               " · +4 −1, 2 files, 1 commit")
+        await select(app, pilot, 3)
+        assert detail(app).splitlines()[:2] == ["review required · no change recorded yet",
+                                                "repo /srv/git/app @ main (base dddddddddd)"]
+        await select(app, pilot, 2)  # no workspace: nothing shown
+        assert detail(app) == ""
+
+    run_app(app, scenario, size=(160, 48))
+
+
+def test_a_gitattributes_change_is_warned_about(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    with Store.open(str(db)) as store:
+        run_id = store.submit(workspace_plan("attrs"), source=None, submitted_by="bob")
+        add_change(store, tmp_path / "logs", run_id, {**CHANGES, "attributes_changed": True},
+                   DIFF)
+    app = monitor(db)
+
+    async def scenario(pilot) -> None:
+        assert "⚠ this run changes .gitattributes" in detail(app).splitlines()[1]
+        screen = await open_diff(app, pilot, run_id)
+        assert any(".gitattributes" in line for line in view_lines(screen))
+
+    run_app(app, scenario, size=(160, 48))
+
+
+def test_awaiting_review_stands_out_and_the_header_counts_it(tmp_path: Path) -> None:
+    app = monitor(build_review_db(tmp_path))
+
+    async def scenario(pilot) -> None:
+        title = str(app.query_one("#title", Static).content)
+        assert "1 running · 0 pending · 1 awaiting review · 2 recent finished" in title
+        table = app.query_one(RunsTable)
+        assert table.shown == [3, 1, 4, 2]  # running, awaiting review, finished
+        cell = table.get_row_at(1)[2]
+        assert str(cell) == "◆ AWAITING_REVIEW"
+        assert all(span.style == "bold blue" for span in cell.spans) and cell.spans
+        assert cell.style == "bold blue"
+        await pilot.press("a")  # a run awaiting review is still active
+        assert table.shown == [3, 1]
+        await pilot.press("a", "slash", *"review", "enter")
+        assert table.shown == [1]
+
+    run_app(app, scenario, size=(160, 48))
+
+
+def test_the_header_has_no_review_count_without_runs_awaiting(tmp_path: Path) -> None:
+    app = monitor(build_db(tmp_path))
+
+    async def scenario(pilot) -> None:
+        assert "awaiting" not in str(app.query_one("#title", Static).content)
+
+    run_app(app, scenario)
+
+
+def test_a_run_reaching_review_updates_its_detail_and_the_count(tmp_path: Path) -> None:
+    db = build_review_db(tmp_path)
+    app = monitor(db, poll=0.1)
+
+    async def scenario(pilot) -> None:
+        await select(app, pilot, 3)
+        assert detail(app).startswith("review required · no change recorded yet")
+        with Store.open(str(db)) as store:  # what the runner records when its steps end
+            store.workspace_changed(3, head_commit="9" * 40, changes=CHANGES, disk_bytes=1)
+            store.await_review(3)
+        await until(app, pilot, lambda: detail(app).startswith("awaiting review since "),
+                    what="the detail to follow the run")
+        assert "+4 −1, 2 files, 1 commit" in detail(app)
+        await until(app, pilot, lambda: "2 awaiting review" in str(
+            app.query_one("#title", Static).content), what="the header count")
+        cell = app.query_one(RunsTable).get_row_at(app.query_one(RunsTable).shown.index(3))[2]
+        assert str(cell) == "◆ AWAITING_REVIEW"
+
+    run_app(app, scenario, size=(160, 48))
+
+
+def test_d_shows_the_stat_and_the_diff_coloured_like_git(tmp_path: Path) -> None:
+    app = monitor(build_review_db(tmp_path))
+
+    async def scenario(pilot) -> None:
+        screen = await open_diff(app, pilot, 1)
+        title = str(screen.query_one("#diff-title", Static).content)
+        assert title == "Diff · run 1 · feature · +4 −1, 2 files, 1 commit"
+        lines = view_lines(screen)
+        assert lines[:3] == [" app/main.py |    4 +++-", " README      |    1 +",
+                             " +4 −1, 2 files, 1 commit"]
+        assert "cccccccccccc greet the world (bob)" in lines
+        assert lines[-len(DIFF.splitlines()):] == DIFF.decode().splitlines()
+        assert status(screen).startswith(f"{len(lines)} lines")
+
+        def colour(text: str) -> set[str | None]:
+            return {name for _, name in colours_of(screen, text)}
+
+        assert colour('+print("hello, world")') == {"green"}
+        assert colour('-print("hello")') == {"red"}
+        # counted as the hunk's third added line: an addition, not a file header
+        assert colour("+++ not a file header: an added line") == {"green"}
+        assert colours_of(screen, "@@ -1,3 +1,4 @@ def main():") == [
+            ("@@ -1,3 +1,4 @@", "cyan"), (" def main():", None)]
+        assert all(s.bold for _, s in styles_of(screen, "diff --git a/README b/README"))
+        assert all(s.bold for _, s in styles_of(screen, "+++ b/README"))
+        assert colour(" import sys") == {None}
+        assert colours_of(screen, " app/main.py |    4 +++-")[-2:] == [("+++", "green"),
+                                                                      ("-", "red")]
+        assert colours_of(screen, "cccccccccccc greet the world (bob)")[0] == (
+            "cccccccccccc", "yellow")
+        await pilot.press("q")  # closes the diff, does not quit
+        assert not isinstance(app.screen, DiffScreen)
+        assert app.is_running
+        await pilot.press("d")
+        await pilot.press("escape")
+        assert not isinstance(app.screen, DiffScreen)
+
+    run_app(app, scenario, size=(120, 40))
+
+
+def test_search_in_the_diff_jumps_and_highlights(tmp_path: Path) -> None:
+    app = monitor(build_review_db(tmp_path))
+
+    async def scenario(pilot) -> None:
+        screen = await open_diff(app, pilot, 1)
+        view = screen.query_one(DiffView)
+        lines = view_lines(screen)
+        await pilot.press("slash", *"needle", "enter")
+        assert view.current == lines.index("+needle in the readme")
+        assert "match 1 of 1 for “needle”" in status(screen)
+        assert isinstance(app.focused, DiffView)
+        marked = [t for t, s in styles_of(screen, "+needle in the readme")
+                  if s and s.bgcolor and s.bgcolor.name in ("yellow", "bright_yellow")]
+        assert marked == ["needle"]
+        await pilot.press("slash", *"print", "enter")  # smart case: lower case folds
+        first = lines.index('-print("hello")')
+        assert view.current == first
+        assert "match 1 of 2" in status(screen)
+        await pilot.press("n")
+        assert view.current == lines.index('+print("hello, world")')
+        assert "match 2 of 2" in status(screen)
+        await pilot.press("n")
+        assert view.current == first
+        assert "(wrapped)" in status(screen)
+        await pilot.press("N")
+        assert view.current == lines.index('+print("hello, world")')
+        await pilot.press("slash", *"PRINT", "enter")  # a capital: case matters
+        assert view.current is None
+        assert "no match for “PRINT”" in status(screen)
+        await pilot.press("slash", "x", "escape")  # esc leaves the search, not the diff
+        assert isinstance(app.screen, DiffScreen)
+        assert isinstance(app.focused, DiffView)
+
+    run_app(app, scenario, size=(120, 40))
+
+
+def test_diff_of_a_run_without_one_says_why(tmp_path: Path) -> None:
+    db = build_review_db(tmp_path)
+    (tmp_path / "logs" / "run-4.diff").unlink()
+    app = monitor(db)
+
+    async def scenario(pilot) -> None:
+        for run_id, said in ((2, "run 2 has no workspace, so no diff"),
+                             (3, "run 3 has not recorded its change yet (its steps have "
+                                 "not ended)")):
+            screen = await open_diff(app, pilot, run_id)
+            assert view_lines(screen) == [said]
+            await pilot.press("slash", *"x", "enter", "n", "N")  # nothing to find: no crash
+            assert "no match" in status(screen)
+            await pilot.press("escape")
+        screen = await open_diff(app, pilot, 4)
+        lines = view_lines(screen)
+        assert lines[0] == " app/main.py |    4 +++-"  # the stat is recorded in the DB
+        assert lines[-1] == f"the diff of run 4 is missing from {tmp_path / 'logs'}"
+
+    run_app(app, scenario, size=(120, 40))
+
+
+def test_a_cut_diff_says_so(tmp_path: Path) -> None:
+    db = tmp_path / "state.db"
+    with Store.open(str(db)) as store:
+        run_id = store.submit(workspace_plan("big"), source=None, submitted_by="bob")
+        add_change(store, tmp_path / "logs", run_id, {**CHANGES, "diff_truncated": True},
+                   DIFF[:-10])
+    app = monitor(db)
+
+    async def scenario(pilot) -> None:
+        screen = await open_diff(app, pilot, run_id)
+        assert view_lines(screen)[-1].startswith("(the diff was cut at 8 MiB")
+
+    run_app(app, scenario)
+
+
+def test_a_100000_line_diff_stays_responsive(tmp_path: Path) -> None:
+    """The view draws only what is on screen: keys answer at once on a long diff."""
+    hunk = "".join(f"+line {i} of the generated file\n" for i in range(1000))
+    files = "".join(f"diff --git a/f{n} b/f{n}\n--- a/f{n}\n+++ b/f{n}\n@@ -0,0 +1,1000 @@\n"
+                    f"{hunk}" for n in range(100))
+    data = (files + "+the last line\n").encode()
+    db = tmp_path / "state.db"
+    with Store.open(str(db)) as store:
+        run_id = store.submit(workspace_plan("huge"), source=None, submitted_by="bob")
+        add_change(store, tmp_path / "logs", run_id, CHANGES, data)
+    app = monitor(db)
+
+    async def scenario(pilot) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        screen = await open_diff(app, pilot, run_id)
+        opened = loop.time() - started
+        view = screen.query_one(DiffView)
+        assert len(view_lines(screen)) > 100_400
+        assert opened < 10, opened
+
+        async def timed(*keys: str) -> None:
+            started = loop.time()
+            await pilot.press(*keys)
+            await pilot.pause()
+            per_key = (loop.time() - started) / len(keys)
+            assert per_key < 0.5, (keys, per_key)
+
+        for keys in (("G",), ("g",), ("pagedown",) * 20, ("j",) * 10, ("k",) * 10,
+                     ("slash", *"last line", "enter"), ("N",), ("n",)):
+            await timed(*keys)
+        assert view.current == len(view_lines(screen)) - 1
+        region = view.scrollable_content_region.height
+        assert view.scroll_offset.y <= view.current < view.scroll_offset.y + region
+        text = [view.render_line(y).text for y in range(region)]
+        assert any("+the last line" in line for line in text)
+        await timed("slash", *"line 500 of", "enter")  # 100 matching lines
+        assert view_lines(screen)[view.current].startswith("+line 500 of")
+
+    run_app(app, scenario, size=(120, 40))
+
+
+def test_diff_with_no_run_selected_or_no_db(tmp_path: Path) -> None:
+    app = monitor(build_review_db(tmp_path / "db"))
+    missing = monitor(tmp_path / "missing" / "state.db")
+
+    async def filtered_out(pilot) -> None:
+        await pilot.press("slash", *"no such run", "enter", "d")
+        await until(app, pilot, lambda: app.screen.document is not None, what="the screen")
+        assert view_lines(app.screen) == ["no run selected"]
+
+    async def without_db(pilot) -> None:
+        await pilot.press("d")
+        screen = missing.screen
+        await until(missing, pilot, lambda: screen.document is not None, what="the screen")
+        assert view_lines(screen)[0].startswith("cannot read the state DB: ")
+
+    run_app(app, filtered_out)
+    run_app(missing, without_db)

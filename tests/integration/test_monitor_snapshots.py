@@ -11,7 +11,7 @@ from pathlib import Path
 
 from minipipe_svc.monitor.app import MonitorApp
 
-from .monitor_fixtures import NOW, build_db
+from .monitor_fixtures import NOW, build_db, build_review_db
 
 
 async def settle(pilot) -> None:
@@ -50,3 +50,25 @@ def test_failed_run_selected_160x48(snap_compare, tmp_path: Path) -> None:
 def test_degraded_banner_80x24(snap_compare) -> None:
     missing = Path("/nonexistent/minipipe/state.db")
     assert snap_compare(app_for(missing), terminal_size=(80, 24), run_before=settle)
+
+
+def test_run_awaiting_review_selected_160x48(snap_compare, tmp_path: Path) -> None:
+    async def select_waiting(pilot) -> None:
+        await settle(pilot)
+        await pilot.press("j")
+        await settle(pilot)
+
+    assert snap_compare(app_for(build_review_db(tmp_path)), terminal_size=(160, 48),
+                        run_before=select_waiting)
+
+
+def test_diff_screen_with_a_search_120x36(snap_compare, tmp_path: Path) -> None:
+    async def search(pilot) -> None:
+        await settle(pilot)
+        await pilot.press("j", "d")
+        await settle(pilot)
+        await pilot.press("slash", *"print", "enter")
+        await settle(pilot)
+
+    assert snap_compare(app_for(build_review_db(tmp_path)), terminal_size=(120, 36),
+                        run_before=search)

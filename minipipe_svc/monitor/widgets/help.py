@@ -16,6 +16,7 @@ KEYS = [
     ("a", "active runs only / all runs"),
     ("e", "events of the selected run / of all runs"),
     ("f", "follow the output on/off"),
+    ("d", "the selected run's diff (/ n N search, esc closes)"),
     ("r", "refresh now (a full reload)"),
     ("?", "this help"),
     ("q", "quit"),

@@ -1,4 +1,4 @@
-"""The runs table: active runs first, then recent finished ones."""
+"""The runs table: active runs first (those awaiting review stand out), then finished ones."""
 
 from __future__ import annotations
 
@@ -14,16 +14,30 @@ from ..messages import RunChosen
 from .style import state_badge
 from .table import PaneTable
 
-ACTIVE = (RunState.RUNNING, RunState.PENDING)
+# Runs that still need something: to run, or a reviewer's decision.
+ACTIVE = (RunState.RUNNING, RunState.PENDING, RunState.AWAITING_REVIEW)
+REVIEW_MARK = "◆ "
 
 
 def ordered(runs: list[RunRow]) -> list[RunRow]:
-    """Running, then pending (oldest first, as they will start), then finished (newest)."""
+    """Running, then pending (as they will start), then awaiting review (the longest
+    waiting first, as `minipipe review` lists them), then finished (newest first)."""
     running = sorted((r for r in runs if r.state is RunState.RUNNING), key=lambda r: r.id)
     pending = sorted((r for r in runs if r.state is RunState.PENDING),
                      key=lambda r: (-r.priority, r.id))
+    waiting = sorted((r for r in runs if r.state is RunState.AWAITING_REVIEW),
+                     key=lambda r: r.id)
     finished = sorted((r for r in runs if r.state not in ACTIVE), key=lambda r: -r.id)
-    return running + pending + finished
+    return running + pending + waiting + finished
+
+
+def state_cell(state: RunState) -> Text:
+    """The state's badge; a run awaiting review also gets a mark, so it stands out
+    without colour too (NO_COLOR, a monochrome terminal)."""
+    badge = state_badge(state.value)
+    if state is RunState.AWAITING_REVIEW:
+        return Text(REVIEW_MARK, style=badge.style, end="").append_text(badge)
+    return badge
 
 
 def matches(run: RunRow, needle: str) -> bool:
@@ -62,7 +76,9 @@ class RunsTable(PaneTable):
             if run.id in self.shown:
                 for column, value in zip(("state", "phase", "steps", "duration", "started"),
                                          self._cells(run, now)[2:], strict=True):
-                    self.update_cell(str(run.id), column, value)
+                    # A new state may be wider (AWAITING_REVIEW): its column grows.
+                    self.update_cell(str(run.id), column, value,
+                                     update_width=column == "state")
 
     def tick_durations(self, runs: list[RunRow], now: datetime) -> None:
         """Only the live duration of running runs: the cheap per-tick redraw."""
@@ -85,6 +101,6 @@ class RunsTable(PaneTable):
     def _cells(run: RunRow, now: datetime) -> tuple[object, ...]:
         started = run.started_at[11:19] if run.started_at else "-"
         # str cells become literal Text in PaneTable: never markup, controls escaped.
-        return (Text(str(run.id), justify="right"), run.name[:28], state_badge(run.state.value),
+        return (Text(str(run.id), justify="right"), run.name[:28], state_cell(run.state),
                 run.phase or "-", f"{run.steps_done}/{run.steps_total}",
                 elapsed(run.started_at, run.finished_at, now), started)

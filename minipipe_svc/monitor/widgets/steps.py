@@ -1,4 +1,4 @@
-"""The selected run: its current step in detail, and all its steps with their states."""
+"""The selected run: its current step in detail, its workspace, and all its steps."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ...render import elapsed, printable
 from ...store import RunRow, StepRow
 from .style import literal, state_badge
 from .table import PaneTable
+from .workspace import WorkspaceDetail
 
 
 def current_step(steps: list[StepRow]) -> StepRow | None:
@@ -28,6 +29,7 @@ def current_step(steps: list[StepRow]) -> StepRow | None:
 class StepsPanel(Vertical):
     def compose(self) -> ComposeResult:
         yield Static(id="step-detail")
+        yield WorkspaceDetail(id="workspace-detail")
         yield StepsTable(id="steps-table")
 
     def tick(self, run: RunRow, steps: list[StepRow], now: datetime) -> None:
