@@ -28,15 +28,19 @@ from .identity import (
     run_identity,
 )
 from .model import RunState
-from .plan import PRIORITY_RANGE, Plan, PlanError, parse_plan
+from .plan import PRIORITY_RANGE, Plan, PlanError, key_line, parse_plan
 from .server import Deferred
 from .store import ConflictError, NoSuchRun, Store, StoreError
+from .workspace import Git, GitError, RefCheck
 
 Reply = dict[str, Any]
 # What needs the DB's write lock (everything but ping).
-WRITE_OPERATIONS = ("submit", "cancel", "retry", "pause", "resume")
+WRITE_OPERATIONS = ("submit", "cancel", "retry", "pause", "resume", "approve", "reject")
 
 MAX_STORED_PLAN_BYTES = 4 * 1024 * 1024
+# A plan's repository is asked about as its user; git must answer within this.
+GIT_CHECK_SECONDS = 10.0
+MAX_REF_CHECKS = 32
 # Directories private to the service when it runs under systemd (PrivateTmp=yes).
 PRIVATE_DIRS = ("/tmp", "/var/tmp")
 PRIVATE_TMP_HINT = ("the service has a private /tmp and /var/tmp and does not see yours: keep "
@@ -59,6 +63,7 @@ class Actions:
         self.private_tmp = private_tmp
         self.version = version
         self.probes = probes or DirectoryProber()
+        self.ref_checks: set[RefCheck] = set()
         # Set by the daemon: a write failed on the lock (it finds out who holds it), and
         # why writes would wait right now (None: they would not).
         self.on_locked: Callable[[], None] = lambda: None
@@ -138,14 +143,89 @@ class Actions:
             return self.record_submit(peer, plan, label, path, priority, umask,
                                       read_back=request.get("read_back") is True)
 
+        def then() -> dict[str, Any] | Deferred:
+            if plan.workspace is None:
+                return record()
+            plan_format = fmt or ("json" if label.lower().endswith(".json") else "toml")
+            return self.check_workspace(plan, label, text, plan_format, identity, record)
+
         if pending is None:
-            return record()
-        return self.after_probe(pending, plan, label, identity, record)
+            return then()
+        return self.after_probe(pending, plan, label, identity, then)
+
+    def check_workspace(self, plan: Plan, label: str, text: str, plan_format: str,
+                        identity: RunIdentity | None,
+                        then: Callable[[], dict[str, Any]]) -> Deferred:
+        """The [workspace]'s repository and ref, as the run's user finds them (git, in
+        a child the loop does not wait for); then `then` records the run."""
+        assert plan.workspace is not None
+        repo = plan.workspace.repo
+        if self.private_tmp and _under(repo, PRIVATE_DIRS):
+            raise PlanError(label, f"repository {repo} is in /tmp or /var/tmp, which the "
+                            "minipipe service keeps private", where="[workspace]",
+                            line=key_line(text, plan_format, "workspace", "repo"),
+                            hint=PRIVATE_TMP_HINT)
+        if len(self.ref_checks) >= MAX_REF_CHECKS:
+            raise Refused("busy", "too many repository checks at once; try again in a few "
+                          "seconds")
+        try:
+            check = RefCheck(Git(identity), repo, plan.workspace.ref, GIT_CHECK_SECONDS)
+        except GitError as exc:
+            raise Refused("unavailable", f"cannot check the plan's repository: {exc}") \
+                from None
+        self.ref_checks.add(check)
+
+        def bad(message: str) -> Reply:
+            key = "ref" if "no branch, tag or commit" in message else "repo"
+            line = (key_line(text, plan_format, "workspace", key)
+                    or key_line(text, plan_format, "workspace"))
+            hint = ("name a branch, tag or commit that exists in the repository"
+                    if key == "ref" else "give the path of a git repository that user "
+                    "may read (a clone or a bare repository)")
+            return self.refusal(PlanError(label, message, line=line, where="[workspace]",
+                                          hint=hint))
+
+        def resume() -> Reply | None:
+            if not check.read():
+                return None
+            self.ref_checks.discard(check)
+            try:
+                check.result()
+            except GitError as exc:
+                return bad(str(exc))
+            except Exception:
+                check.abandon()
+                raise
+            if why := self.writes_wait():
+                return protocol.error("unavailable", why)
+            try:
+                return {"ok": True, **then()}
+            except (Refused, PlanError, StoreError) as exc:
+                return self.refusal(exc)
+
+        def give_up() -> Reply:
+            self.ref_checks.discard(check)
+            check.abandon()
+            return bad(f"git did not answer about {repo} within {GIT_CHECK_SECONDS:g} s (a "
+                       "hung network or FUSE filesystem?)")
+
+        def abandon() -> None:
+            self.ref_checks.discard(check)
+            check.abandon()
+
+        return Deferred(check.fd, check.deadline, resume=resume, give_up=give_up,
+                        abandon=abandon)
 
     def record_submit(self, peer: Peer, plan: Plan, label: str, path: str | None,
                       priority: int | None, umask: int | None, *,
                       read_back: bool) -> dict[str, Any]:
         normalized = plan.to_dict()
+        if plan.workspace is not None:
+            # The config decides what the plan leaves open; the stored plan says it all.
+            review = self.config.review if plan.review is None else plan.review
+            normalized["review"] = review
+            normalized["workspace"]["land"] = plan.workspace.land or (
+                "merge" if review else "branch-only")
         # [defaults] is copied into every step: a 1 MiB plan could become a 1 GB row.
         size = len(json.dumps(normalized))
         if size > MAX_STORED_PLAN_BYTES:
@@ -178,7 +258,8 @@ class Actions:
                     raise PlanError(label, f"working directory {step.cwd} is in /tmp or "
                                     "/var/tmp, which the minipipe service keeps private",
                                     where=f"step {step.id!r}", hint=PRIVATE_TMP_HINT)
-        cwds = list(dict.fromkeys(step.cwd for step in plan.steps))  # in step order
+        # In step order; a relative cwd is inside the run's worktree, made at run start.
+        cwds = list(dict.fromkeys(step.cwd for step in plan.steps if os.path.isabs(step.cwd)))
         answers = dict(zip(cwds, self.probes.answer_now(identity, cwds), strict=True))
         self.judge_directories(plan, label, identity, answers)
         slow = [cwd for cwd in cwds if answers[cwd] is None]
@@ -210,11 +291,11 @@ class Actions:
 
     def after_probe(self, pending: PendingProbe, plan: Plan, label: str,
                     identity: RunIdentity | None,
-                    then: Callable[[], dict[str, Any]]) -> Deferred:
+                    then: Callable[[], dict[str, Any] | Deferred]) -> Deferred:
         """The submit's answer once the probe child has answered (then `then` records
         the run), or a bad-plan error naming the cwd that did not answer in time."""
 
-        def finish() -> dict[str, Any]:
+        def finish() -> dict[str, Any] | Deferred:
             self.judge_directories(plan, label, identity,
                                    dict(zip(pending.paths, pending.answers, strict=False)))
             if (silent := pending.unanswered()) is not None:
@@ -224,13 +305,14 @@ class Actions:
                 raise Refused("unavailable", why)
             return then()
 
-        def reply() -> Reply:
+        def reply() -> Reply | Deferred:
             try:
-                return {"ok": True, **finish()}
+                result = finish()
             except (Refused, PlanError, StoreError) as exc:
                 return self.refusal(exc)
+            return result if isinstance(result, Deferred) else {"ok": True, **result}
 
-        def give_up() -> Reply:
+        def give_up() -> Reply | Deferred:
             if pending.read():  # it answered just now
                 return reply()
             pending.abandon()
@@ -275,7 +357,39 @@ class Actions:
         self.require_admin(peer, "resume the queue")
         return {"changed": self.store.set_paused(False, by=peer.name)}
 
+    def op_approve(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        run_id = self.reviewed_run(peer, request, "approve")
+        message = _message(request, required=False)
+        self.store.approve(run_id, by=peer.name, message=message)
+        return {"run": run_id}
+
+    def op_reject(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
+        run_id = self.reviewed_run(peer, request, "reject")
+        self.store.reject(run_id, by=peer.name, message=_message(request, required=True))
+        return {"run": run_id}
+
     # ------------------------------------------------------------ ownership
+
+    def reviewed_run(self, peer: Peer, request: dict[str, Any], verb: str) -> int:
+        """A run the caller may review: root or a member of reviewer_group, and with
+        review_by_other (four eyes) not its own submitter, root included."""
+        run_id = _field(request, "run", int)
+        if run_id < 1:
+            raise Refused("bad_request", "'run' must be a positive run id")
+        run = self.store.get_run(run_id)
+        group = self.config.reviewer_group
+        if not is_admin(peer.uid, group) and peer.uid != os.geteuid():
+            raise Refused("permission_denied", f"permission denied: only root and members "
+                          f"of group {group or '(none configured)'} may {verb} runs")
+        if self.config.review_by_other and (
+                run.submitted_uid == peer.uid if run.submitted_uid is not None
+                else run.submitted_by == peer.name):
+            raise Refused("permission_denied", f"permission denied: run {run_id} is yours, "
+                          "and review_by_other asks another reviewer to decide")
+        if run.state is not RunState.AWAITING_REVIEW:
+            raise Refused("conflict", f"run {run_id} is {run.state.value}, not "
+                          f"AWAITING_REVIEW: there is nothing to {verb}")
+        return run_id
 
     def owned_run(self, peer: Peer, request: dict[str, Any]) -> int:
         run_id = _field(request, "run", int)
@@ -305,6 +419,21 @@ def _field(request: dict[str, Any], name: str, kind: type, *,
         raise Refused("bad_request", f"{name!r} must be {expected}"
                       + (" or null" if optional else ""))
     return value
+
+
+MAX_MESSAGE_CHARS = 2000
+
+
+def _message(request: dict[str, Any], *, required: bool) -> str | None:
+    message = _field(request, "message", str, optional=not required)
+    if message is not None:
+        message = message.strip()
+        if len(message) > MAX_MESSAGE_CHARS:
+            raise Refused("bad_request", f"'message' is at most {MAX_MESSAGE_CHARS} "
+                          "characters")
+    if required and not message:
+        raise Refused("bad_request", "a rejection needs a message: say why (-m TEXT)")
+    return message or None
 
 
 def _default_name(path: str | None) -> str:

@@ -41,10 +41,11 @@ from . import __version__, procs
 from .actions import Actions
 from .config import Config, ConfigError, load_config
 from .identity import IdentityError, run_identity
-from .launcher import LaunchedRunner, Launcher, ProcessLauncher, ScopeLauncher
+from .launcher import LaunchedRunner, Launcher, ProcessLauncher, ScopeLauncher, fork_task
 from .logs import log_path
 from .model import RunState
 from .plan import Limits, Plan, merge_limits
+from .review import diff_path, remove_worktree
 from .runner import RunnerArgs
 from .server import ApiServer, listening_socket
 from .store import RunRow, Store, StoreError, unsafe_directory
@@ -52,6 +53,8 @@ from .store import RunRow, Store, StoreError, unsafe_directory
 log = logging.getLogger("minipipe.daemon")
 
 CLEANUP_EVERY_SECONDS = 3600.0
+WORKTREE_SWEEP_SECONDS = 5.0  # how soon a landed or rejected run's worktree goes
+MAX_WORKTREE_TASKS = 4
 # STATUS= and WATCHDOG=1 at most this often: under load the daemon makes a pass per
 # run start and end, and each message costs PID 1 work (and a PropertiesChanged
 # signal to every bus client, for STATUS).
@@ -105,10 +108,16 @@ class Watch:
     runner: LaunchedRunner | None
 
 
-def status_line(counts: dict[str, int], limit: int, paused: bool) -> str:
+def status_line(counts: dict[str, int], limit: int, paused: bool,
+                review_limit: int = 0) -> str:
     done = sum(counts[s.value] for s in RunState if s.is_terminal)
     line = (f"{counts['RUNNING']}/{limit} running · {counts['PENDING']} pending · "
             f"{done} done")
+    awaiting = counts.get(RunState.AWAITING_REVIEW.value, 0)
+    if awaiting:
+        line += f" · {awaiting} awaiting review"
+        if review_limit and awaiting >= review_limit:
+            line += " (max_awaiting_review reached: runs that need review wait)"
     return line + " · paused" if paused else line
 
 
@@ -141,6 +150,8 @@ class Daemon:
         # Bookkeeping for runners already started, not yet in the DB (the lock was
         # taken meanwhile): written first thing once writes work again.
         self.owed_writes: list[Callable[[], None]] = []
+        self.worktree_tasks: dict[int, int] = {}  # pid -> run id
+        self.next_worktree_sweep = 0.0
         self.selector = selectors.DefaultSelector()
 
     # ------------------------------------------------------------ lifecycle
@@ -370,6 +381,7 @@ class Daemon:
             self.collect_exited()
             self.deliver_cancels()
             self.start_pending()
+            self.remove_worktrees_if_due()
             self.cleanup_if_due()
         else:
             self.deliver_cancels()  # reads and signals only
@@ -407,7 +419,7 @@ class Daemon:
 
     def current_status(self) -> str:
         line = status_line(self.store.counts(), self.config.max_concurrent_runs,
-                           self.store.is_paused())
+                           self.store.is_paused(), self.config.max_awaiting_review)
         if self.write_lock is not None:
             line += f" · state DB write-locked by {self.lock_holders_text()}; writes wait"
         return line
@@ -501,7 +513,7 @@ class Daemon:
             return
         ready: list[tuple[RunRow, RunnerArgs, Limits]] = []
         locked: StoreError | None = None
-        for run in self.store.pending_runs(free):
+        for run in self.startable(free):
             try:
                 prepared = self.prepare(run)
             except (IdentityError, ValueError, KeyError, TypeError) as exc:
@@ -522,6 +534,22 @@ class Daemon:
             self.launch(ready)
         if locked is not None:
             raise locked
+
+    def startable(self, free: int) -> list[RunRow]:
+        """The next `free` pending runs, in queue order. While max_awaiting_review runs
+        await review, runs that would need review too wait (approved ones, landing
+        their change, do not)."""
+        limit = self.config.max_awaiting_review
+        if not limit or self.store.count_awaiting_review() < limit:
+            return self.store.pending_runs(free)
+        runs = []
+        for run in self.store.pending_runs(free + 1000):
+            workspace = self.store.workspace(run.id)
+            if workspace is None or not workspace.review or workspace.approved_by:
+                runs.append(run)
+            if len(runs) == free:
+                break
+        return runs
 
     def launch(self, ready: list[tuple[RunRow, RunnerArgs, Limits]]) -> None:
         # Runners are forked from this process, and SQLite forbids carrying an open
@@ -583,9 +611,57 @@ class Daemon:
         return run, RunnerArgs(
             self.config.db_path, self.config.log_dir, run.id,
             kill_grace=self.config.kill_grace_seconds, runtime_max=limits.runtime_max,
-            journal=self.journal, identity=identity, umask=umask), limits
+            journal=self.journal, identity=identity, umask=umask,
+            worktree_dir=self.config.worktree_dir), limits
 
     # ------------------------------------------------------------ housekeeping
+
+    def remove_worktrees_if_due(self) -> None:
+        """Remove the worktrees of runs landed or rejected worktree_keep_days ago, and
+        of other ended runs when auto-cleanup is about to delete them. Each removal is
+        a forked task running git as the run's user (review.remove_worktree)."""
+        for pid in list(self.worktree_tasks):
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            del self.worktree_tasks[pid]
+        if time.monotonic() < self.next_worktree_sweep:
+            return
+        self.next_worktree_sweep = time.monotonic() + WORKTREE_SWEEP_SECONDS
+        now = datetime.now(UTC)
+        retention = (now - timedelta(days=self.config.completed_run_retention_days)
+                     if self.config.auto_cleanup_completed_runs else datetime.min.replace(
+                         tzinfo=UTC))
+        due = self.store.workspaces_due(
+            ended_before=_stamp(retention),
+            landed_or_rejected_before=_stamp(now - timedelta(
+                days=self.config.worktree_keep_days)))
+        busy = set(self.worktree_tasks.values())
+        tasks = []
+        for run, workspace in due:
+            if run.id in busy or len(busy) + len(tasks) >= MAX_WORKTREE_TASKS:
+                continue
+            try:
+                spec = self.store.run_plan(run.id)["workspace"]
+                identity = run_identity(self.config, run.submitted_uid)
+            except (IdentityError, KeyError, TypeError, ValueError) as exc:
+                log.warning("run %d: cannot remove its worktree: %s", run.id, exc)
+                continue
+            keep_branch = run.state is RunState.SUCCEEDED and spec.get("land") == "branch-only"
+            tasks.append((run.id, functools.partial(
+                remove_worktree, self.config.db_path, run.id, spec["repo"], workspace.path,
+                None if keep_branch else workspace.branch, identity)))
+        if not tasks:
+            return
+        self.store.close()  # no SQLite connection across fork()
+        try:
+            for run_id, task in tasks:
+                try:
+                    self.worktree_tasks[fork_task(task)] = run_id
+                except OSError as exc:
+                    log.warning("run %d: cannot fork to remove its worktree: %s", run_id, exc)
+        finally:
+            self.store.reopen()
 
     def cleanup_if_due(self) -> None:
         if not self.config.auto_cleanup_completed_runs or time.monotonic() < self.next_cleanup:
@@ -595,12 +671,14 @@ class Daemon:
         ids = self.store.delete_finished_before(
             cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
         for run_id in ids:
-            try:
-                os.unlink(log_path(self.config.log_dir, run_id))
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                log.warning("cleanup: cannot remove the log of run %d: %s", run_id, exc)
+            for path in (log_path(self.config.log_dir, run_id),
+                         diff_path(self.config.log_dir, run_id)):
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    log.warning("cleanup: cannot remove %s of run %d: %s", path, run_id, exc)
         if ids:
             log.info("cleanup: deleted %d finished run(s) older than %g day(s)", len(ids),
                      self.config.completed_run_retention_days)
@@ -690,3 +768,8 @@ def serve(config: Config, config_path: str | None) -> int:
                     isolation=isolation, watchdog_seconds=watchdog_seconds,
                     private_tmp=private_tmp)
     return daemon.run()
+
+
+def _stamp(moment: datetime) -> str:
+    """A time as the store writes them (ISO UTC with milliseconds and Z)."""
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

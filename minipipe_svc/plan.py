@@ -69,7 +69,7 @@ class Workspace(NamedTuple):
 
     repo: str
     ref: str
-    land: str      # workspace.LAND_MODES
+    land: str | None  # workspace.LAND_MODES (None: "merge" with review, else "branch-only")
     target: str | None  # the branch a landing updates (None: the one `ref` names)
 
 
@@ -225,6 +225,11 @@ def _toml_line_index(text: str) -> dict[tuple[Any, ...], int]:
     return index
 
 
+def key_line(text: str, fmt: str, *path: Any) -> int | None:
+    """The line of a TOML plan that sets `path` (e.g. "workspace", "ref"), if found."""
+    return _toml_line_index(text).get(tuple(path)) if fmt == "toml" else None
+
+
 def _kind(value: object) -> str:
     return {dict: "a table", list: "a list", str: "a string", bool: "a boolean",
             int: "an integer", float: "a number"}.get(type(value), type(value).__name__)
@@ -332,8 +337,10 @@ class _Validator:
             raise self.fail(("workspace", "ref"), where, f"invalid ref {ref!r}"
                             + (f": {problem}" if isinstance(ref, str) else ""),
                             "name a branch, tag or commit, e.g. ref = \"main\"")
-        land = table.get("land", "merge" if review else "branch-only")
-        if land not in LAND_MODES:
+        land = table.get("land")  # None: by review (the config's, if the plan is silent)
+        if land is None and review is not None:
+            land = "merge" if review else "branch-only"
+        if land is not None and land not in LAND_MODES:
             raise self.fail(("workspace", "land"), where, f"'land' must be one of "
                             f"{', '.join(LAND_MODES)}, got {land!r}")
         target = table.get("target")  # None: the branch `ref` names (HEAD's, for HEAD)

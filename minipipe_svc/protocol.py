@@ -26,7 +26,7 @@ REQUEST_TIMEOUT_SECONDS = 10.0
 MAX_CONNECTIONS = 512
 MAX_CONNECTIONS_PER_USER = 32  # one user's idle connections cannot lock out the others
 
-OPERATIONS = ("submit", "cancel", "retry", "pause", "resume", "ping")
+OPERATIONS = ("submit", "cancel", "retry", "pause", "resume", "approve", "reject", "ping")
 
 # Error codes, and the exit status the CLI gives each (see cli.py's EPILOG).
 EXIT_FOR_ERROR = {

@@ -44,15 +44,16 @@ class Deferred:
     """An answer that is not ready yet: the handler's work goes on elsewhere.
 
     `resume` is called whenever `fd` is readable and returns the reply, or None to
-    keep waiting; `give_up` is called at `deadline` instead and returns the reply
-    then; `abandon` when no reply will be sent (the client left, the daemon stops).
-    Each of them releases what the work held.
+    keep waiting, or the next Deferred of the same request (a second check that
+    also must not block); `give_up` is called at `deadline` instead and returns the
+    reply then; `abandon` when no reply will be sent (the client left, the daemon
+    stops). Each of them releases what the work held.
     """
 
     fd: int
     deadline: float
-    resume: Callable[[], dict[str, Any] | None]
-    give_up: Callable[[], dict[str, Any]]
+    resume: Callable[[], dict[str, Any] | Deferred | None]
+    give_up: Callable[[], dict[str, Any] | Deferred]
     abandon: Callable[[], None]
 
 
@@ -205,10 +206,13 @@ class ApiServer:
         self.selector.unregister(conn.sock)
         answer = self.answer(conn.peer, bytes(conn.received[:end]))
         if isinstance(answer, Deferred):
-            conn.waiting = answer
-            self.selector.register(answer.fd, selectors.EVENT_READ, ("api", conn))
+            self.wait_on(conn, answer)
         else:
             self.reply(conn, answer)
+
+    def wait_on(self, conn: Connection, deferred: Deferred) -> None:
+        conn.waiting = deferred
+        self.selector.register(deferred.fd, selectors.EVENT_READ, ("api", conn))
 
     def resume(self, conn: Connection) -> None:
         """The deferred answer's descriptor is readable: reply if the answer is ready."""
@@ -218,7 +222,10 @@ class ApiServer:
             message = deferred.resume()
         except Exception:
             message = self._failed(conn, deferred)
-        if message is not None:
+        if isinstance(message, Deferred):  # the request's next stage
+            self.stop_waiting(conn)
+            self.wait_on(conn, message)
+        elif message is not None:
             self.stop_waiting(conn)
             self.reply_late(conn, message)
 
@@ -287,10 +294,13 @@ class ApiServer:
             deferred = self.stop_waiting(conn)
             assert deferred is not None
             try:
-                message = deferred.give_up()
+                message: dict[str, Any] | Deferred = deferred.give_up()
             except Exception:
                 message = self._failed(conn, deferred)
-            self.reply_late(conn, message)
+            if isinstance(message, Deferred):  # it answered just in time: next stage
+                self.wait_on(conn, message)
+            else:
+                self.reply_late(conn, message)
         for conn in [c for c in self.connections.values()
                      if c.waiting is None and c.deadline <= now]:
             if conn.outgoing:

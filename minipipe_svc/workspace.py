@@ -16,6 +16,7 @@ repository's config, and must not be able to make the recorded diff lie.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -324,6 +325,79 @@ class Git:
             return None
 
 
+class RefCheck:
+    """`git rev-parse` of a plan's repo and ref as the run's user, started without
+    waiting: the daemon's loop waits on `fd` (a repository on a hung filesystem must
+    not stall it) and asks `result()` once `read()` says git is done."""
+
+    def __init__(self, git: Git, repo: str, ref: str, timeout: float) -> None:
+        import time
+
+        self.repo, self.ref = repo, ref
+        self.deadline = time.monotonic() + timeout
+        options: dict[str, Any] = {}
+        if git.identity is not None and os.geteuid() == 0:
+            options.update(user=git.identity.uid, group=git.identity.gid,
+                           extra_groups=list(git.identity.groups))
+        self.user = git.user
+        try:
+            self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+                [GIT, "-C", repo, "rev-parse", "--verify", "--end-of-options",
+                 f"{ref}^{{commit}}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=git.environment(), cwd="/", **options)
+        except OSError as exc:
+            raise GitError(f"cannot run git: {exc.strerror}; install git") from None
+        assert self.proc.stdout is not None
+        self.fd = self.proc.stdout.fileno()
+        os.set_blocking(self.fd, False)
+        self.output = b""
+
+    def read(self) -> bool:
+        """Take what git wrote; True once it is done (its output closed)."""
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return False
+            if not chunk:
+                return True
+            self.output += chunk[: 65536 - len(self.output)]
+
+    def result(self) -> str:
+        """The commit; GitError naming the repository or the ref otherwise."""
+        assert self.proc is not None
+        status = self.proc.wait(timeout=5)
+        self.finish()
+        said = self.output.decode("utf-8", "replace")
+        if status == 0:
+            return said.strip().splitlines()[-1]
+        if "dubious ownership" in said:
+            raise GitError(f"git refuses {self.repo} for user {self.user}: it belongs to "
+                           "another user (add it to that user's git safe.directory)")
+        if "not a git repository" in said or "cannot change to" in said:
+            raise GitError(f"{self.repo} is not a git repository user {self.user} may read")
+        raise GitError(f"{self.repo} has no branch, tag or commit {self.ref!r}")
+
+    def abandon(self) -> None:
+        """Stop waiting: kill git (reaped later, it may be stuck in the kernel)."""
+        if self.proc is not None:
+            with contextlib.suppress(OSError):
+                self.proc.kill()
+            _UNREAPED.append(self.proc)
+        self.finish()
+
+    def finish(self) -> None:
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self.proc = None
+        for proc in list(_UNREAPED):
+            if proc.poll() is not None:
+                _UNREAPED.remove(proc)
+
+
+_UNREAPED: list[subprocess.Popen[bytes]] = []
+
+
 def user_directory(worktree_dir: str, identity: RunIdentity | None) -> str:
     """`<worktree_dir>/<uid>`: the user's own directory for their runs' worktrees.
 
@@ -336,8 +410,11 @@ def user_directory(worktree_dir: str, identity: RunIdentity | None) -> str:
     os.makedirs(worktree_dir, mode=0o711, exist_ok=True)
     if os.geteuid() == 0:
         info = os.lstat(worktree_dir)
-        if info.st_uid != 0 or info.st_mode & 0o022 or not os.path.isdir(worktree_dir):
+        if info.st_uid != 0 or info.st_mode & 0o022 or os.path.islink(worktree_dir):
             raise GitError(f"{worktree_dir} must be a directory only root may write")
+        # Users pass through to their own directory; nobody lists the others'. (The
+        # service's umask would have left it 0700.)
+        os.chmod(worktree_dir, 0o711)
     path = os.path.join(worktree_dir, str(uid))
     try:
         os.mkdir(path, 0o700)

@@ -229,8 +229,8 @@ def test_a_workspace_plan_runs_its_stages_in_the_worktree() -> None:
 
 def test_without_review_a_workspace_keeps_its_change_on_the_branch() -> None:
     plan = _parse('[workspace]\nrepo = "/r"\n[[steps]]\nid = "a"\nrun = "true"\n')
-    assert (plan.workspace.land, plan.workspace.ref, plan.review) == ("branch-only", "HEAD",
-                                                                      None)
+    # Landing is decided with review: the config's, when the plan does not say (None).
+    assert (plan.workspace.land, plan.workspace.ref, plan.review) == (None, "HEAD", None)
     # A plan without a workspace is unchanged: steps run in the plan's directory.
     plain = _parse('[[steps]]\nid = "a"\nrun = "true"\n')
     assert plain.workspace is None and plain.steps[0].cwd == "/srv/plans"
