@@ -139,7 +139,11 @@ class Git:
 
     @property
     def user(self) -> str:
-        return self.identity.user if self.identity else f"uid {os.getuid()}"
+        if self.identity is not None:
+            return self.identity.user
+        from .procs import user_name
+
+        return user_name()
 
     # ------------------------------------------------------------ a run's life
 

@@ -29,6 +29,9 @@ from minipipe_svc.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 TEST_USER = "minipipe-it"
+# For git commits made by tests and test steps (the test user has no git config).
+AUTHOR_ENV = {"GIT_AUTHOR_NAME": "Tester", "GIT_AUTHOR_EMAIL": "t@example.org",
+              "GIT_COMMITTER_NAME": "Tester", "GIT_COMMITTER_EMAIL": "t@example.org"}
 
 
 def unprivileged_user() -> pwd.struct_passwd | None:

@@ -1,0 +1,217 @@
+"""Runs on their own git worktree and the review gate, through a private daemon and the CLI.
+
+Real git, a real repository of the test user's, the real daemon and runner (isolation
+none: a private instance runs steps as its own user). The same flows under systemd,
+with runs as their submitter, are in tests/system/test_review_system.py.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from .conftest import AUTHOR_ENV, Instance, as_user, wait_for
+
+EDIT = """
+name = "edit"
+review = true
+[workspace]
+repo = "{repo}"
+ref = "main"
+setup = "printf 'set up\\n' > .setup-ran"
+[defaults.env]
+GIT_AUTHOR_NAME = "Step"
+GIT_AUTHOR_EMAIL = "step@example.org"
+GIT_COMMITTER_NAME = "Step"
+GIT_COMMITTER_EMAIL = "step@example.org"
+[[steps]]
+id = "edit"
+run = '''
+set -e
+printf 'one\\nTWO\\nthree\\n' > a.txt
+git rm -q c.txt
+git add -A && git commit -qm "step commit"
+printf 'new\\n' > added.txt
+rm .setup-ran
+'''
+[[on_approve]]
+id = "after"
+run = "test -f added.txt && echo approved-step-ran"
+"""
+
+
+def sh(instance: Instance, script: str, cwd: Path | None = None) -> str:
+    options = as_user(instance.user, instance.root)
+    options["env"].update(AUTHOR_ENV)
+    result = subprocess.run(["sh", "-ec", script], cwd=cwd or instance.root, text=True,
+                            capture_output=True, timeout=60, **options)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def make_repo(instance: Instance, name: str = "app") -> Path:
+    sh(instance, f"""
+        git init -q --initial-branch=main {name} && cd {name}
+        printf 'one\\ntwo\\nthree\\n' > a.txt && printf 'keep\\n' > b.txt
+        printf 'gone\\n' > c.txt && git add . && git commit -qm base
+    """)
+    return instance.root / name
+
+
+@pytest.fixture
+def reviewing(instance: Instance) -> Instance:
+    instance.write_config(review_by_other=False)
+    instance.start_daemon()
+    return instance
+
+
+def _awaiting(instance: Instance, repo: Path, name: str = "edit") -> int:
+    run_id = instance.submit(EDIT.format(repo=repo), name=name)
+    return instance.wait_state(run_id, "AWAITING_REVIEW", "FAILED")["id"]
+
+
+def test_a_reviewed_change_lands_exactly_as_shown(reviewing: Instance) -> None:
+    instance = reviewing
+    repo = make_repo(instance)
+    run_id = _awaiting(instance, repo)
+    shown = instance.run(run_id)
+    assert shown["state"] == "AWAITING_REVIEW", shown["reason"]
+    workspace = shown["workspace"]
+    base = sh(instance, "git rev-parse main", cwd=repo).strip()
+    assert workspace["base_commit"] == base and workspace["branch"] == f"minipipe/run-{run_id}"
+    changes = workspace["changes"]
+    # Exactly what git counts from the merge-base, untracked file included.
+    shortstat = sh(instance, f"git diff --shortstat {base} {workspace['head_commit']}",
+                   cwd=repo).strip()
+    assert shortstat == (f"{changes['files_changed']} files changed, {changes['insertions']} "
+                         f"insertions(+), {changes['deletions']} deletions(-)")
+    assert {f["path"]: f["status"] for f in changes["files"]} == {
+        "a.txt": "modified", "c.txt": "deleted", "added.txt": "added"}
+    assert changes["commit_count"] == 2  # the step's and the one for what it left
+    # The setup ran in the fresh worktree before the steps (they removed its file).
+    assert [s["step_id"] for s in shown["steps"]] == ["workspace-setup", "edit", "after"]
+    assert shown["steps"][2]["state"] == "PENDING"  # on_approve: not yet
+    # What a reviewer sees: the list, the stat, the diff.
+    review = json.loads(instance.cli("review", "--json").stdout)
+    assert [r["id"] for r in review] == [run_id]
+    assert "a.txt" in instance.cli("diff", str(run_id), "--stat").stdout
+    assert instance.cli("diff", str(run_id), "--name-only").stdout.split() == [
+        "a.txt", "added.txt", "c.txt"]
+    assert "+TWO" in instance.cli("diff", str(run_id)).stdout
+    assert f"+{changes['insertions']} −{changes['deletions']}" in instance.cli("review").stdout
+    status = json.loads(instance.cli("status", "--json").stdout)
+    assert status["awaiting_review"] == 1 and status["worktrees"]["count"] == 1
+    assert status["counts"]["RUNNING"] == 0  # a run awaiting review holds no slot
+    instance.cli("approve", str(run_id), "-m", "looks right")
+    run = instance.wait_state(run_id, "SUCCEEDED", "FAILED", "AWAITING_REVIEW")
+    assert run["state"] == "SUCCEEDED", run["reason"]
+    landed = run["workspace"]["landed_commit"]
+    assert sh(instance, "git rev-parse main", cwd=repo).strip() == landed
+    assert (repo / "added.txt").exists() and not (repo / "c.txt").exists()  # checked out
+    assert sh(instance, "git status --porcelain", cwd=repo) == ""
+    assert run["steps"][2]["state"] == "SUCCEEDED"
+    kinds = [e["kind"] for e in json.loads(instance.cli("show", str(run_id), "--json",
+                                                        "--events", "50").stdout)["events"]]
+    assert "run_approved" in kinds and "run_landed" in kinds
+    # Landed with keep 0 days: the worktree and the branch go.
+    wait_for(lambda: instance.run(run_id)["workspace"]["removed_at"], 30,
+             "the worktree's removal")
+    assert "minipipe/run-" not in sh(instance, "git branch --list", cwd=repo)
+    assert sh(instance, "git worktree list --porcelain", cwd=repo).count("worktree ") == 1
+    assert not Path(run["workspace"]["path"]).exists()
+
+
+def test_reject_then_retry_and_a_conflicting_approve(reviewing: Instance) -> None:
+    instance = reviewing
+    repo = make_repo(instance)
+    run_id = _awaiting(instance, repo)
+    result = instance.cli("reject", str(run_id), check=False)
+    assert result.returncode == 2 and "-m" in result.stderr  # a reason is required
+    instance.cli("reject", str(run_id), "-m", "not like this")
+    run = instance.run(run_id)
+    assert run["state"] == "REJECTED" and run["reason"].startswith("rejected by ")
+    assert run["reason"].endswith(": not like this")
+    assert run["steps"][2]["state"] == "SKIPPED"
+    instance.cli("retry", str(run_id))
+    assert instance.wait_state(run_id, "AWAITING_REVIEW", "FAILED")["state"] == \
+        "AWAITING_REVIEW"
+    # Meanwhile main changes the same line: approving conflicts, nothing changes.
+    sh(instance, "printf 'one\\nzwei\\nthree\\n' > a.txt && git commit -qam zwei", cwd=repo)
+    before = sh(instance, "git rev-parse main", cwd=repo)
+    instance.cli("approve", str(run_id))
+    run = instance.wait_state(run_id, "AWAITING_REVIEW", "SUCCEEDED", "FAILED", timeout=60)
+    wait_for(lambda: instance.run(run_id)["reason"], 30, "the refusal")
+    run = instance.run(run_id)
+    assert run["state"] == "AWAITING_REVIEW" and "a.txt" in run["reason"]
+    assert "conflicts" in run["reason"]
+    assert sh(instance, "git rev-parse main", cwd=repo) == before
+    assert sh(instance, "git status --porcelain", cwd=repo) == ""
+
+
+def test_two_runs_on_one_repository_and_a_restart_while_awaiting(reviewing: Instance) -> None:
+    instance = reviewing
+    repo = make_repo(instance)
+    first = instance.submit(EDIT.format(repo=repo), name="one")
+    second = instance.submit(EDIT.format(repo=repo), name="two")
+    for run_id in (first, second):
+        assert instance.wait_state(run_id, "AWAITING_REVIEW", "FAILED")["state"] == \
+            "AWAITING_REVIEW"
+    paths = {instance.run(r)["workspace"]["path"] for r in (first, second)}
+    assert len(paths) == 2
+    instance.stop_daemon()
+    instance.start_daemon()
+    assert instance.run(first)["state"] == "AWAITING_REVIEW"
+    instance.cli("approve", str(first))
+    assert instance.wait_state(first, "SUCCEEDED", "FAILED")["state"] == "SUCCEEDED"
+    # The second made the same change from the same base: main has moved on, so it
+    # lands as a merge commit of the two (the same edit on both sides merges cleanly).
+    instance.cli("approve", str(second))
+    run = instance.wait_state(second, "SUCCEEDED", "FAILED")
+    assert run["state"] == "SUCCEEDED", run["reason"]
+    parents = sh(instance, "git rev-list --parents -n1 main", cwd=repo).split()[1:]
+    assert parents == [instance.run(first)["workspace"]["landed_commit"],
+                       run["workspace"]["head_commit"]]
+
+
+def test_bad_workspaces_are_refused_at_submit(reviewing: Instance, tmp_path: Path) -> None:
+    instance = reviewing
+    repo = make_repo(instance)
+    missing = instance.plan("missing", EDIT.format(repo=instance.root / "nope"))
+    result = instance.cli("submit", missing, check=False)
+    assert result.returncode == 2
+    assert f"{missing}:5: [workspace]:" in result.stderr
+    assert "is not a git repository" in result.stderr
+    unknown = instance.plan("unknown", EDIT.format(repo=repo).replace('ref = "main"',
+                                                                       'ref = "nope"'))
+    result = instance.cli("submit", unknown, check=False)
+    assert result.returncode == 2 and f"{unknown}:6: [workspace]:" in result.stderr
+    assert "has no branch, tag or commit 'nope'" in result.stderr
+    relative = instance.plan("relative", EDIT.format(repo="app"))
+    result = instance.cli("submit", relative, check=False)
+    assert result.returncode == 2 and f"{relative}:5:" in result.stderr
+    assert instance.cli("ls", "--json").stdout.strip() == "[]"
+
+
+def test_four_eyes_and_the_review_limit(instance: Instance) -> None:
+    instance.write_config(review_by_other=True, max_awaiting_review=1)
+    instance.start_daemon()
+    repo = make_repo(instance)
+    first = _awaiting(instance, repo)
+    result = instance.cli("approve", str(first), check=False)
+    assert result.returncode == 1
+    assert f"permission denied: run {first} is yours" in result.stderr
+    # One awaits review, the limit: the next run that needs review is not started.
+    second = instance.submit(EDIT.format(repo=repo), name="second")
+    plain = instance.submit('[[steps]]\nid = "a"\nrun = "true"\n', name="plain")
+    assert instance.wait_state(plain, "SUCCEEDED")["state"] == "SUCCEEDED"
+    assert instance.run(second)["state"] == "PENDING"
+    status = json.loads(instance.cli("status", "--json").stdout)
+    assert status["review_gate_full"] is True
+    assert "runs that need review wait" in instance.cli("status").stdout
+    instance.cli("cancel", str(first))
+    assert instance.run(first)["state"] == "CANCELLED"
+    assert instance.wait_state(second, "AWAITING_REVIEW", "FAILED")["state"] == \
+        "AWAITING_REVIEW"
