@@ -23,7 +23,8 @@ from pathlib import Path
 # minipipe's dependencies are in the image (apt inside has no package lists), plus
 # what the monitor's over-SSH test needs, and the benchmarks' baseline (task-spooler).
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-systemd", "python3-click",
-            "python3-sdnotify", "adduser", "procps", "openssh-server", "tmux", "task-spooler")
+            "python3-sdnotify", "adduser", "procps", "openssh-server", "tmux", "task-spooler",
+            "git")
 ROOT = Path(__file__).resolve().parent.parent.parent
 CACHE = Path(os.environ.get("MINIPIPE_TEST_CACHE", "/var/cache/minipipe-test"))
 

@@ -136,8 +136,10 @@ def test_packaging_socket_modes_groups_and_postinst(fresh_box: Container, deb: P
     config = json.loads(c.sh("cat /etc/minipipe/config.json").stdout)
     assert {key: config.get(key) for key in ("socket_path", "run_as", "admin_group")} == {
         "socket_path": SOCKET, "run_as": "submitter", "admin_group": "minipipe-admin"}
-    for directory in (STATE, LOGS):
-        assert stat(c, directory) == ["750", "root", "minipipe"], directory
+    # Anyone passes through the state directory (never lists it) to their worktrees.
+    assert stat(c, STATE) == ["751", "root", "minipipe"]
+    assert stat(c, LOGS) == ["750", "root", "minipipe"]
+    assert stat(c, f"{STATE}/worktrees") == ["711", "root", "root"]
     assert stat(c, f"{STATE}/state.db") == ["640", "root", "minipipe"]
 
     # ExecReload works without procps; the daemon keeps its pid
@@ -174,8 +176,10 @@ def test_packaging_socket_modes_groups_and_postinst(fresh_box: Container, deb: P
     output = apt_install(c, bumped(deb, tmp_path, f"{__version__}+upgrade1"))
     assert c.sh("dpkg-query -W -f='${Version}' minipipe").stdout == f"{__version__}+upgrade1"
     assert_not_followed(c, output, links)
-    for directory in (STATE, LOGS):
-        assert stat(c, directory) == ["750", "root", "minipipe"], directory
+    # Anyone passes through the state directory (never lists it) to their worktrees.
+    assert stat(c, STATE) == ["751", "root", "minipipe"]
+    assert stat(c, LOGS) == ["750", "root", "minipipe"]
+    assert stat(c, f"{STATE}/worktrees") == ["711", "root", "root"]
     for path in ("state.db", "state.db-wal"):
         assert stat(c, f"{STATE}/{path}") == ["640", "root", "minipipe"], path
     assert stat(c, f"{LOGS}/run-1.log") == ["640", "root", "minipipe"]

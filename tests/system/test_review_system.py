@@ -1,0 +1,118 @@
+"""The review gate under real systemd: worktrees of the submitter's, reviewers, landing.
+
+alice (group minipipe) submits runs on her repository in her home; her steps run as
+her, in a worktree under /var/lib/minipipe/worktrees/<her uid> that only she may
+enter; carol (another operator) may read the recorded diff but neither review nor
+enter alice's worktree; dave (minipipe-admin, the default reviewer group) approves.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tests.integration.conftest import wait_for
+
+from .conftest import Box
+
+PLAN = """
+name = "bump"
+review = true
+[workspace]
+repo = "/home/alice/app"
+ref = "main"
+setup = "id -un > .setup-user"
+[defaults.env]
+GIT_AUTHOR_NAME = "alice"
+GIT_AUTHOR_EMAIL = "alice@example.org"
+GIT_COMMITTER_NAME = "alice"
+GIT_COMMITTER_EMAIL = "alice@example.org"
+[[steps]]
+id = "edit"
+run = '''
+set -e
+test "$(cat .setup-user)" = alice && rm .setup-user
+id -un > whoami.txt
+printf 'v2\\n' > VERSION
+git add -A && git commit -qm "bump to v2"
+printf 'untracked\\n' > notes.txt
+'''
+[[on_approve]]
+id = "announce"
+run = "git log -1 --format=%s main"
+"""
+
+
+def make_repo(box: Box) -> None:
+    box.sh("rm -rf /home/alice/app", user="alice")
+    box.sh("cd /home/alice && git init -q --initial-branch=main app && cd app && "
+           "printf 'v1\\n' > VERSION && git add . && "
+           "git -c user.name=alice -c user.email=a@x commit -qm v1", user="alice")
+
+
+def test_a_run_of_alices_is_reviewed_by_an_admin_and_lands(service: Box) -> None:
+    box = service
+    make_repo(box)
+    run_id = box.submit(PLAN)
+    run = box.wait_state(run_id, "AWAITING_REVIEW", "FAILED")
+    assert run["state"] == "AWAITING_REVIEW", run["reason"]
+    assert run["run_user"] == "alice"
+    workspace = run["workspace"]
+    uid = box.sh("id -u alice").stdout.strip()
+    assert workspace["path"] == f"/var/lib/minipipe/worktrees/{uid}/run-{run_id}"
+    # alice's own directory, closed to everyone else; the steps ran as her.
+    assert box.sh(f"stat -c '%a %U' /var/lib/minipipe/worktrees/{uid}").stdout.split() == [
+        "700", "alice"]
+    assert box.sh(f"cat {workspace['path']}/whoami.txt").stdout.strip() == "alice"
+    assert box.sh(f"ls {workspace['path']}", user="carol", check=False).returncode != 0
+    assert box.sh("ls /var/lib/minipipe/worktrees", user="carol", check=False).returncode != 0
+    changes = workspace["changes"]
+    assert sorted(f["path"] for f in changes["files"]) == ["VERSION", "notes.txt",
+                                                           "whoami.txt"]
+    # Any operator reads the recorded diff (no git runs as the reader).
+    assert "+v2" in box.minipipe(f"diff {run_id}", user="carol").stdout
+    # Not a reviewer: carol; nor alice (not in minipipe-admin).
+    for user in ("carol", "alice"):
+        denied = box.minipipe(f"approve {run_id}", user=user, check=False)
+        assert denied.returncode == 1
+        assert "permission denied: only root and members of group minipipe-admin may " \
+            "approve runs" in denied.stderr
+    status = json.loads(box.minipipe("status --json").stdout)
+    assert status["awaiting_review"] == 1 and status["worktrees"]["bytes"] > 0
+    assert "1 awaiting review" in box.property("minipipe", "StatusText")
+    box.minipipe(f"approve {run_id} -m ok", user="dave")
+    run = box.wait_state(run_id, "SUCCEEDED", "FAILED", "AWAITING_REVIEW")
+    assert run["state"] == "SUCCEEDED", run["reason"]
+    assert box.sh("git -C /home/alice/app rev-parse main", user="alice").stdout.strip() == \
+        run["workspace"]["landed_commit"]
+    assert box.sh("cat /home/alice/app/VERSION").stdout == "v2\n"
+    approved = [e for e in run["events"] if e["kind"] == "run_approved"]
+    assert approved[0]["detail"]["by"] == "dave"
+    # The on_approve step ran in the run's journal like any step.
+    assert any("bump to v2" in line for line in box.journal(
+        f"MINIPIPE_RUN_ID={run_id} _SYSTEMD_UNIT=minipipe-run-{run_id}.scope"))
+    wait_for(lambda: box.run(run_id)["workspace"]["removed_at"], 30, "the worktree's removal")
+    assert box.sh(f"test -e {workspace['path']}", check=False).returncode != 0
+    assert "minipipe/" not in box.sh("git -C /home/alice/app branch --list",
+                                      user="alice").stdout
+
+
+def test_four_eyes_and_reject(service: Box) -> None:
+    box = service
+    config = json.loads(box.sh("cat /etc/minipipe/config.json").stdout)
+    box.c.write("/etc/minipipe/config.json", json.dumps({**config, "review_by_other": True}))
+    box.sh("systemctl reload minipipe")
+    box.sh("mkdir -p /home/dave && chown dave: /home/dave")
+    box.sh("rm -rf /home/dave/app && cd /home/dave && git init -q --initial-branch=main app "
+           "&& cd app && echo v1 > VERSION && git add . && "
+           "git -c user.name=d -c user.email=d@x commit -qm v1", user="dave")
+    run_id = box.submit(PLAN.replace("/home/alice/app", "/home/dave/app")
+                        .replace('test "$(cat .setup-user)" = alice', 'true'), user="dave")
+    assert box.wait_state(run_id, "AWAITING_REVIEW", "FAILED")["state"] == "AWAITING_REVIEW"
+    denied = box.minipipe(f"approve {run_id}", user="dave", check=False)
+    assert denied.returncode == 1 and f"run {run_id} is yours" in denied.stderr
+    box.minipipe(f'reject {run_id} -m "not now"', user=None)  # root reviews
+    run = box.run(run_id)
+    assert (run["state"], run["reason"]) == ("REJECTED", "rejected by root: not now")
+    wait_for(lambda: box.run(run_id)["workspace"]["removed_at"], 30, "the worktree's removal")
+    assert "minipipe/" not in box.sh("git -C /home/dave/app branch --list",
+                                      user="dave").stdout
