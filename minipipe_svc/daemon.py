@@ -53,6 +53,7 @@ from .store import RunRow, Store, StoreError, unsafe_directory
 log = logging.getLogger("minipipe.daemon")
 
 CLEANUP_EVERY_SECONDS = 3600.0
+FAILED_PASS_BACKOFF_SECONDS = 1.0
 WORKTREE_SWEEP_SECONDS = 5.0  # how soon a landed or rejected run's worktree goes
 MAX_WORKTREE_TASKS = 4
 # STATUS= and WATCHDOG=1 at most this often: under load the daemon makes a pass per
@@ -151,6 +152,7 @@ class Daemon:
         # taken meanwhile): written first thing once writes work again.
         self.owed_writes: list[Callable[[], None]] = []
         self.worktree_tasks: dict[int, int] = {}  # pid -> run id
+        self.backing_off_until: float | None = None
         self.next_worktree_sweep = 0.0
         self.selector = selectors.DefaultSelector()
 
@@ -212,8 +214,13 @@ class Daemon:
                     log.error("scheduler pass failed, retrying: %s", exc)
                     if "locked" in str(exc):
                         self.write_lock_taken()
-                self.wait(min(self.config.poll_interval_seconds, self.max_sleep or 3600.0,
-                              self.status_wait(), self.write_lock_wait()))
+                    else:
+                        self.back_off()
+                timeout = min(self.config.poll_interval_seconds, self.max_sleep or 3600.0,
+                              self.status_wait(), self.write_lock_wait())
+                if self.backing_off_until is not None:  # after a failed pass: a second
+                    timeout = self.back_off_wait()
+                self.wait(timeout)
         finally:
             self.notifier.stopping()
             self.shutdown()
@@ -325,6 +332,30 @@ class Daemon:
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.register(watch.pidfd, selectors.EVENT_READ,
                                        ("runner", watch.run_id))
+
+    def back_off(self) -> None:
+        """After a failed pass: no pass again for a second. An exited runner's pidfd
+        stays readable until a pass collects it, so the pidfds leave the selector
+        meanwhile, or the loop would spin (and fill the journal) on a broken DB."""
+        if self.backing_off_until is None:
+            for watch in self.watches.values():
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(watch.pidfd)
+        self.backing_off_until = time.monotonic() + FAILED_PASS_BACKOFF_SECONDS
+
+    def back_off_wait(self) -> float:
+        if self.backing_off_until is None:
+            return 3600.0
+        left = self.backing_off_until - time.monotonic()
+        if left > 0:
+            return left
+        self.backing_off_until = None
+        if self.write_lock is None:
+            for watch in self.watches.values():
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.register(watch.pidfd, selectors.EVENT_READ,
+                                           ("runner", watch.run_id))
+        return 0.0
 
     def lock_holders(self) -> list[int]:
         try:

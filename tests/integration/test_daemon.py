@@ -406,3 +406,19 @@ def test_a_root_daemon_refuses_isolation_none(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert 'refusing to run as root with isolation "none"' in result.stderr
     assert not (tmp_path / "state.db").exists()
+
+
+def test_a_broken_db_makes_the_daemon_retry_once_a_second_not_spin(instance: Instance) -> None:
+    """A pass that fails (here: a column gone) is retried after a second, even while an
+    exited runner's pidfd would wake the loop at once, again and again."""
+    instance.start_daemon()
+    run_id = instance.submit(f'[[steps]]\nid = "a"\nrun = "{instance.sleeper(1)}"\n')
+    instance.wait_state(run_id, "RUNNING")
+    conn = sqlite3.connect(instance.db_path)
+    conn.execute("ALTER TABLE runs DROP COLUMN umask")
+    conn.commit()
+    conn.close()
+    time.sleep(4)  # the runner exits within it; its pidfd stays readable
+    failures = instance.daemon_log.read_text().count("scheduler pass failed")
+    assert 1 <= failures <= 8, failures
+    assert instance.daemon is not None and instance.daemon.poll() is None

@@ -266,7 +266,8 @@ def test_install_use_upgrade_remove_purge(fresh_box: Container, deb: Path,
              "the run to start")
     # as an older minipipe would have left it: schema version 1 (0.1.0 had 3), so the
     # run in flight has no recorded identity and the new daemon must still finish it
-    for undo in ("DROP INDEX runs_by_submitter", "ALTER TABLE runs DROP COLUMN submitted_uid",
+    for undo in ("DROP TABLE workspaces",
+                 "DROP INDEX runs_by_submitter", "ALTER TABLE runs DROP COLUMN submitted_uid",
                  "ALTER TABLE runs DROP COLUMN umask", "ALTER TABLE runs DROP COLUMN run_user",
                  "DROP INDEX runs_by_finished", "DROP TRIGGER run_counts_insert",
                  "DROP TRIGGER run_counts_update", "DROP TRIGGER run_counts_delete",
@@ -276,7 +277,8 @@ def test_install_use_upgrade_remove_purge(fresh_box: Container, deb: Path,
     newer = bumped(deb, tmp_path, f"{__version__}+upgrade1")
     install_deb(c, newer)
     assert c.sh("dpkg-query -W -f='${Version}' minipipe").stdout == f"{__version__}+upgrade1"
-    assert c.sh("systemctl is-active minipipe").stdout.strip() == "active"
+    active = c.sh("systemctl is-active minipipe", check=False).stdout.strip()
+    assert active == "active", c.sh("journalctl -u minipipe --no-pager -n 60").stdout
     assert box.main_pid() != before, "the upgrade restarts the scheduler"
     assert box.run(flight)["state"] == "RUNNING"
     assert c.sh(f"{SQL} 'PRAGMA user_version'").stdout.strip() == f"[({SCHEMA_VERSION},)]"

@@ -78,7 +78,8 @@ def test_a_run_of_alices_is_reviewed_by_an_admin_and_lands(service: Box) -> None
             "approve runs" in denied.stderr
     status = json.loads(box.minipipe("status --json").stdout)
     assert status["awaiting_review"] == 1 and status["worktrees"]["bytes"] > 0
-    assert "1 awaiting review" in box.property("minipipe", "StatusText")
+    wait_for(lambda: "1 awaiting review" in box.property("minipipe", "StatusText"), 15,
+             "the STATUS= line to count the run awaiting review")
     box.minipipe(f"approve {run_id} -m ok", user="dave")
     run = box.wait_state(run_id, "SUCCEEDED", "FAILED", "AWAITING_REVIEW")
     assert run["state"] == "SUCCEEDED", run["reason"]
