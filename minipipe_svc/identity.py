@@ -22,6 +22,7 @@ import os
 import pwd
 import signal
 import socket
+import stat
 import struct
 import time
 from collections.abc import Iterator
@@ -264,13 +265,17 @@ class DirectoryProber:
       looked up in the mount it enters until poll() on mountinfo confirms no mount
       changed since the table was read: a mount stacked there meanwhile is caught.
 
-    Without openat2 (Linux < 5.6, or a seccomp filter) every path goes to a child.
+    Without openat2 (Linux < 5.6, or a seccomp filter such as systemd-nspawn's on some
+    versions) the walk is one name at a time with O_NOFOLLOW (`_walk_by_name`): no
+    symlink is followed at all (a path with one goes to a child), so the text of the
+    path is the way the kernel goes and the table names every mount it crosses.
     """
 
     def __init__(self, mountinfo: str | None = None) -> None:
         self.mounts = MountTable(mountinfo or MOUNTINFO)
         self.children: dict[int, int] = {}  # pid -> the asking uid, until reaped
         self._root: int | None = None
+        self.has_openat2: bool | None = None  # found out on first use
 
     def answer_now(self, identity: RunIdentity | None, paths: list[str]) -> list[str | None]:
         """Each path's answer ("ok", "missing", "denied"), or None where finding it
@@ -280,13 +285,60 @@ class DirectoryProber:
             return [None] * len(paths)
         if self._root is None:
             self._root = os.open("/", _PATH_ONLY | os.O_DIRECTORY)
+        if self.has_openat2 is None:
+            try:
+                os.close(openat2(self._root, ".", _PATH_ONLY | os.O_DIRECTORY,
+                                 RESOLVE_NO_XDEV))
+                self.has_openat2 = True
+            except OSError:
+                self.has_openat2 = False
+        walk = self._walk if self.has_openat2 else self._walk_by_name
         with _filesystem_identity(identity):
-            return [self._walk(tree, path) for path in paths]
+            return [walk(tree, path) for path in paths]
 
-    def _walk(self, tree: MountTree, path: str) -> str | None:
+    def _local_chain(self, tree: MountTree, path: str) -> list[Any] | None:
         parts = path_parts(path)
         chain = tree.chain(path) if os.path.isabs(path) else None
         if chain is None or "." in parts or ".." in parts or not all(m.local for m in chain):
+            return None
+        return chain
+
+    def _walk_by_name(self, tree: MountTree, path: str) -> str | None:
+        """The walk without openat2: each name looked up alone, never through a link."""
+        chain = self._local_chain(tree, path)
+        if chain is None:
+            return None
+        crossings = {len(path_parts(m.point)) for m in chain[1:]}
+        assert self._root is not None
+        here, opened = self._root, []
+        try:
+            for depth, name in enumerate(path_parts(path), 1):
+                try:
+                    here = os.open(name, _PATH_ONLY | os.O_NOFOLLOW, dir_fd=here)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                        return "missing"
+                    return "denied" if exc.errno == errno.EACCES else None
+                opened.append(here)
+                if stat.S_ISLNK(os.fstat(here).st_mode):
+                    return None  # a link may lead anywhere: a child follows it
+                if depth in crossings and self.mounts.changed():
+                    return None
+            try:  # "." in it: it is a directory and the user may search it
+                opened.append(os.open(".", _PATH_ONLY | os.O_DIRECTORY, dir_fd=here))
+            except OSError as exc:
+                if exc.errno == errno.ENOTDIR:
+                    return "missing"
+                return "denied" if exc.errno == errno.EACCES else None
+            return "ok"
+        finally:
+            for fd in opened:
+                os.close(fd)
+
+    def _walk(self, tree: MountTree, path: str) -> str | None:
+        parts = path_parts(path)
+        chain = self._local_chain(tree, path)
+        if chain is None:
             return None
         assert self._root is not None
         here, depth, opened = self._root, 0, []

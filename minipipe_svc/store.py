@@ -500,6 +500,10 @@ class Store:
                                f"minipipe understands ({SCHEMA_VERSION}); upgrade minipipe")
         if version == 0:
             raise StoreMissing(f"{self.path} is not initialised yet; start the daemon")
+        if version < SCHEMA_VERSION:
+            raise StoreError(f"{self.path} has schema version {version}, older than this "
+                             f"minipipe's ({SCHEMA_VERSION}); the daemon upgrades it when it "
+                             "starts: restart it (`sudo systemctl restart minipipe`)")
 
     def _migrate(self) -> None:
         if self.schema_version() == SCHEMA_VERSION:

@@ -97,15 +97,19 @@ def _probe_children(instance: Instance) -> list[int]:
     return children_of(instance.daemon.pid)
 
 
-def _answers_in_a_child(paths: list[str], user: str | None = None) -> list[str | None]:
+def _answers_in_a_child(paths: list[str], user: str | None = None,
+                        openat2: bool = True) -> list[str | None]:
     """DirectoryProber.answer_now in its own process: if it ever waited on the hung
-    filesystem, this test would fail at the timeout instead of hanging."""
+    filesystem, this test would fail at the timeout instead of hanging. Without
+    `openat2`, the prober walks as it does where a seccomp filter refuses that call."""
     code = ("import json, pwd, sys\n"
             "from minipipe_svc.identity import DirectoryProber, identity_of\n"
-            "user, paths = json.loads(sys.argv[1])\n"
+            "user, paths, openat2 = json.loads(sys.argv[1])\n"
             "who = identity_of(pwd.getpwnam(user)) if user else None\n"
-            "print(json.dumps(DirectoryProber().answer_now(who, paths)))\n")
-    result = subprocess.run([sys.executable, "-c", code, json.dumps([user, paths])],
+            "prober = DirectoryProber()\n"
+            "prober.has_openat2 = None if openat2 else False\n"
+            "print(json.dumps(prober.answer_now(who, paths)))\n")
+    result = subprocess.run([sys.executable, "-c", code, json.dumps([user, paths, openat2])],
                             capture_output=True, text=True, timeout=20, check=True)
     return json.loads(result.stdout)
 
@@ -168,8 +172,9 @@ def test_probes_waiting_at_once_are_capped_per_user(instance: Instance, hung: Pa
     assert "did not answer within 3 s" in again.stderr
 
 
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "name-by-name"])
 def test_local_paths_are_answered_in_process_and_others_left_to_a_child(
-        tmp_path: Path, hung: Path, tmpfs: Path) -> None:
+        tmp_path: Path, hung: Path, tmpfs: Path, openat2: bool) -> None:
     (tmp_path / "dir").mkdir()
     (tmp_path / "file").write_text("")
     (tmp_path / "inside").symlink_to("dir")  # stays on its filesystem
@@ -177,11 +182,14 @@ def test_local_paths_are_answered_in_process_and_others_left_to_a_child(
     (tmpfs / "out").symlink_to(tmp_path / "dir")  # leaves the tmpfs mount
     paths = [tmp_path / "dir", tmp_path / "missing", tmp_path / "file", tmp_path / "inside",
              tmpfs / "sub", tmpfs / "out", hung, hung / "deeper", Path("/")]
-    assert _answers_in_a_child([str(p) for p in paths]) == [
-        "ok", "missing", "missing", "ok", "ok", None, None, None, "ok"]
+    # Name by name no link is followed: one on the way is a child's to follow.
+    assert _answers_in_a_child([str(p) for p in paths], openat2=openat2) == [
+        "ok", "missing", "missing", "ok" if openat2 else None, "ok", None, None, None, "ok"]
 
 
-def test_the_in_process_answer_is_the_users(tmp_path: Path, tmpfs: Path) -> None:
+@pytest.mark.parametrize("openat2", [True, False], ids=["openat2", "name-by-name"])
+def test_the_in_process_answer_is_the_users(tmp_path: Path, tmpfs: Path,
+                                            openat2: bool) -> None:
     """Asked as the user, through a mount point: root's own access does not count."""
     user = unprivileged_user()
     assert user is not None
@@ -195,7 +203,7 @@ def test_the_in_process_answer_is_the_users(tmp_path: Path, tmpfs: Path) -> None
         parent.chmod(parent.stat().st_mode | 0o001)
     tmp_path.chmod(0o755)
     assert _answers_in_a_child([str(private / "x"), str(own), str(own / "nope")],
-                               user.pw_name) == ["denied", "ok", "missing"]
+                               user.pw_name, openat2) == ["denied", "ok", "missing"]
 
 
 def test_a_probe_child_asks_as_the_user_and_answers_each_path(tmp_path: Path) -> None:

@@ -117,3 +117,54 @@ def test_four_eyes_and_reject(service: Box) -> None:
     wait_for(lambda: box.run(run_id)["workspace"]["removed_at"], 30, "the worktree's removal")
     assert "minipipe/" not in box.sh("git -C /home/dave/app branch --list",
                                       user="dave").stdout
+
+
+def test_ff_only_a_conflict_a_restart_retry_and_bad_input(service: Box) -> None:
+    box = service
+    make_repo(box)
+    ff_only = PLAN.replace('ref = "main"', 'ref = "main"\nland = "ff-only"')
+    first, second = box.submit(ff_only), box.submit(ff_only)  # two runs, one repository
+    for run_id in (first, second):
+        assert box.wait_state(run_id, "AWAITING_REVIEW", "FAILED")["state"] == \
+            "AWAITING_REVIEW"
+    # A restart while they wait: they still wait.
+    box.sh("systemctl restart minipipe")
+    assert {box.run(r)["state"] for r in (first, second)} == {"AWAITING_REVIEW"}
+    box.minipipe(f"approve {first}", user="dave")
+    assert box.wait_state(first, "SUCCEEDED", "FAILED")["state"] == "SUCCEEDED"
+    # main moved on: ff-only refuses the second, which awaits review again, main untouched.
+    main = box.sh("git -C /home/alice/app rev-parse main", user="alice").stdout
+    box.minipipe(f"approve {second}", user="dave")
+    wait_for(lambda: box.run(second)["reason"], 60, "the refusal")
+    run = box.run(second)
+    assert run["state"] == "AWAITING_REVIEW" and "fast-forward is impossible" in run["reason"]
+    assert box.sh("git -C /home/alice/app rev-parse main", user="alice").stdout == main
+    # Reject, then retry: a fresh attempt from today's main; with merge it now conflicts
+    # (VERSION changed on both sides), named, and nothing changes.
+    box.minipipe(f"reject {second} -m stale", user="dave")
+    box.minipipe(f"retry {second}")
+    assert box.wait_state(second, "AWAITING_REVIEW", "FAILED")["state"] == "AWAITING_REVIEW"
+    assert box.run(second)["workspace"]["base_commit"] == main.strip()
+    box.sh("cd /home/alice/app && printf 'v3\\n' > VERSION && "
+           "git -c user.name=a -c user.email=a@x commit -qam v3", user="alice")
+    box.minipipe(f"approve {second}", user="dave")
+    wait_for(lambda: "conflict" in (box.run(second)["reason"] or ""), 60, "the conflict")
+    assert "VERSION" in box.run(second)["reason"]
+    box.minipipe(f"cancel {second}")
+    # Bad [workspace] input: refused at submit with the plan's line, nothing queued.
+    before = len(json.loads(box.minipipe("ls --all --json").stdout))
+    for bad, line, words in (
+            (PLAN.replace("/home/alice/app", "/home/alice/nope"), 6, "not a git repository"),
+            (PLAN.replace('ref = "main"', 'ref = "nope"'), 7, "no branch, tag or commit"),
+            (PLAN.replace("/home/alice/app", "home/alice/app"), 6, "absolute path")):
+        result = box.minipipe("submit -", input=bad, check=False)
+        assert result.returncode == 2 and f"<stdin>:{line}:" in result.stderr, result.stderr
+        assert words in result.stderr
+    assert len(json.loads(box.minipipe("ls --all --json").stdout)) == before
+    # Nothing left behind once the runs ended: no worktree, no minipipe branch.
+    wait_for(lambda: all(box.run(r)["workspace"]["removed_at"] for r in (first, second)),
+             60, "the worktrees' removal")
+    assert "minipipe/" not in box.sh("git -C /home/alice/app branch --list",
+                                      user="alice").stdout
+    assert box.sh("git -C /home/alice/app worktree list", user="alice").stdout.count(
+        "\n") == 1

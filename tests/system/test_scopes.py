@@ -188,3 +188,16 @@ def test_a_working_directory_the_run_user_cannot_enter_is_explained(service: Box
                               input='[[steps]]\nid = "a"\nrun = ["true"]\ncwd = "/root"\n')
     assert denied.returncode == 2 and "user alice" in denied.stderr, denied.stderr
     assert service.minipipe("ls --all --json").stdout == before
+
+
+def test_steps_keep_the_network_the_service_denies_itself(service: Box) -> None:
+    """minipipe.service has IPAddressDeny=any for its own cgroup; a run's scope is
+    outside it, so a step still opens TCP connections (here over loopback)."""
+    box = service
+    assert box.property("minipipe", "IPAddressDeny").strip() != ""
+    run_id = box.submit(
+        '[[steps]]\nid = "net"\nrun = ["python3", "-c", "import socket; s = socket.socket(); '
+        "s.bind(('127.0.0.1', 0)); s.listen(); c = socket.create_connection(s.getsockname(), "
+        "timeout=5); c.sendall(b'x'); print(s.accept()[0].recv(1))\"]\n")
+    run = box.wait_state(run_id, "SUCCEEDED", "FAILED")
+    assert run["state"] == "SUCCEEDED", run["reason"]
