@@ -111,6 +111,11 @@ class Config(Record):
         user may write (/run/minipipe under systemd)."""
         return os.path.join(os.path.dirname(self.socket_path), "minipipe.lock")
 
+    @property
+    def pid_path(self) -> str:
+        """Who holds the lock, "PID START_TIME", for `minipipe status` (0644, beside it)."""
+        return os.path.join(os.path.dirname(self.socket_path), "minipipe.pid")
+
     def effective_isolation(self) -> str:
         """"auto" resolved: a scope per run when systemd started us, else none."""
         if self.isolation != "auto":

@@ -323,7 +323,7 @@ def _journal_shortfall(store: Store, run: Any) -> tuple[int, int] | None:
 
 def status(config: Config, out: Printer, *, as_json: bool = False) -> None:
     """`minipipe status`: is the daemon up, is the queue paused, runs per state."""
-    alive = daemon_running(config.lock_path)
+    alive = daemon_running(config.lock_path, config.pid_path)
     with _Reading(config) as store:
         counts = store.counts()
         paused = store.is_paused()
@@ -360,11 +360,22 @@ def _size(count: int) -> str:
     return f"{count} B"
 
 
-def daemon_running(lock_path: str) -> bool:
-    """Whether a daemon holds its lock, seen in /proc/locks: without asking it (asking
-    would start a socket-activated one) and without opening its lock file."""
-    from .procs import exclusive_flock_held
+def daemon_running(lock_path: str, pid_path: str | None = None) -> bool:
+    """Whether a daemon holds its lock: without asking it (asking would start a
+    socket-activated one) and without opening its lock file (root's alone).
 
+    The daemon's pid file names it with its start time (a reused pid does not
+    match); without one, /proc/locks says who holds the lock.
+    """
+    from .procs import exclusive_flock_held, start_time
+
+    try:
+        with open(pid_path or "", "rb") as handle:
+            pid, started = (int(field) for field in handle.read(64).split())
+    except (OSError, ValueError):
+        pass
+    else:
+        return pid > 0 and start_time(pid) == started
     if exclusive_flock_held(lock_path):
         return True
     # /proc/locks names the underlying inode on overlayfs (a container's disk). Whoever

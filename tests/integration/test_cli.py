@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -275,3 +276,18 @@ def test_other_read_forms_still_go_through_click(running: Instance) -> None:
     result = instance.cli("show", "0", check=False)
     assert result.returncode == 2 and "is not a run id" in result.stderr
     assert "Show one run" in instance.cli("show", "--help").stdout
+
+
+def test_status_trusts_the_pid_file_only_for_the_process_it_names(instance: Instance) -> None:
+    """The daemon names itself (pid and start time) beside its lock; a daemon killed
+    with -9 leaves the file behind, and a pid that does not match is not a daemon."""
+    daemon = instance.start_daemon()
+    pid_file = instance.root / "minipipe.pid"
+    pid, _started = pid_file.read_text().split()
+    assert int(pid) == daemon.pid and (pid_file.stat().st_mode & 0o777) == 0o644
+    assert json.loads(instance.cli("status", "--json").stdout)["daemon_running"] is True
+    instance.stop_daemon(signal.SIGKILL)
+    assert pid_file.exists()
+    assert json.loads(instance.cli("status", "--json").stdout)["daemon_running"] is False
+    pid_file.write_text(f"{os.getpid()} 1\n")  # a live pid, the wrong start time
+    assert json.loads(instance.cli("status", "--json").stdout)["daemon_running"] is False
