@@ -7,10 +7,64 @@ this module is the only place that decides what may happen to a run.
 
 from __future__ import annotations
 
-import enum
+
+class _StateKind(type):
+    """What the states need of `enum.StrEnum`, without importing `enum`: with what it
+    pulls in, a sixth of a bare Python start, paid by every `minipipe ls` (bench/
+    figure 7). A state class's UPPERCASE string attributes become its members: str
+    instances of the class, one object per value (compare with `is`), iterable in
+    definition order, looked up by value with `RunState("FAILED")` (ValueError if
+    unknown)."""
+
+    def __new__(mcs, name: str, bases: tuple[type, ...], namespace: dict[str, object]
+                ) -> _StateKind:
+        cls = super().__new__(mcs, name, bases, namespace)
+        members = [str.__new__(cls, value) for key, value in namespace.items()
+                   if key.isupper() and isinstance(value, str)]
+        for member in members:
+            type.__setattr__(cls, str(member), member)
+        type.__setattr__(cls, "_members", tuple(members))
+        type.__setattr__(cls, "_by_value", {str(m): m for m in members})
+        return cls
+
+    def __call__(cls, value: object) -> _State:  # type: ignore[override]
+        try:
+            return cls._by_value[value]  # type: ignore[attr-defined,no-any-return]
+        except (KeyError, TypeError):
+            raise ValueError(f"{value!r} is not a valid {cls.__name__}") from None
+
+    def __iter__(cls):  # type: ignore[no-untyped-def]
+        return iter(cls._members)  # type: ignore[attr-defined]
+
+    def __len__(cls) -> int:
+        return len(cls._members)  # type: ignore[attr-defined]
+
+    def __setattr__(cls, name: str, value: object) -> None:
+        raise AttributeError(f"{cls.__name__} cannot be changed")
 
 
-class RunState(enum.StrEnum):
+class _State(str, metaclass=_StateKind):
+    __slots__ = ()
+
+    @property
+    def value(self) -> str:
+        return str.__str__(self)
+
+    @property
+    def name(self) -> str:
+        return str.__str__(self)
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}.{str.__str__(self)}>"
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return type(self), (str.__str__(self),)
+
+
+class RunState(_State):
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
@@ -27,7 +81,7 @@ class RunState(enum.StrEnum):
         return self in RUN_TERMINAL
 
 
-class StepState(enum.StrEnum):
+class StepState(_State):
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"

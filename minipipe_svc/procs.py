@@ -7,10 +7,11 @@ someone else. Every pid minipipe stores comes with the process's start time
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import signal
+
+# signal.SIGKILL, without importing `signal` (with `enum`) on the read commands' path.
+SIGKILL = 9
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def group_members(pgid: int, not_before: int | None = None) -> list[int]:
     return members
 
 
-def kill_group(pgid: int, sig: int = signal.SIGKILL) -> bool:
+def kill_group(pgid: int, sig: int = SIGKILL) -> bool:
     """Signal a whole process group; False if it no longer exists."""
     try:
         os.killpg(pgid, sig)
@@ -145,12 +146,12 @@ def kill_descendants() -> int:
             break
         for pid in kids:
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, SIGKILL)
                 killed += 1
             except ProcessLookupError:
                 pass
         for pid in kids:
-            with contextlib.suppress(ChildProcessError):
+            with _Suppress(ChildProcessError):
                 os.waitpid(pid, 0)
     return killed
 
@@ -167,7 +168,7 @@ def kill_orphaned_group(pgid: int | None, leader_start: int | None) -> int:
     killed = 0
     for pid in group_members(pgid, not_before=leader_start):
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, SIGKILL)
             killed += 1
         except (ProcessLookupError, PermissionError):
             pass
@@ -201,6 +202,8 @@ def describe_exit(status: int) -> tuple[int, str | None]:
     if status >= 0:
         return status, None
     try:
+        import signal
+
         name = signal.Signals(-status).name
     except ValueError:
         name = f"signal {-status}"
@@ -423,3 +426,17 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
         error = ctypes.get_errno()
         raise OSError(error, os.strerror(error), path)
     return fd
+
+
+class _Suppress:
+    """contextlib.suppress, which `minipipe status` must not import."""
+
+    def __init__(self, *kinds: type[BaseException]) -> None:
+        self.kinds = kinds
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 _tb: object) -> bool:
+        return kind is not None and issubclass(kind, self.kinds)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections import namedtuple
-from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 
 from . import jsonline
@@ -223,13 +222,15 @@ def _prepare_writable(path: str, directory: str, exists: bool) -> None:
         # O_EXCL | O_NOFOLLOW: never create through a link someone else placed.
         # The mode is set explicitly: the service's umask (0077) would take the group's
         # read bit, and SQLite gives -wal and -shm the DB file's mode.
-        with suppress(FileExistsError):
+        try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o640)
-            try:
-                os.fchmod(fd, 0o640)
-            finally:
-                os.close(fd)
+        except FileExistsError:
+            return
+        try:
+            os.fchmod(fd, 0o640)
+        finally:
+            os.close(fd)
 
 
 def _lock_holders(path: str, first: int, count: int) -> list[int]:
@@ -419,6 +420,32 @@ def _friendly(exc: sqlite3.Error, path: str) -> StoreError:
     return StoreError(f"{path}: {message}")
 
 
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any exception. A class rather than
+    contextlib.contextmanager: the read commands must not import contextlib."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self.conn, self.path = conn, path
+
+    def __enter__(self) -> sqlite3.Connection:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _friendly(exc, self.path) from None
+        return self.conn
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 _tb: object) -> None:
+        if exc is not None:
+            self.conn.execute("ROLLBACK")
+            return
+        try:
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as error:
+            self.conn.execute("ROLLBACK")
+            raise _friendly(error, self.path) from None
+
+
 class Store:
     """One connection to the state DB. Not shared between threads or processes."""
 
@@ -554,24 +581,11 @@ class Store:
                          "SELECT state, count(*) FROM runs GROUP BY state")
         return dropped
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> _Transaction:
+        """`with self._write() as conn:` one write transaction (BEGIN IMMEDIATE)."""
         if self.readonly:
             raise StoreError("this store was opened read-only")
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise _friendly(exc, self.path) from None
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        try:
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            self.conn.execute("ROLLBACK")
-            raise _friendly(exc, self.path) from None
+        return _Transaction(self.conn, self.path)
 
     # ------------------------------------------------------------ events
 
