@@ -303,8 +303,10 @@ def diff(config: Config, out: Printer, run_id: int, *, stat: bool = False,
     data = read_diff(config.log_dir, run_id)
     if data is None:
         raise ReadError(f"run {run_id}'s diff is missing from {config.log_dir}")
+    # Lines end at "\n" only, as in git: str.splitlines() would also break at CR, VT,
+    # FF, U+2028 and more, and a "+" line split there would show as context.
     lines = [out.diff_line(shown(line)) for line in
-             data.decode("utf-8", "backslashreplace").splitlines()]
+             data.decode("utf-8", "backslashreplace").removesuffix("\n").split("\n")]
     if row.changes.get("diff_truncated"):
         lines.append(out.style("(the diff was cut at 8 MiB; `minipipe diff --stat` lists "
                                "every file)", fg="yellow"))

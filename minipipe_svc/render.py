@@ -39,7 +39,9 @@ STATE_COLOURS: dict[str, tuple[str, bool]] = {
 # What a terminal acts on instead of showing: C0 controls but TAB, DEL, the C1
 # controls, and the bidi embeddings/overrides/isolates that reorder or hide text.
 _UNPRINTABLE = [*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F, *range(0x80, 0xA0),
-                *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+                *range(0x202A, 0x202F), *range(0x2066, 0x206A),
+                # and the marks and separators that reorder or break lines too
+                0x061C, 0x200E, 0x200F, 0x2028, 0x2029]
 _ESCAPES = {code: rf"\x{code:02x}" if code < 0x100 else rf"\u{code:04x}"
             for code in _UNPRINTABLE}
 _UNPRINTABLE_CHARS = frozenset(map(chr, _UNPRINTABLE))
@@ -49,8 +51,9 @@ def printable(text: str) -> str:
     r"""`text` with every character a terminal would act on shown as its escape.
 
     C0 controls except TAB (newline and carriage return included), DEL, the C1
-    controls U+0080-U+009F and the Unicode bidi controls U+202A-U+202E and
-    U+2066-U+2069 become the Python-style escape of their code point: `\xNN`
+    controls U+0080-U+009F, the Unicode bidi controls U+202A-U+202E and
+    U+2066-U+2069, the marks U+061C, U+200E, U+200F and the separators U+2028 and
+    U+2029 become the Python-style escape of their code point: `\xNN`
     below U+0100 (ESC is `\x1b`, NUL `\x00`, 8-bit CSI `\x9b`), `\uNNNN` above
     (RIGHT-TO-LEFT OVERRIDE is `\u202e`). Everything else, TAB and backslashes
     included, is kept as it is: text that already held the four characters `\x1b`

@@ -35,6 +35,10 @@ MAX_FILES_LISTED = 2000
 MAX_COMMITS_LISTED = 200
 LAND_MODES = ("merge", "ff-only", "branch-only")
 BRANCH_PREFIX = "minipipe/run-"
+# What the repository's config (a step may write it) must not change in a recorded diff.
+DIFF_CONFIG = ("-c", "core.attributesFile=/dev/null", "-c", "diff.noprefix=false",
+               "-c", "diff.mnemonicPrefix=false", "-c", "diff.relative=false",
+               "-c", "core.quotePath=true", "-c", "diff.orderFile=/dev/null")
 
 
 class GitError(Exception):
@@ -87,8 +91,11 @@ class Git:
         self.hostname = hostname or socket.gethostname()
 
     def environment(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        # GIT_NO_REPLACE_OBJECTS: a step may plant `git replace` refs, which would make
+        # diffs, stats and merges see other objects than the commits that land.
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C",
-               "GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "GIT_EDITOR": "true"}
+               "GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "GIT_EDITOR": "true",
+               "GIT_NO_REPLACE_OBJECTS": "1"}
         if self.identity is not None:
             env.update(self.identity.login_environment())
         else:
@@ -184,8 +191,8 @@ class Git:
         """What `head` changes against its merge-base with `base`: totals, per file,
         and the commits, as `git diff --stat` from the merge-base counts them."""
         merge_base = self.out("-C", repo, "merge-base", base, head)
-        diff = ("-C", repo, "diff", "--no-ext-diff", "--no-textconv", "--no-color", "-M",
-                "-z", merge_base, head)
+        diff = ("-C", repo, *DIFF_CONFIG, "diff", "--no-ext-diff", "--no-textconv",
+                "--no-color", "-M", "-z", merge_base, head)
         numstat = self.run(*diff[:-2], "--numstat", *diff[-2:],
                            timeout=WORK_TIMEOUT_SECONDS, what="diff --numstat").stdout
         status = self.run(*diff[:-2], "--name-status", *diff[-2:],
@@ -207,13 +214,21 @@ class Git:
             # In-tree attributes decide what git calls binary (`-diff`) even with
             # --no-textconv: a run that changes them gets a warning next to its diff.
             "attributes_changed": any(os.path.basename(f["path"]) == ".gitattributes"
-                                      for f in files),
+                                      for f in files) or self._has_info_attributes(repo),
+            "binary_files": sum(f["binary"] for f in files),
         }
+
+    def _has_info_attributes(self, repo: str) -> bool:
+        """Whether the repository has `info/attributes`: a step may write one (it is in
+        the shared git directory) to call text files binary in every diff."""
+        path = self.out("-C", repo, "rev-parse", "--git-path", "info/attributes")
+        result = self._as_user(["test", "-s", os.path.join(repo, path)])
+        return result is not None and result.returncode == 0
 
     def diff_text(self, repo: str, merge_base: str, head: str) -> tuple[bytes, bool]:
         """The unified diff (at most MAX_DIFF_BYTES) and whether it was cut."""
-        text = self.run("-C", repo, "diff", "--no-ext-diff", "--no-textconv", "--no-color",
-                        "-M", merge_base, head,
+        text = self.run("-C", repo, *DIFF_CONFIG, "diff", "--no-ext-diff", "--no-textconv",
+                        "--no-color", "-M", merge_base, head,
                         timeout=WORK_TIMEOUT_SECONDS, what="diff").stdout
         return text[:MAX_DIFF_BYTES], len(text) > MAX_DIFF_BYTES
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,22 @@ def test_four_eyes_and_the_review_limit(instance: Instance) -> None:
     assert instance.run(first)["state"] == "CANCELLED"
     assert instance.wait_state(second, "AWAITING_REVIEW", "FAILED")["state"] == \
         "AWAITING_REVIEW"
+
+
+def test_a_carriage_return_cannot_pass_an_added_line_off_as_context(
+        reviewing: Instance) -> None:
+    """git's lines end at LF only; a line split at CR (or VT, FF, U+2028) would show
+    its second half without the "+" that marks it added."""
+    instance = reviewing
+    repo = make_repo(instance)
+    plan = EDIT.format(repo=repo).replace(
+        "printf 'new\\n' > added.txt", r"printf 'x\r    return True\n' > added.txt")
+    assert "return True" in plan
+    run_id = instance.submit(plan, name="cr")
+    assert instance.wait_state(run_id, "AWAITING_REVIEW", "FAILED")["state"] == \
+        "AWAITING_REVIEW"
+    result = subprocess.run(  # bytes: text mode would turn the CR into a newline itself
+        [sys.executable, "-m", "minipipe_svc", "--config", str(instance.config_path), "diff",
+         str(run_id)], capture_output=True, timeout=60, **as_user(instance.user, instance.root))
+    lines = result.stdout.split(b"\n")
+    assert [line for line in lines if b"return True" in line] == [b"+x\r    return True"]

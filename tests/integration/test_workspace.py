@@ -268,3 +268,27 @@ def test_the_user_directory_is_the_users_and_never_followed(repos: Repos,
         with pytest.raises(GitError, match="is not a directory of uid"):
             user_directory(str(base), repos.identity)
         assert os.lstat("/etc").st_uid == 0
+
+
+def test_replace_refs_and_info_attributes_do_not_hide_a_change(repos: Repos) -> None:
+    """A step may plant `git replace` objects (the diff would show the base) or
+    info/attributes marking everything binary: the recorded change is the real one,
+    and the hidden-binary trick is flagged."""
+    repo = repos.make()
+    base = repos.git.resolve(str(repo), "main")
+    worktree = repos.root / "wt"
+    repos.git.create(str(repo), str(worktree), branch_name(5), base)
+    repos.sh("""
+        printf 'one\\nevil\\nthree\\n' > a.txt
+        git add a.txt && git commit -qm evil
+        git replace -f "$(git rev-parse HEAD^{tree})" "$(git rev-parse HEAD~1^{tree})"
+        git replace -f "$(git rev-parse HEAD)" "$(git rev-parse HEAD~1)"
+        mkdir -p "$(git rev-parse --git-common-dir)/info"
+        printf '* -diff\\n' > "$(git rev-parse --git-common-dir)/info/attributes"
+    """, cwd=worktree)
+    head = repos.git.snapshot(str(worktree), 5)
+    changes = repos.git.changes(str(repo), base, head)
+    assert [f["path"] for f in changes["files"]] == ["a.txt"]
+    assert changes["attributes_changed"] and changes["binary_files"] == 1
+    text, _ = repos.git.diff_text(str(repo), base, head)
+    assert b"a.txt" in text
