@@ -41,6 +41,8 @@ MAX_STORED_PLAN_BYTES = 4 * 1024 * 1024
 # A plan's repository is asked about as its user; git must answer within this.
 GIT_CHECK_SECONDS = 10.0
 MAX_REF_CHECKS = 32
+# One user's repository may hang git (a FIFO in its config): that user waits, not others.
+MAX_REF_CHECKS_PER_USER = 2
 # Directories private to the service when it runs under systemd (PrivateTmp=yes).
 PRIVATE_DIRS = ("/tmp", "/var/tmp")
 PRIVATE_TMP_HINT = ("the service has a private /tmp and /var/tmp and does not see yours: keep "
@@ -63,7 +65,7 @@ class Actions:
         self.private_tmp = private_tmp
         self.version = version
         self.probes = probes or DirectoryProber()
-        self.ref_checks: set[RefCheck] = set()
+        self.ref_checks: dict[RefCheck, int] = {}  # waiting for git -> the run's uid
         # Set by the daemon: a write failed on the lock (it finds out who holds it), and
         # why writes would wait right now (None: they would not).
         self.on_locked: Callable[[], None] = lambda: None
@@ -165,15 +167,17 @@ class Actions:
                             "minipipe service keeps private", where="[workspace]",
                             line=key_line(text, plan_format, "workspace", "repo"),
                             hint=PRIVATE_TMP_HINT)
-        if len(self.ref_checks) >= MAX_REF_CHECKS:
-            raise Refused("busy", "too many repository checks at once; try again in a few "
-                          "seconds")
+        uid = identity.uid if identity is not None else os.getuid()
+        if len(self.ref_checks) >= MAX_REF_CHECKS or sum(
+                owner == uid for owner in self.ref_checks.values()) >= MAX_REF_CHECKS_PER_USER:
+            raise Refused("busy", "too many repository checks waiting for git at once; try "
+                          "again in a few seconds")
         try:
             check = RefCheck(Git(identity), repo, plan.workspace.ref, GIT_CHECK_SECONDS)
         except GitError as exc:
             raise Refused("unavailable", f"cannot check the plan's repository: {exc}") \
                 from None
-        self.ref_checks.add(check)
+        self.ref_checks[check] = uid
 
         def bad(message: str) -> Reply:
             key = "ref" if "no branch, tag or commit" in message else "repo"
@@ -188,7 +192,7 @@ class Actions:
         def resume() -> Reply | None:
             if not check.read():
                 return None
-            self.ref_checks.discard(check)
+            self.ref_checks.pop(check, None)
             try:
                 check.result()
             except GitError as exc:
@@ -204,13 +208,13 @@ class Actions:
                 return self.refusal(exc)
 
         def give_up() -> Reply:
-            self.ref_checks.discard(check)
+            self.ref_checks.pop(check, None)
             check.abandon()
             return bad(f"git did not answer about {repo} within {GIT_CHECK_SECONDS:g} s (a "
                        "hung network or FUSE filesystem?)")
 
         def abandon() -> None:
-            self.ref_checks.discard(check)
+            self.ref_checks.pop(check, None)
             check.abandon()
 
         return Deferred(check.fd, check.deadline, resume=resume, give_up=give_up,
@@ -360,8 +364,12 @@ class Actions:
     def op_approve(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         run_id = self.reviewed_run(peer, request, "approve")
         message = _message(request, required=False)
-        self.store.approve(run_id, by=peer.name, message=message)
-        return {"run": run_id}
+        head = _field(request, "head", str, optional=True)
+        if head is not None and not (7 <= len(head) <= 64 and head.isascii()
+                                     and all(c in "0123456789abcdef" for c in head)):
+            raise Refused("bad_request", "'head' must be 7 to 64 lowercase hex digits")
+        approved = self.store.approve(run_id, by=peer.name, message=message, head=head)
+        return {"run": run_id, "head": approved}
 
     def op_reject(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         run_id = self.reviewed_run(peer, request, "reject")

@@ -423,18 +423,22 @@ def diff(ctx: Context, run_id: int, stat: bool, name_only: bool) -> None:
 @cli.command()
 @click.argument("run_id", type=RUN_ID)
 @click.option("-m", "--message", metavar="TEXT", help="Why, for the run's events.")
+@click.option("--commit", "head", metavar="SHA",
+              help="The change you reviewed (its commit, as `review` and `show` print it, "
+                   "7+ hex digits): refused if the run's change is another one by now.")
 @pass_ctx
-def approve(ctx: Context, run_id: int, message: str | None) -> None:
+def approve(ctx: Context, run_id: int, message: str | None, head: str | None) -> None:
     """Approve a run awaiting review: land its change, then run its on_approve steps.
 
-    The run is queued; its runner lands exactly the commit that was reviewed onto
+    The run is queued; its runner lands exactly the commit that was recorded onto
     the target branch (plan [workspace] land: merge, ff-only or branch-only) and
     ends SUCCEEDED. If the change conflicts, or the target is checked out with
     local changes, nothing is changed and the run awaits review again, saying why.
     Reviewers: root and members of reviewer_group (default: admin_group).
     """
-    ctx.call("approve", run=run_id, message=message)
-    click.echo(f"run {run_id}: approved; landing its change")
+    reply = ctx.call("approve", run=run_id, message=message,
+                     head=head.lower() if head else None)
+    click.echo(f"run {run_id}: approved its change {reply['head'][:12]}; landing it")
 
 
 @cli.command()

@@ -595,16 +595,8 @@ class Daemon:
         await review, runs that would need review too wait (approved ones, landing
         their change, do not)."""
         limit = self.config.max_awaiting_review
-        if not limit or self.store.count_awaiting_review() < limit:
-            return self.store.pending_runs(free)
-        runs = []
-        for run in self.store.pending_runs(free + 1000):
-            workspace = self.store.workspace(run.id)
-            if workspace is None or not workspace.review or workspace.approved_by:
-                runs.append(run)
-            if len(runs) == free:
-                break
-        return runs
+        held = bool(limit) and self.store.count_awaiting_review() >= limit
+        return self.store.pending_runs(free, hold_review=held)
 
     def launch(self, ready: list[tuple[RunRow, RunnerArgs, Limits]]) -> None:
         # Runners are forked from this process, and SQLite forbids carrying an open

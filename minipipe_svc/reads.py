@@ -240,7 +240,9 @@ def _workspace_facts(workspace: dict[str, Any]) -> list[tuple[str, str]]:
     if workspace.get("path"):
         facts.append(("worktree", f"{workspace['path']} on {workspace['branch']}"
                       + (" (removed)" if workspace.get("removed_at") else "")))
-    facts.append(("changes", change_summary(workspace.get("changes"))))
+    facts.append(("changes", change_summary(workspace.get("changes"))
+                  + (f" at {workspace['head_commit'][:12]}" if workspace.get("head_commit")
+                     else "")))
     review = "required" if workspace.get("review") else "not required"
     if workspace.get("awaiting_since") and not workspace.get("approved_by"):
         review += f", waiting {age_since(workspace['awaiting_since'])}"
@@ -268,9 +270,10 @@ def review_list(config: Config, out: Printer, *, as_json: bool = False) -> None:
         return
     shown = shown_text()
     rows = [[str(run.id), shown(run.name)[:30], shown(run.submitted_by or "-"),
-             age_since(workspace["awaiting_since"]), change_summary(workspace["changes"]),
-             shown(run.reason or "")] for run, workspace in waiting]
-    lines = table(["ID", "NAME", "OWNER", "WAITING", "CHANGES", "NOTE"], rows)
+             age_since(workspace["awaiting_since"]), (workspace["head_commit"] or "-")[:12],
+             change_summary(workspace["changes"]), shown(run.reason or "")]
+            for run, workspace in waiting]
+    lines = table(["ID", "NAME", "OWNER", "WAITING", "COMMIT", "CHANGES", "NOTE"], rows)
     out.echo(out.style(lines[0], bold=True))
     for line in lines[1:]:
         out.echo(line)

@@ -700,10 +700,13 @@ class Store:
             counts[state] = count
         return counts
 
-    def pending_runs(self, limit: int) -> list[RunRow]:
-        """The next runs to start: highest priority first, then oldest."""
+    def pending_runs(self, limit: int, *, hold_review: bool = False) -> list[RunRow]:
+        """The next runs to start: highest priority first, then oldest. `hold_review`
+        leaves out runs that would need review (not yet approved ones)."""
+        held = (" AND NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.run_id = r.id AND "
+                "w.review = 1 AND w.approved_by IS NULL)") if hold_review else ""
         rows = self.conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.state = 'PENDING' "
+            f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.state = 'PENDING'{held} "
             "ORDER BY r.priority DESC, r.id LIMIT ?", (limit,))
         return [_run_row(row) for row in rows]
 
@@ -982,19 +985,33 @@ class Store:
                          "WHERE run_id = ?", (now, run_id))
             self._event(conn, run_id, "run_awaiting_review")
 
-    def approve(self, run_id: int, *, by: str, message: str | None = None) -> None:
-        """AWAITING_REVIEW -> PENDING: queued for its runner to land the change."""
+    def approve(self, run_id: int, *, by: str, message: str | None = None,
+                head: str | None = None) -> str:
+        """AWAITING_REVIEW -> PENDING: queued for its runner to land the change.
+
+        `head`, the commit the reviewer looked at (or a prefix of it), must still be
+        the run's: a run cancelled and retried meanwhile has another change. Returns
+        the commit approved.
+        """
         with self._write() as conn:
             state = self._run_state(conn, run_id)
             if state is not RunState.AWAITING_REVIEW:
                 raise ConflictError(f"run {run_id} is {state.value}, not AWAITING_REVIEW: "
                                     "there is nothing to approve")
+            current = conn.execute("SELECT head_commit FROM workspaces WHERE run_id = ?",
+                                   (run_id,)).fetchone()
+            current = (current[0] if current else None) or ""
+            if head is not None and not (len(head) >= 7 and current.startswith(head)):
+                raise ConflictError(f"run {run_id}'s change is now {current[:12]}, not the "
+                                    f"{head[:12]} you name; look again (`minipipe diff "
+                                    f"{run_id}`) and approve that")
             check_run_transition(state, RunState.PENDING)
             conn.execute("UPDATE runs SET state = 'PENDING', reason = NULL, unit = NULL, "
                          "runner_pid = NULL, runner_start = NULL WHERE id = ?", (run_id,))
             conn.execute("UPDATE workspaces SET approved_by = ? WHERE run_id = ?",
                          (by, run_id))
-            self._event(conn, run_id, "run_approved", by=by, message=message)
+            self._event(conn, run_id, "run_approved", by=by, message=message, head=current)
+            return current
 
     def reject(self, run_id: int, *, by: str, message: str) -> None:
         """AWAITING_REVIEW -> REJECTED (terminal; a retry starts the run afresh)."""

@@ -33,6 +33,7 @@ WORK_TIMEOUT_SECONDS = 900.0    # checkout, add -A, diff of a big tree
 MAX_DIFF_BYTES = 8 * 1024 * 1024
 MAX_FILES_LISTED = 2000
 MAX_COMMITS_LISTED = 200
+MAX_TEXT_CHARS = 500  # of a commit's author or subject, a file's path, in the DB
 LAND_MODES = ("merge", "ff-only", "branch-only")
 BRANCH_PREFIX = "minipipe/run-"
 # What the repository's config (a step may write it) must not change in a recorded diff.
@@ -201,8 +202,10 @@ class Git:
         log = self.run("-C", repo, "log", "--no-decorate", "--no-color", "-z",
                        f"--max-count={MAX_COMMITS_LISTED}", "--format=%H%x1f%an%x1f%s",
                        f"{merge_base}..{head}", what="log").stdout
-        commits = [dict(zip(("sha", "author", "subject"), _text(entry).split("\x1f", 2),
-                            strict=False)) for entry in log.split(b"\0") if entry.strip()]
+        commits = [dict(zip(("sha", "author", "subject"),
+                            (field[:MAX_TEXT_CHARS] for field in
+                             _text(entry).split("\x1f", 2)), strict=False))
+                   for entry in log.split(b"\0") if entry.strip()]
         count = int(self.out("-C", repo, "rev-list", "--count", f"{merge_base}..{head}"))
         return {
             "merge_base": merge_base, "head": head,
@@ -226,11 +229,34 @@ class Git:
         return result is not None and result.returncode == 0
 
     def diff_text(self, repo: str, merge_base: str, head: str) -> tuple[bytes, bool]:
-        """The unified diff (at most MAX_DIFF_BYTES) and whether it was cut."""
-        text = self.run("-C", repo, *DIFF_CONFIG, "diff", "--no-ext-diff", "--no-textconv",
-                        "--no-color", "-M", merge_base, head,
-                        timeout=WORK_TIMEOUT_SECONDS, what="diff").stdout
-        return text[:MAX_DIFF_BYTES], len(text) > MAX_DIFF_BYTES
+        """The unified diff (at most MAX_DIFF_BYTES) and whether it was cut. Read as it
+        comes, never more than the cap: a step may make a diff of any size."""
+        options: dict[str, Any] = {}
+        if self.identity is not None and os.geteuid() == 0:
+            options.update(user=self.identity.uid, group=self.identity.gid,
+                           extra_groups=list(self.identity.groups))
+        argv = [GIT, "-C", repo, *DIFF_CONFIG, "diff", "--no-ext-diff", "--no-textconv",
+                "--no-color", "-M", merge_base, head]
+        try:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                    stdin=subprocess.DEVNULL, env=self.environment(), cwd="/",
+                                    **options)
+        except OSError as exc:
+            raise GitError(f"cannot run git: {exc.strerror}; install git") from None
+        assert proc.stdout is not None
+        with proc:
+            text = proc.stdout.read(MAX_DIFF_BYTES + 1)
+            cut = len(text) > MAX_DIFF_BYTES
+            if cut:
+                proc.kill()
+            try:
+                status = proc.wait(timeout=WORK_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise GitError("git diff did not finish") from None
+        if status != 0 and not cut:
+            raise GitError(f"git diff: exit status {status}")
+        return text[:MAX_DIFF_BYTES], cut
 
     def disk_usage(self, path: str) -> int | None:
         """Bytes under `path`, as the user may see them (None if unknown)."""
@@ -476,7 +502,9 @@ def _files(numstat: bytes, status: bytes) -> list[dict[str, Any]]:
             i += 1
         binary = added == "-"
         kind, status_old = states[n] if n < len(states) else ("modified", None)
-        files.append({"path": path, "old_path": old or status_old, "status": kind,
+        old = old or status_old
+        files.append({"path": path[:MAX_TEXT_CHARS],
+                      "old_path": old[:MAX_TEXT_CHARS] if old else None, "status": kind,
                       "insertions": None if binary else int(added),
                       "deletions": None if binary else int(deleted), "binary": binary})
         n += 1

@@ -235,3 +235,27 @@ def test_a_carriage_return_cannot_pass_an_added_line_off_as_context(
          str(run_id)], capture_output=True, timeout=60, **as_user(instance.user, instance.root))
     lines = result.stdout.split(b"\n")
     assert [line for line in lines if b"return True" in line] == [b"+x\r    return True"]
+
+
+def test_an_approval_names_the_change_it_approves(reviewing: Instance) -> None:
+    """Cancel and retry swap a run's change under a reviewer's eyes: an approval that
+    names the commit it reviewed (--commit) is refused for any other."""
+    instance = reviewing
+    repo = make_repo(instance)
+    run_id = _awaiting(instance, repo)
+    seen = instance.run(run_id)["workspace"]["head_commit"]
+    instance.cli("cancel", str(run_id))
+    sh(instance, "printf 'moved\\n' > b.txt && git commit -qam moved", cwd=repo)
+    instance.cli("retry", str(run_id))
+    assert instance.wait_state(run_id, "AWAITING_REVIEW", "FAILED")["state"] == \
+        "AWAITING_REVIEW"
+    now = instance.run(run_id)["workspace"]["head_commit"]
+    assert now != seen
+    refused = instance.cli("approve", str(run_id), "--commit", seen[:10], check=False)
+    assert refused.returncode == 2 and f"is now {now[:12]}, not the {seen[:10]}" in \
+        refused.stderr
+    assert instance.run(run_id)["state"] == "AWAITING_REVIEW"
+    assert now[:12] in instance.cli("review").stdout
+    approved = instance.cli("approve", str(run_id), "--commit", now[:8])
+    assert f"approved its change {now[:12]}" in approved.stdout
+    assert instance.wait_state(run_id, "SUCCEEDED", "FAILED")["state"] == "SUCCEEDED"
