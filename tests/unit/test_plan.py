@@ -235,3 +235,9 @@ def test_without_review_a_workspace_keeps_its_change_on_the_branch() -> None:
     plain = _parse('[[steps]]\nid = "a"\nrun = "true"\n')
     assert plain.workspace is None and plain.steps[0].cwd == "/srv/plans"
     assert Plan.from_dict({**plain.to_dict(), "workspace": None}) == plain
+
+
+def test_the_review_example_is_a_valid_plan() -> None:
+    plan = load_plan(str(EXAMPLES / "review.toml"))
+    assert plan.review is True and plan.workspace is not None
+    assert [s.stage for s in plan.steps] == ["setup", "main", "on_approve"]
