@@ -596,7 +596,11 @@ class Daemon:
         their change, do not)."""
         limit = self.config.max_awaiting_review
         held = bool(limit) and self.store.count_awaiting_review() >= limit
-        return self.store.pending_runs(free, hold_review=held)
+        # A run whose old worktree is being removed (rejected, then retried at once)
+        # starts once that is done: the removal would take the new attempt's with it.
+        removing = set(self.worktree_tasks.values())
+        runs = self.store.pending_runs(free + len(removing), hold_review=held)
+        return [run for run in runs if run.id not in removing][:free]
 
     def launch(self, ready: list[tuple[RunRow, RunnerArgs, Limits]]) -> None:
         # Runners are forked from this process, and SQLite forbids carrying an open

@@ -176,8 +176,7 @@ def show_run(config: Config, out: Printer, run_id: int, *, event_count: int = 10
         lost = store.lines_lost(run_id)
         output_lines = store.output_lines(run_id)
         shortfall = _journal_shortfall(store, run)
-        workspace = workspace_json(store.run_plan(run_id).get("workspace"),
-                                   store.workspace(run_id))
+        workspace = workspace_json(store.workspace_spec(run_id), store.workspace(run_id))
     if as_json:
         out.json({**run_json(run), "steps": [step_json(s) for s in steps],
                   "events": [event_json(e) for e in events], "log_lines_lost": lost,
@@ -260,7 +259,7 @@ def review_list(config: Config, out: Printer, *, as_json: bool = False) -> None:
     from .render import age_since, change_summary, run_json, table, workspace_json
 
     with _Reading(config) as store:
-        waiting = [(run, workspace_json(store.run_plan(run.id).get("workspace"), row))
+        waiting = [(run, workspace_json(store.workspace_spec(run.id), row))
                    for run, row in store.awaiting_review()]
     if as_json:
         out.json([{**run_json(run), "workspace": workspace} for run, workspace in waiting])

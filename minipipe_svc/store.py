@@ -650,6 +650,16 @@ class Store:
             raise NoSuchRun(f"no run with id {run_id}")
         return _loads(row[0])
 
+    def workspace_spec(self, run_id: int) -> dict[str, Any] | None:
+        """The plan's [workspace] as stored, or None, also for a plan row that is not
+        a JSON object: a reader (`show`, the monitor) must not break on a damaged row."""
+        try:
+            plan = self.run_plan(run_id)
+        except (ValueError, RecursionError):
+            return None
+        spec = plan.get("workspace") if isinstance(plan, dict) else None
+        return spec if isinstance(spec, dict) else None
+
     def list_runs(self, *, limit: int | None = 20,
                   states: tuple[RunState, ...] | None = None,
                   submitted_by: str | None = None) -> list[RunRow]:

@@ -129,7 +129,7 @@ class MonitorData:
             if run_id not in self.specs:
                 if len(self.specs) >= MAX_PLANS_KEPT:
                     self.specs.clear()
-                self.specs[run_id] = self.store.run_plan(run_id).get("workspace") or None
+                self.specs[run_id] = self.store.workspace_spec(run_id)
             spec = self.specs[run_id]
             if spec is None:
                 return None

@@ -259,3 +259,20 @@ def test_an_approval_names_the_change_it_approves(reviewing: Instance) -> None:
     approved = instance.cli("approve", str(run_id), "--commit", now[:8])
     assert f"approved its change {now[:12]}" in approved.stdout
     assert instance.wait_state(run_id, "SUCCEEDED", "FAILED")["state"] == "SUCCEEDED"
+
+
+def test_a_damaged_plan_row_does_not_break_show_or_review(reviewing: Instance) -> None:
+    """A plan row that is not JSON (rows from before 0.2.0 were writable by every group
+    member): `show`, `show --json` and `review` still answer (no traceback)."""
+    import sqlite3
+
+    instance = reviewing
+    instance.cli("pause")
+    run_id = instance.submit('[[steps]]\nid = "a"\nrun = "true"\n', name="damaged")
+    conn = sqlite3.connect(instance.db_path)
+    conn.execute("UPDATE runs SET plan = '{' WHERE id = ?", (run_id,))
+    conn.commit()
+    conn.close()
+    assert json.loads(instance.cli("show", "--json", str(run_id)).stdout)["workspace"] is None
+    assert "damaged" in instance.cli("show", str(run_id)).stdout
+    instance.cli("review")

@@ -406,7 +406,9 @@ def attacks(service: Box) -> Iterator[Box]:
     """The service, the attack program in place, the queue running; audited afterwards."""
     service.c.write(ATTACKER, ATTACKER_SOURCE)
     yield service
-    service.minipipe("resume", user=None)
+    # After a test held the DB's write lock, writes resume within a second or two.
+    wait_for(lambda: service.minipipe("resume", user=None, check=False).returncode == 0, 15,
+             "writes to resume")
     audit(service)
 
 
@@ -618,7 +620,9 @@ def test_an_outsider_can_neither_reach_the_api_nor_read_state(attacks: Box) -> N
                         (f"retry {victim}", None), ("pause", None)):
         refused = box.minipipe(args, user=OUTSIDER, check=False, input=stdin)
         assert (refused.returncode, refused.stdout, refused.stderr) == (1, "", no_api), args
-    no_db = (f"Error: permission denied: cannot reach {DB}; add yourself to group minipipe "
+    # The state directory is 0751 (everyone passes through to worktrees/<uid>), the
+    # DB 0640 root:minipipe: reachable by name, not readable.
+    no_db = (f"Error: permission denied: cannot read {DB}; add yourself to group minipipe "
              "(then log in again)\n")
     for args in ("ls", f"show {victim}", f"logs {victim}", f"wait {victim}"):
         refused = box.minipipe(args, user=OUTSIDER, check=False)
@@ -732,7 +736,8 @@ def test_one_bad_row_fails_only_its_run(attacks: Box) -> None:
     python(box, "import sqlite3; c = sqlite3.connect('" + DB + "'); "
                 f"c.execute(\"UPDATE runs SET plan = '{{' WHERE id = {bad}\"); c.commit()")
     pid = box.main_pid()
-    box.minipipe("resume", user=None)
+    wait_for(lambda: box.minipipe("resume", user=None, check=False).returncode == 0, 15,
+             "the queue to resume")
     damaged = box.wait_state(bad, "FAILED")
     assert damaged["reason"].startswith("could not start: "), damaged["reason"]
     assert box.wait_state(good, "SUCCEEDED")["exit_code"] == 0

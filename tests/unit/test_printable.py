@@ -31,7 +31,8 @@ from minipipe_svc.store import StepRow
     ("abc\u202edcba", "abc\\u202edcba"),
     ("\u202a\u202b\u202c\u202d\u202e", "\\u202a\\u202b\\u202c\\u202d\\u202e"),
     ("\u2066\u2067\u2068\u2069", "\\u2066\\u2067\\u2068\\u2069"),
-    ("\u2029\u206a\u2065\u202f", "\u2029\u206a\u2065\u202f"),  # neighbours are kept
+    ("\u2028\u2029\u200e\u200f\u061c", "\\u2028\\u2029\\u200e\\u200f\\u061c"),
+    ("\u206a\u2065\u202f\u200d\u2027", "\u206a\u2065\u202f\u200d\u2027"),  # neighbours kept
 ])
 def test_printable(text: str, shown: str) -> None:
     assert printable(text) == shown
@@ -40,7 +41,8 @@ def test_printable(text: str, shown: str) -> None:
 def test_every_code_point_escaped_is_exactly_the_documented_set() -> None:
     escaped = {c for c in range(0x3000) if printable(chr(c)) != chr(c)}
     assert escaped == ({*range(0x20)} - {0x09}) | {0x7F} | {*range(0x80, 0xA0)} \
-        | {*range(0x202A, 0x202F)} | {*range(0x2066, 0x206A)}
+        | {*range(0x202A, 0x202F)} | {*range(0x2066, 0x206A)} \
+        | {0x061C, 0x200E, 0x200F, 0x2028, 0x2029}
     assert all(printable(chr(c)) == f"\\x{c:02x}" for c in escaped if c < 0x100)
     assert all(printable(chr(c)) == f"\\u{c:04x}" for c in escaped if c >= 0x100)
 
