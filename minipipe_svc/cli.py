@@ -350,7 +350,11 @@ def retry(ctx: Context, run_id: int) -> None:
               help="Give up after this long (exit status 124).")
 @pass_ctx
 def wait(ctx: Context, run_id: int, timeout: float | None) -> None:
-    """Block until a run ends; exit status 0 only if it SUCCEEDED."""
+    """Block until a run ends; exit status 0 only if it SUCCEEDED.
+
+    A run AWAITING_REVIEW has not ended: `wait` goes on until a reviewer approves
+    (then it lands and ends) or rejects it; use --timeout to stop waiting.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
     with ctx.store() as store:
         while True:
