@@ -139,30 +139,41 @@ def test_ff_only_a_conflict_a_restart_retry_and_bad_input(service: Box) -> None:
     run = box.run(second)
     assert run["state"] == "AWAITING_REVIEW" and "fast-forward is impossible" in run["reason"]
     assert box.sh("git -C /home/alice/app rev-parse main", user="alice").stdout == main
-    # Reject, then retry: a fresh attempt from today's main; with merge it now conflicts
-    # (VERSION changed on both sides), named, and nothing changes.
+    # Reject, then retry: a fresh attempt from today's main.
     box.minipipe(f"reject {second} -m stale", user="dave")
+    box.sh("cd /home/alice/app && printf 'v1.5\\n' > VERSION && "
+           "git -c user.name=a -c user.email=a@x commit -qam v1.5", user="alice")
+    main = box.sh("git -C /home/alice/app rev-parse main", user="alice").stdout.strip()
     box.minipipe(f"retry {second}")
-    assert box.wait_state(second, "AWAITING_REVIEW", "FAILED")["state"] == "AWAITING_REVIEW"
-    assert box.run(second)["workspace"]["base_commit"] == main.strip()
+    run = box.wait_state(second, "AWAITING_REVIEW", "FAILED")
+    assert run["state"] == "AWAITING_REVIEW", (run["reason"], run["steps"])
+    assert run["workspace"]["base_commit"] == main
+    box.minipipe(f"reject {second} -m again", user="dave")
+    # A merge that conflicts (VERSION changed on both sides) is named; nothing changes.
+    third = box.submit(PLAN)
+    assert box.wait_state(third, "AWAITING_REVIEW", "FAILED")["state"] == "AWAITING_REVIEW"
     box.sh("cd /home/alice/app && printf 'v3\\n' > VERSION && "
            "git -c user.name=a -c user.email=a@x commit -qam v3", user="alice")
-    box.minipipe(f"approve {second}", user="dave")
-    wait_for(lambda: "conflict" in (box.run(second)["reason"] or ""), 60, "the conflict")
-    assert "VERSION" in box.run(second)["reason"]
-    box.minipipe(f"cancel {second}")
+    main = box.sh("git -C /home/alice/app rev-parse main", user="alice").stdout
+    box.minipipe(f"approve {third}", user="dave")
+    wait_for(lambda: "conflict" in (box.run(third)["reason"] or ""), 60, "the conflict")
+    assert box.run(third)["state"] == "AWAITING_REVIEW"
+    assert "VERSION" in box.run(third)["reason"]
+    assert box.sh("git -C /home/alice/app rev-parse main", user="alice").stdout == main
+    box.minipipe(f"reject {third} -m conflicts", user="dave")
     # Bad [workspace] input: refused at submit with the plan's line, nothing queued.
     before = len(json.loads(box.minipipe("ls --all --json").stdout))
     for bad, line, words in (
-            (PLAN.replace("/home/alice/app", "/home/alice/nope"), 6, "not a git repository"),
-            (PLAN.replace('ref = "main"', 'ref = "nope"'), 7, "no branch, tag or commit"),
-            (PLAN.replace("/home/alice/app", "home/alice/app"), 6, "absolute path")):
+            (PLAN.replace("/home/alice/app", "/home/alice/nope"), 5, "not a git repository"),
+            (PLAN.replace('ref = "main"', 'ref = "nope"'), 6, "no branch, tag or commit"),
+            (PLAN.replace("/home/alice/app", "home/alice/app"), 5, "absolute path")):
         result = box.minipipe("submit -", input=bad, check=False)
         assert result.returncode == 2 and f"<stdin>:{line}:" in result.stderr, result.stderr
         assert words in result.stderr
     assert len(json.loads(box.minipipe("ls --all --json").stdout)) == before
-    # Nothing left behind once the runs ended: no worktree, no minipipe branch.
-    wait_for(lambda: all(box.run(r)["workspace"]["removed_at"] for r in (first, second)),
+    # Nothing left behind once the runs landed or were rejected: no worktree, no branch.
+    wait_for(lambda: all(box.run(r)["workspace"]["removed_at"]
+                         for r in (first, second, third)),
              60, "the worktrees' removal")
     assert "minipipe/" not in box.sh("git -C /home/alice/app branch --list",
                                       user="alice").stdout
