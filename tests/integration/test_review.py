@@ -276,3 +276,24 @@ def test_a_damaged_plan_row_does_not_break_show_or_review(reviewing: Instance) -
     assert json.loads(instance.cli("show", "--json", str(run_id)).stdout)["workspace"] is None
     assert "damaged" in instance.cli("show", str(run_id)).stdout
     instance.cli("review")
+
+
+def test_branch_only_keeps_the_branch_and_lands_nothing(reviewing: Instance) -> None:
+    instance = reviewing
+    repo = make_repo(instance)
+    plan = EDIT.format(repo=repo).replace('ref = "main"', 'ref = "main"\nland = "branch-only"')
+    run_id = instance.submit(plan, name="keep")
+    assert instance.wait_state(run_id, "AWAITING_REVIEW", "FAILED")["state"] == \
+        "AWAITING_REVIEW"
+    main = sh(instance, "git rev-parse main", cwd=repo)
+    instance.cli("approve", str(run_id))
+    run = instance.wait_state(run_id, "SUCCEEDED", "FAILED")
+    assert run["state"] == "SUCCEEDED", run["reason"]
+    assert run["workspace"]["landed_commit"] is None
+    assert sh(instance, "git rev-parse main", cwd=repo) == main
+    wait_for(lambda: instance.run(run_id)["workspace"]["removed_at"], 30,
+             "the worktree's removal")
+    # The worktree went; the branch is the deliverable and stays, at the reviewed commit.
+    assert sh(instance, f"git rev-parse minipipe/run-{run_id}", cwd=repo).strip() == \
+        run["workspace"]["head_commit"]
+    assert not Path(run["workspace"]["path"]).exists()
