@@ -22,6 +22,7 @@ time, and under systemd the run's own cgroup) is checked.
 
 from __future__ import annotations
 
+import functools
 import gc
 import os
 import signal
@@ -92,37 +93,27 @@ def fork_runner(args: RunnerArgs, setup: Callable[[], None] | None = None) -> Fo
     to the queue. The caller must have no SQLite connection open: SQLite's locking
     state does not survive fork().
     """
-    sys.stdout.flush()  # or the child would write the daemon's buffered output again
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid:
-        return ForkedProcess(pid)
-    status = 70
+    return ForkedProcess(fork_task(functools.partial(_run_forked, args, setup)))
+
+
+def _run_forked(args: RunnerArgs, setup: Callable[[], None] | None) -> int:
+    """The forked runner's life, after it left the daemon: its exit status."""
     try:
-        _leave_the_daemon()
-        try:
-            if setup is not None:
-                setup()
-        except (TryLater, systemd.ShuttingDown) as exc:
-            status = runner.requeue(args, str(exc))
-        except Exception as exc:
-            status = runner.record_launch_failure(args, f"could not set up the run: {exc}")
-        else:
-            status = runner.execute(args, open_sinks(args.log_dir, args.run_id,
-                                                     journal=args.journal))
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
+        if setup is not None:
+            setup()
+    except (TryLater, systemd.ShuttingDown) as exc:
+        return runner.requeue(args, str(exc))
+    except Exception as exc:
+        return runner.record_launch_failure(args, f"could not set up the run: {exc}")
+    return runner.execute(args, open_sinks(args.log_dir, args.run_id, journal=args.journal))
 
 
 def fork_task(task: Callable[[], int]) -> int:
-    """Fork a short root task of the daemon's (removing a run's worktree as its user);
-    returns its pid, for the daemon to reap. The caller must have no SQLite connection
-    open, as for fork_runner; the task opens its own."""
-    sys.stdout.flush()
+    """Fork a child of the daemon's that sheds the daemon (`_leave_the_daemon`), runs
+    `task` and exits with its status (70 if it raised); returns the child's pid. A
+    runner is one, a worktree removal another. The caller must have no SQLite
+    connection open: SQLite's locking state does not survive fork()."""
+    sys.stdout.flush()  # or the child would write the daemon's buffered output again
     sys.stderr.flush()
     pid = os.fork()
     if pid:
