@@ -91,6 +91,13 @@ class Git:
         self.identity = identity
         self.hostname = hostname or socket.gethostname()
 
+    def user_options(self) -> dict[str, Any]:
+        """Popen options that make a child the user (nothing unless this is root)."""
+        if self.identity is None or os.geteuid() != 0:
+            return {}
+        return {"user": self.identity.uid, "group": self.identity.gid,
+                "extra_groups": list(self.identity.groups)}
+
     def environment(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         # GIT_NO_REPLACE_OBJECTS: a step may plant `git replace` refs, which would make
         # diffs, stats and merges see other objects than the commits that land.
@@ -108,10 +115,7 @@ class Git:
             env: dict[str, str] | None = None,
             what: str = "") -> subprocess.CompletedProcess[bytes]:
         """`git ARGS` as the user; GitError (with git's own words) when it fails."""
-        options: dict[str, Any] = {}
-        if self.identity is not None and os.geteuid() == 0:
-            options.update(user=self.identity.uid, group=self.identity.gid,
-                           extra_groups=list(self.identity.groups))
+        options = self.user_options()
         try:
             result = subprocess.run([GIT, *args], capture_output=True, timeout=timeout,
                                     env=self.environment(env), cwd="/", stdin=subprocess.DEVNULL,
@@ -231,10 +235,7 @@ class Git:
     def diff_text(self, repo: str, merge_base: str, head: str) -> tuple[bytes, bool]:
         """The unified diff (at most MAX_DIFF_BYTES) and whether it was cut. Read as it
         comes, never more than the cap: a step may make a diff of any size."""
-        options: dict[str, Any] = {}
-        if self.identity is not None and os.geteuid() == 0:
-            options.update(user=self.identity.uid, group=self.identity.gid,
-                           extra_groups=list(self.identity.groups))
+        options = self.user_options()
         argv = [GIT, "-C", repo, *DIFF_CONFIG, "diff", "--no-ext-diff", "--no-textconv",
                 "--no-color", "-M", merge_base, head]
         try:
@@ -358,10 +359,7 @@ class Git:
         self._as_user(["rm", "-rf", "--one-file-system", "--", path])
 
     def _as_user(self, argv: list[str]) -> subprocess.CompletedProcess[bytes] | None:
-        options: dict[str, Any] = {}
-        if self.identity is not None and os.geteuid() == 0:
-            options.update(user=self.identity.uid, group=self.identity.gid,
-                           extra_groups=list(self.identity.groups))
+        options = self.user_options()
         try:
             return subprocess.run(argv, capture_output=True, timeout=WORK_TIMEOUT_SECONDS,
                                   cwd="/", check=False, stdin=subprocess.DEVNULL,
@@ -380,10 +378,7 @@ class RefCheck:
 
         self.repo, self.ref = repo, ref
         self.deadline = time.monotonic() + timeout
-        options: dict[str, Any] = {}
-        if git.identity is not None and os.geteuid() == 0:
-            options.update(user=git.identity.uid, group=git.identity.gid,
-                           extra_groups=list(git.identity.groups))
+        options = git.user_options()
         self.user = git.user
         try:
             self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
