@@ -40,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 from . import __version__, procs
 from .actions import Actions
 from .config import Config, ConfigError, load_config
+from .files import replace_file
 from .identity import IdentityError, run_identity
 from .launcher import LaunchedRunner, Launcher, ProcessLauncher, ScopeLauncher, fork_task
 from .logs import log_path
@@ -272,18 +273,9 @@ class Daemon:
         kernel builds from every lock on the host (tens of ms on a busy one). Written
         whole (a rename) in the lock's directory, which only this daemon's user writes."""
         path = self.config.pid_path
-        temporary = f"{path}.{os.getpid()}"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o644)
-            try:
-                os.fchmod(fd, 0o644)
-                os.write(fd, f"{os.getpid()} {procs.start_time(os.getpid())}\n".encode())
-            finally:
-                os.close(fd)
-            os.replace(temporary, path)
+            replace_file(path, f"{os.getpid()} {procs.start_time(os.getpid())}\n".encode(),
+                         0o644, suffix=str(os.getpid()))
         except OSError as exc:  # status falls back to /proc/locks
             log.warning("cannot write %s: %s", path, exc)
 
@@ -331,9 +323,7 @@ class Daemon:
         now = time.monotonic()
         if self.write_lock is None:
             self.write_lock = WriteLock(now, now + WRITE_LOCK_CHECK_SECONDS, [])
-            for watch in self.watches.values():
-                with contextlib.suppress(KeyError, ValueError):
-                    self.selector.unregister(watch.pidfd)
+            self.listen_to_runners()
         self.write_lock.holders = self.lock_holders()
         self.name_lock_holders()
 
@@ -352,20 +342,12 @@ class Daemon:
         self.next_lock_report = 0.0
         log.info("the state DB's write lock is free again after %.0fs; writes resume",
                  now - lock.since)
-        for watch in self.watches.values():
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.register(watch.pidfd, selectors.EVENT_READ,
-                                       ("runner", watch.run_id))
+        self.listen_to_runners()
 
     def back_off(self) -> None:
-        """After a failed pass: no pass again for a second. An exited runner's pidfd
-        stays readable until a pass collects it, so the pidfds leave the selector
-        meanwhile, or the loop would spin (and fill the journal) on a broken DB."""
-        if self.backing_off_until is None:
-            for watch in self.watches.values():
-                with contextlib.suppress(KeyError, ValueError):
-                    self.selector.unregister(watch.pidfd)
+        """After a failed pass: no pass again for a second (see listen_to_runners)."""
         self.backing_off_until = time.monotonic() + FAILED_PASS_BACKOFF_SECONDS
+        self.listen_to_runners()
 
     def back_off_wait(self) -> float:
         if self.backing_off_until is None:
@@ -374,12 +356,22 @@ class Daemon:
         if left > 0:
             return left
         self.backing_off_until = None
-        if self.write_lock is None:
-            for watch in self.watches.values():
-                with contextlib.suppress(KeyError, ValueError):
+        self.listen_to_runners()
+        return 0.0
+
+    def listen_to_runners(self) -> None:
+        """Runner exits wake the loop only while a pass can judge them: not while the
+        DB's write lock is someone else's, nor while backing off after a failed pass.
+        An exited runner's pidfd stays readable until a pass collects it, so the loop
+        would wake again and again (and fill the journal)."""
+        listen = self.write_lock is None and self.backing_off_until is None
+        for watch in self.watches.values():
+            with contextlib.suppress(KeyError, ValueError):
+                if listen:
                     self.selector.register(watch.pidfd, selectors.EVENT_READ,
                                            ("runner", watch.run_id))
-        return 0.0
+                else:
+                    self.selector.unregister(watch.pidfd)
 
     def lock_holders(self) -> list[int]:
         try:

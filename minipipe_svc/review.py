@@ -14,9 +14,9 @@ root may write, never through a link.
 
 from __future__ import annotations
 
-import contextlib
 import os
 
+from .files import replace_file
 from .plan import Plan, Step
 from .store import Store
 from .workspace import (
@@ -40,20 +40,7 @@ def diff_path(log_dir: str, run_id: int) -> str:
 
 def write_diff(log_dir: str, run_id: int, data: bytes) -> None:
     """The recorded diff, replaced whole: readable by the group that reads state."""
-    path = diff_path(log_dir, run_id)
-    temporary = f"{path}.new"
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temporary)
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                 | os.O_CLOEXEC, 0o640)
-    try:
-        os.fchmod(fd, 0o640)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
-    os.replace(temporary, path)
+    replace_file(diff_path(log_dir, run_id), data, 0o640)
 
 
 def read_diff(log_dir: str, run_id: int) -> bytes | None:
