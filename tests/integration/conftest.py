@@ -46,6 +46,18 @@ def unprivileged_user() -> pwd.struct_passwd | None:
         return pwd.getpwnam(TEST_USER)
 
 
+def hand_to(user: pwd.struct_passwd | None, root: Path) -> None:
+    """Give `root` to the test user (nothing when not root). pytest's temp dirs are
+    root's alone (0700): the user may pass through them (search only, no listing)."""
+    if user is None:
+        return
+    os.chown(root, user.pw_uid, user.pw_gid)
+    for parent in root.parents:
+        mode = parent.stat().st_mode
+        if not mode & 0o001:
+            os.chmod(parent, (mode & 0o7777) | 0o001)
+
+
 def as_user(user: pwd.struct_passwd | None, home: Path) -> dict[str, Any]:
     """subprocess options that run a command as `user` (nothing when not root)."""
     env = {k: v for k, v in os.environ.items() if k != "MINIPIPE_CONFIG"}
@@ -80,14 +92,7 @@ class Instance:
         self.root = root
         self.user = unprivileged_user()
         self.config_path = root / "config.json"
-        if self.user is not None:
-            os.chown(root, self.user.pw_uid, self.user.pw_gid)
-            # pytest's temp dirs are root's alone (0700): let the test user pass through
-            # (search only, no listing) to reach its instance.
-            for parent in root.parents:
-                mode = parent.stat().st_mode
-                if not mode & 0o001:
-                    os.chmod(parent, (mode & 0o7777) | 0o001)
+        hand_to(self.user, root)
         self.write_config(**config)
         self.daemon: subprocess.Popen[str] | None = None
         self.daemon_log = root / "daemon.log"

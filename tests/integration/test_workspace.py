@@ -24,7 +24,7 @@ from minipipe_svc.workspace import (
     valid_ref,
 )
 
-from .conftest import as_user, unprivileged_user
+from .conftest import as_user, hand_to, unprivileged_user
 
 AUTHOR = {"GIT_AUTHOR_NAME": "Tester", "GIT_AUTHOR_EMAIL": "t@example.org",
           "GIT_COMMITTER_NAME": "Tester", "GIT_COMMITTER_EMAIL": "t@example.org"}
@@ -36,12 +36,7 @@ class Repos:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.user = unprivileged_user()
-        if self.user is not None:
-            os.chown(root, self.user.pw_uid, self.user.pw_gid)
-            for parent in root.parents:
-                mode = parent.stat().st_mode
-                if not mode & 0o001:
-                    os.chmod(parent, (mode & 0o7777) | 0o001)
+        hand_to(self.user, root)
         self.identity = None if self.user is None else RunIdentity(
             self.user.pw_name, self.user.pw_uid, self.user.pw_gid, (self.user.pw_gid,),
             str(root), "/bin/sh")
