@@ -326,10 +326,8 @@ def submit_cli(quick: bool) -> Figure:
 
 # As the operator: p50 seconds of one submit request and of one ping, the client's
 # Python already started and imported (argv: socket path, plan file, count).
-REQUEST_TIMES = """
-import sys, time
-from minipipe_svc import client
-path, plan, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+# The median of `count` timed calls, in the snippets run as their own processes.
+P50_SOURCE = """
 def p50(call):
     times = []
     for _ in range(count):
@@ -337,6 +335,13 @@ def p50(call):
         call()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+"""
+
+REQUEST_TIMES = """
+import sys, time
+from minipipe_svc import client
+path, plan, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+""" + P50_SOURCE + """
 print(p50(lambda: client.submit(path, plan)), p50(lambda: client.call(path, "ping")))
 """
 
@@ -879,14 +884,7 @@ identity = identity_of(who)
 def parse():
     return parse_plan(text.encode(), source="<stdin>", fmt="toml", base_dir=who.pw_dir)
 plan = parse().to_dict()
-def p50(call):
-    times = []
-    for _ in range(count):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-assert actions.handle(peer, request)["ok"]
+""" + P50_SOURCE + r"""assert actions.handle(peer, request)["ok"]
 print(p50(lambda: actions.handle(peer, request)),
       p50(lambda: probe_directories(identity, [who.pw_dir])), p50(parse),
       p50(lambda: store.submit(plan, source=None, submitted_by=user,
