@@ -172,8 +172,11 @@ class Actions:
                 owner == uid for owner in self.ref_checks.values()) >= MAX_REF_CHECKS_PER_USER:
             raise Refused("busy", "too many repository checks waiting for git at once; try "
                           "again in a few seconds")
+        review = self.config.review if plan.review is None else plan.review
+        gate = review and self.config.review_gate == "enforced"
         try:
-            check = RefCheck(Git(identity), repo, plan.workspace.ref, GIT_CHECK_SECONDS)
+            check = RefCheck(Git(identity), repo, plan.workspace.ref, GIT_CHECK_SECONDS,
+                             gate=gate)
         except GitError as exc:
             raise Refused("unavailable", f"cannot check the plan's repository: {exc}") \
                 from None
@@ -200,6 +203,15 @@ class Actions:
             except Exception:
                 check.abandon()
                 raise
+            if check.writable is not None:
+                return self.refusal(PlanError(
+                    label, f"this run needs review, but user {check.user} may write "
+                    f"{check.writable}: its steps, which run as {check.user}, could move "
+                    f"the branches of {repo} themselves", where="[workspace]",
+                    line=key_line(text, plan_format, "workspace", "repo"),
+                    hint=f"use a repository {check.user} may only read (a reviewer who may "
+                    "write it lands approved changes), or set review_gate = \"advisory\" "
+                    "in the config to allow a review the steps could go around"))
             if why := self.writes_wait():
                 return protocol.error("unavailable", why)
             try:
@@ -368,7 +380,8 @@ class Actions:
         if head is not None and not (7 <= len(head) <= 64 and head.isascii()
                                      and all(c in "0123456789abcdef" for c in head)):
             raise Refused("bad_request", "'head' must be 7 to 64 lowercase hex digits")
-        approved = self.store.approve(run_id, by=peer.name, message=message, head=head)
+        approved = self.store.approve(run_id, by=peer.name, uid=peer.uid, message=message,
+                                      head=head)
         return {"run": run_id, "head": approved}
 
     def op_reject(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:

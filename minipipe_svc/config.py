@@ -51,10 +51,17 @@ KEYS: dict[str, tuple[object, str]] = {
     "reviewer_group": (None, "members may approve and reject runs awaiting review (null: "
                              "admin_group); root always may"),
     "review_by_other": (False, "four eyes: nobody approves or rejects their own run"),
+    "review_gate": ("enforced", "\"enforced\": a run that needs review may only work on a "
+                                "repository its user cannot write (else its steps could move "
+                                "the branch themselves); \"advisory\": allow it, and mark "
+                                "the run's review advisory"),
     "max_awaiting_review": (0, "when this many runs await review, runs that would need "
                                "review are not started (0: no limit)"),
     "worktree_keep_days": (0.0, "how long a landed or rejected run's worktree is kept"),
 }
+
+
+REVIEW_GATES = ("enforced", "advisory")
 
 
 class ConfigError(Exception):
@@ -68,7 +75,8 @@ _FIELDS = {
     "auto_cleanup_completed_runs": False, "completed_run_retention_days": 7.0,
     "log_dir": "", "socket_path": "", "minipipe_command": (), "kill_grace_seconds": 10.0,
     "worktree_dir": "", "review": False, "reviewer_group": None, "review_by_other": False,
-    "max_awaiting_review": 0, "worktree_keep_days": 0.0, "source": None,
+    "review_gate": "enforced", "max_awaiting_review": 0, "worktree_keep_days": 0.0,
+    "source": None,
 }
 
 
@@ -101,6 +109,7 @@ class Config(Record):
     review: bool
     reviewer_group: str | None
     review_by_other: bool
+    review_gate: str
     max_awaiting_review: int
     worktree_keep_days: float
     source: str | None
@@ -224,6 +233,8 @@ def build_config(document: dict[str, object], *, source: str | None) -> Config:
     for key in ("auto_cleanup_completed_runs", "review", "review_by_other"):
         if not isinstance(values[key], bool):
             raise bad(key, "true or false")
+    if values["review_gate"] not in REVIEW_GATES:
+        raise bad("review_gate", '"enforced" or "advisory"')
     awaiting = values["max_awaiting_review"]
     if isinstance(awaiting, bool) or not isinstance(awaiting, int) or not (
             0 <= awaiting <= 100000):
@@ -261,6 +272,7 @@ def build_config(document: dict[str, object], *, source: str | None) -> Config:
         review=values["review"],
         reviewer_group=values["reviewer_group"] or admin_group,
         review_by_other=values["review_by_other"],
+        review_gate=values["review_gate"],
         max_awaiting_review=awaiting,
         worktree_keep_days=numbers["worktree_keep_days"],
         source=source,

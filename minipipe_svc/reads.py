@@ -215,9 +215,14 @@ def show_run(config: Config, out: Printer, run_id: int, *, event_count: int = 10
         facts += _workspace_facts(workspace)
     for key, value in facts:
         out.echo(f"  {key + ':':<11}{shown(value)}")
-    if workspace and (workspace.get("changes") or {}).get("attributes_changed"):
+    changes = (workspace or {}).get("changes") or {}
+    if changes.get("attributes_changed"):
         out.echo(out.style("  warning:   this run changes .gitattributes, which decides what "
                            "its diff shows as binary", fg="yellow"))
+    if changes.get("gate") == "advisory":
+        out.echo(out.style(f"  warning:   its steps could write {shown(changes['writable'])}: "
+                           "they could have changed the repository without review",
+                           fg="yellow"))
     out.echo()
     lines = steps_table(steps, shown=shown)
     out.echo(out.style(lines[0], bold=True))
@@ -243,6 +248,9 @@ def _workspace_facts(workspace: dict[str, Any]) -> list[tuple[str, str]]:
                   + (f" at {workspace['head_commit'][:12]}" if workspace.get("head_commit")
                      else "")))
     review = "required" if workspace.get("review") else "not required"
+    gate = (workspace.get("changes") or {}).get("gate")
+    if gate == "advisory":
+        review += " (advisory: the run's user may write the repository)"
     if workspace.get("awaiting_since") and not workspace.get("approved_by"):
         review += f", waiting {age_since(workspace['awaiting_since'])}"
     if workspace.get("approved_by"):

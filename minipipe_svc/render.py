@@ -213,6 +213,9 @@ def diffstat(changes: dict[str, Any], width: int = 80) -> list[str]:
         plus = round(entry["insertions"] * scale) or (1 if entry["insertions"] else 0)
         minus = round(entry["deletions"] * scale) or (1 if entry["deletions"] else 0)
         lines.append(f" {shown:<{name_width}} | {count:>4} {'+' * plus}{'-' * minus}")
+    if changes.get("files_truncated"):
+        lines.append(f" ... and {max(0, changes['files_changed'] - len(files))} more "
+                     "(too many to list)")
     lines.append(f" {change_summary(changes)}")
     return lines
 

@@ -1,13 +1,20 @@
 """A run's workspace over its life, as its runner drives it: the review gate.
 
     prepare()    at the start of each attempt: the user's worktree directory, a fresh
-                 worktree on `minipipe/run-<id>` from the ref resolved now (recorded)
+                 checkout on `minipipe/run-<id>` from the ref resolved now (recorded)
     summarise()  when the steps end, whatever the result: their change committed,
-                 its stats recorded in the DB and its diff in `<log_dir>/run-<id>.diff`
-    land()       after an approval (or at once, without review): the reviewed commit
-                 onto the target branch, as workspace.Git.land does it
+                 its stats recorded in the DB and its diff in `<log_dir>/run-<id>.diff`,
+                 and whether the gate held (could the run's user write the repository?)
+    land()       after an approval (or at once, without review): the reviewed commit's
+                 objects carried into the repository, then onto the target branch, as
+                 workspace.Git.land does it, by the lander
 
-The git work happens as the run's user (workspace.py); what this module writes as
+Who lands (`lander`): the run's user when there was no review, or when they may write
+the repository anyway (an advisory gate: landing as anyone else would run git, as
+them, in a repository the steps could have rigged); otherwise the reviewer who
+approved, as themselves, or, when root approved, the repository's owner. Never root.
+
+The git work happens as those users (workspace.py); what this module writes as
 root is the DB (through the store) and the diff file, in the log directory only
 root may write, never through a link.
 """
@@ -20,8 +27,10 @@ from .files import replace_file
 from .plan import Plan, Step
 from .store import Store
 from .workspace import (
+    TRUST_FOR_READING,
     Git,
     GitError,
+    LandRefused,
     branch_name,
     user_directory,
     worktree_path,
@@ -32,6 +41,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .identity import RunIdentity
+
+LANDING_UMASK = 0o022  # new objects as readable as the repository's others
 
 
 def diff_path(log_dir: str, run_id: int) -> str:
@@ -96,33 +107,72 @@ class RunWorkspace:
 
     def environment(self) -> dict[str, str]:
         return {"MINIPIPE_WORKTREE": self.path, "MINIPIPE_BRANCH": self.branch,
-                "MINIPIPE_BASE_COMMIT": self.base or ""}
+                "MINIPIPE_BASE_COMMIT": self.base or "", "MINIPIPE_REPO": self.spec.repo}
 
     def summarise(self) -> dict[str, Any]:
         """Commit what the steps left, record the change; returns the changes."""
         assert self.base is not None
         head = self.git.snapshot(self.path, self.run_id)
-        self.git.point_branch(self.spec.repo, self.branch, head)
-        changes = self.git.changes(self.spec.repo, self.base, head)
-        text, cut = self.git.diff_text(self.spec.repo, changes["merge_base"], head)
+        self.git.point_branch(self.path, self.branch, head)
+        changes = self.git.changes(self.path, self.base, head)
+        text, cut = self.git.diff_text(self.path, changes["merge_base"], head)
         changes["diff_truncated"] = cut
+        row = self.store.workspace(self.run_id)
+        if row is not None and row.review:
+            # Whether the steps could have gone around the review: shown with the run.
+            writable = self.git.writable_part(self.spec.repo)
+            changes["gate"] = "advisory" if writable else "enforced"
+            changes["writable"] = writable
         write_diff(self.log_dir, self.run_id, text)
         self.store.workspace_changed(self.run_id, head_commit=head, changes=changes,
                                      disk_bytes=self.git.disk_usage(self.path))
         return changes
 
-    def land(self, approved_by: str | None) -> str | None:
-        """The reviewed commit onto the target; LandConflict/LandRefused change nothing."""
+    def land(self, approved_by: str | None, approved_uid: int | None = None) -> str | None:
+        """The reviewed commit onto the target; LandConflict/LandRefused change nothing
+        (objects carried into the repository stay, unreferenced, for git gc)."""
         row = self.store.workspace(self.run_id)
-        if row is None or not row.head_commit:
+        if row is None or not row.head_commit or not row.base_commit:
             raise GitError("the run has no recorded change to land")
+        lander = self.lander(approved_uid)
         target = self.target()
         by = f"\n\nApproved-by: {approved_by}" if approved_by else ""
         message = f"Merge minipipe run {self.run_id} ({self.plan.name}) into {target}{by}"
-        commit = self.git.land(self.spec.repo, row.head_commit, target, self.spec.land,
-                               message, self.run_id)
-        self.store.landed(self.run_id, commit=commit, target=target, mode=self.spec.land)
+        self.git.transfer(self.path, row.head_commit, row.base_commit, lander,
+                          self.spec.repo)
+        if self.spec.land == "branch-only":
+            lander.point_branch(self.spec.repo, self.branch, row.head_commit)
+        commit = lander.land(self.spec.repo, row.head_commit, target, self.spec.land,
+                             message, self.run_id)
+        self.store.landed(self.run_id, commit=commit, target=target, mode=self.spec.land,
+                          as_user=lander.user)
+        if commit:  # steps after approval see the target as it landed
+            self.git.run("-C", self.path, "update-ref", "-m", "minipipe: landed",
+                         f"refs/heads/{target}", commit, check=False)
         return commit
+
+    def lander(self, approved_uid: int | None) -> Git:
+        """Whose git lands the change (see the module's docstring)."""
+        if approved_uid is None or os.geteuid() != 0:
+            return self.git
+        if self.git.writable_part(self.spec.repo) is not None:
+            return self.git  # the gate was advisory: the run's user could land it anyway
+        import pwd
+
+        from .identity import identity_of, state_group
+
+        uid = approved_uid
+        if uid == 0:
+            uid = os.stat(self.git.common_dir(self.spec.repo)).st_uid
+            if uid == 0:
+                raise LandRefused(f"{self.spec.repo} belongs to root, and minipipe never "
+                                  "runs git as root: a reviewer who may write it approves, "
+                                  "or give it to a user")
+        try:
+            identity = identity_of(pwd.getpwuid(uid), state_group(self.store.path))
+        except KeyError:
+            raise LandRefused(f"the approver (uid {uid}) no longer exists") from None
+        return Git(identity, umask=LANDING_UMASK)
 
     def target(self) -> str:
         """The branch a landing updates: the plan's `target`, else the branch `ref`
@@ -131,8 +181,9 @@ class RunWorkspace:
             return self.spec.target
         if self.spec.ref != "HEAD":
             return self.spec.ref
-        branch = self.git.run("-C", self.spec.repo, "symbolic-ref", "--quiet", "--short",
-                              "HEAD", check=False).stdout.decode().strip()
+        branch = self.git.run(*TRUST_FOR_READING, "-C", self.spec.repo, "symbolic-ref",
+                              "--quiet", "--short", "HEAD", check=False
+                              ).stdout.decode().strip()
         if not branch:
             raise GitError(f"{self.spec.repo} has no branch checked out to land on; set "
                            "target in the plan's [workspace]")

@@ -158,7 +158,7 @@ class Runner:
                                       self.worktree_dir, self.log_dir)
         row = self.store.workspace(self.run_id)
         if row is not None and row.approved_by:
-            return self.land_and_finish(plan, row.approved_by)
+            return self.land_and_finish(plan, row.approved_by, row.approved_uid)
         try:
             self.workspace.prepare()
         except GitError as exc:
@@ -183,13 +183,14 @@ class Runner:
             return self.land_and_finish(plan, None)
         return 0
 
-    def land_and_finish(self, plan: Plan, approved_by: str | None) -> int:
+    def land_and_finish(self, plan: Plan, approved_by: str | None,
+                        approved_uid: int | None = None) -> int:
         """Land the recorded change, then the on_approve steps. A refused landing after a
         review goes back to review (nothing changed); without review the run fails."""
         assert self.workspace is not None and plan.workspace is not None
         self.workspace.resume()
         try:
-            commit = self.workspace.land(approved_by)
+            commit = self.workspace.land(approved_by, approved_uid)
         except GitError as exc:
             if approved_by is None:
                 self.finish(RunState.FAILED, None, f"landing the change failed: {exc}")

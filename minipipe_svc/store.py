@@ -149,8 +149,15 @@ CREATE TABLE workspaces (
 CREATE INDEX workspaces_to_remove ON workspaces (run_id) WHERE removed_at IS NULL;
 """
 
+# v6: a run's steps work in a checkout of their own, not a linked worktree, and an
+# approved change lands as its approver (root: the repository's owner): their uid.
+_SCHEMA_V6 = """
+ALTER TABLE workspaces ADD COLUMN approved_uid INTEGER;
+"""
+
 # Migration N (1-based) brings user_version from N-1 to N. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5,
+                               _SCHEMA_V6)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -358,7 +365,8 @@ EventRow = namedtuple("EventRow", ["id", "ts", "run_id", "step_id", "kind", "det
 #     approved_by, landed_commit, removed_at str|None
 WorkspaceRow = namedtuple("WorkspaceRow", [
     "run_id", "review", "path", "branch", "base_commit", "head_commit", "changes",
-    "disk_bytes", "awaiting_since", "approved_by", "landed_commit", "removed_at"])
+    "disk_bytes", "awaiting_since", "approved_by", "landed_commit", "removed_at",
+    "approved_uid"])
 
 
 def _dumps(value: object) -> str:
@@ -947,7 +955,8 @@ class Store:
                 "WHERE id = ?", (run_id,))
             conn.execute(
                 "UPDATE workspaces SET head_commit = NULL, changes = NULL, approved_by = NULL, "
-                "awaiting_since = NULL, landed_commit = NULL WHERE run_id = ?", (run_id,))
+                "approved_uid = NULL, awaiting_since = NULL, landed_commit = NULL "
+                "WHERE run_id = ?", (run_id,))
             attempt = conn.execute("SELECT attempt FROM runs WHERE id = ?",
                                    (run_id,)).fetchone()[0]
             self._event(conn, run_id, "run_retried", attempt=attempt, previous=state.value,
@@ -991,12 +1000,12 @@ class Store:
             conn.execute("UPDATE runs SET state = 'AWAITING_REVIEW', phase = 'review', "
                          "exit_code = 0, reason = NULL, runner_pid = NULL, runner_start = NULL, "
                          "cancel_requested = 0 WHERE id = ?", (run_id,))
-            conn.execute("UPDATE workspaces SET awaiting_since = ?, approved_by = NULL "
-                         "WHERE run_id = ?", (now, run_id))
+            conn.execute("UPDATE workspaces SET awaiting_since = ?, approved_by = NULL, "
+                         "approved_uid = NULL WHERE run_id = ?", (now, run_id))
             self._event(conn, run_id, "run_awaiting_review")
 
-    def approve(self, run_id: int, *, by: str, message: str | None = None,
-                head: str | None = None) -> str:
+    def approve(self, run_id: int, *, by: str, uid: int | None = None,
+                message: str | None = None, head: str | None = None) -> str:
         """AWAITING_REVIEW -> PENDING: queued for its runner to land the change.
 
         `head`, the commit the reviewer looked at (or a prefix of it), must still be
@@ -1018,8 +1027,8 @@ class Store:
             check_run_transition(state, RunState.PENDING)
             conn.execute("UPDATE runs SET state = 'PENDING', reason = NULL, unit = NULL, "
                          "runner_pid = NULL, runner_start = NULL WHERE id = ?", (run_id,))
-            conn.execute("UPDATE workspaces SET approved_by = ? WHERE run_id = ?",
-                         (by, run_id))
+            conn.execute("UPDATE workspaces SET approved_by = ?, approved_uid = ? "
+                         "WHERE run_id = ?", (by, uid, run_id))
             self._event(conn, run_id, "run_approved", by=by, message=message, head=current)
             return current
 
@@ -1042,15 +1051,17 @@ class Store:
             conn.execute("UPDATE runs SET state = 'AWAITING_REVIEW', phase = 'review', "
                          "reason = ?, runner_pid = NULL, runner_start = NULL, "
                          "cancel_requested = 0 WHERE id = ?", (reason, run_id))
-            conn.execute("UPDATE workspaces SET approved_by = NULL WHERE run_id = ?",
-                         (run_id,))
+            conn.execute("UPDATE workspaces SET approved_by = NULL, approved_uid = NULL "
+                         "WHERE run_id = ?", (run_id,))
             self._event(conn, run_id, "land_refused", reason=reason, files=files)
 
-    def landed(self, run_id: int, *, commit: str | None, target: str, mode: str) -> None:
+    def landed(self, run_id: int, *, commit: str | None, target: str, mode: str,
+               as_user: str | None = None) -> None:
         with self._write() as conn:
             conn.execute("UPDATE workspaces SET landed_commit = ? WHERE run_id = ?",
                          (commit, run_id))
-            self._event(conn, run_id, "run_landed", commit=commit, target=target, mode=mode)
+            self._event(conn, run_id, "run_landed", commit=commit, target=target, mode=mode,
+                        as_user=as_user)
 
     def awaiting_review(self) -> list[tuple[RunRow, WorkspaceRow]]:
         """Runs awaiting review, oldest first, with their workspaces."""

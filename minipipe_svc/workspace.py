@@ -1,17 +1,29 @@
-"""A run's own git worktree: created, summarised, landed and removed, as the run's user.
+"""A run's own git checkout: created, summarised, landed and removed.
 
-Every git command runs as the run's user (never as root: a repository's config and
-hooks are code its owner chose, e.g. `core.fsmonitor`), through `git -C`, never a
-shell, with a timeout. Root's only part is the directory that holds the user's
-worktrees, `<worktree_dir>/<uid>`, which it creates in a directory only root may
-write and hands to the user (`user_directory`); it never looks inside.
+The run's steps never touch the repository a plan names. They work in a checkout of
+their own (`create`: a new repository at `<worktree_dir>/<uid>/run-<id>` whose object
+store borrows the repository's through `objects/info/alternates`, on a branch
+`minipipe/run-<id>` at the base), so where the repository is one the run's user may
+only read, no step can move its branches, plant hooks or rewrite its config: the
+review gate holds (`writable_part` tells whether it does). The run's user only ever
+*reads* the repository, with `rev-parse` (which runs nothing its config names, so it
+is told to trust the repository whoever owns it).
+
+Every git command runs as one user, never as root (a repository's config and hooks
+are code its owner chose, e.g. `core.fsmonitor`), through `git -C`, never a shell,
+with a timeout: the run's user in the checkout; whoever lands (`land`) in the
+repository, with git's own ownership check left on. Root's part is the directory
+that holds each user's checkouts, `<worktree_dir>/<uid>`, which it creates in a
+directory only root may write and hands to the user (`user_directory`), and carrying
+the approved commit's objects from the checkout to the repository (`transfer`): a
+pack, read from one user's git and fed to the other's `index-pack --strict`.
 
 What a reviewer sees is what lands: when the steps end, everything they left in the
-worktree (untracked files too, not ignored ones) is committed onto the run's branch
+checkout (untracked files too, not ignored ones) is committed onto the run's branch
 (`snapshot`), the diff from the merge-base to that commit is recorded with its stats,
-and approving lands exactly that commit (`land`), however the branch moves later.
-Diffs are taken with `--no-ext-diff --no-textconv --no-color`: a step may set the
-repository's config, and must not be able to make the recorded diff lie.
+and approving lands exactly that commit, however the checkout changes later. Diffs
+are taken with `--no-ext-diff --no-textconv --no-color`: a step may set the
+checkout's config, and must not be able to make the recorded diff lie.
 """
 
 from __future__ import annotations
@@ -31,6 +43,8 @@ GIT = "git"
 CHECK_TIMEOUT_SECONDS = 30.0    # rev-parse and friends
 WORK_TIMEOUT_SECONDS = 900.0    # checkout, add -A, diff of a big tree
 MAX_DIFF_BYTES = 8 * 1024 * 1024
+MAX_LISTING_BYTES = 16 * 1024 * 1024  # numstat, name-status, log: a step makes them any size
+MAX_PACK_BYTES = 4 * 1024 * 1024 * 1024  # what one landing may add to the repository
 MAX_FILES_LISTED = 2000
 MAX_COMMITS_LISTED = 200
 MAX_TEXT_CHARS = 500  # of a commit's author or subject, a file's path, in the DB
@@ -84,18 +98,31 @@ def valid_ref(ref: str) -> str | None:
     return None
 
 
-class Git:
-    """git as one user: `identity` when this process is root, else as itself."""
+# For the run's user reading the repository (rev-parse, nothing else): git refuses a
+# repository another user owns unless told to trust it; rev-parse runs no command the
+# repository's config could name, so trusting it for that is safe.
+TRUST_FOR_READING = ("-c", "safe.directory=*")
 
-    def __init__(self, identity: RunIdentity | None, *, hostname: str | None = None) -> None:
+
+class Git:
+    """git as one user: `identity` when this process is root, else as itself.
+
+    `umask`: for the files git creates (the lander's new objects must stay as
+    readable as the repository's others; the service's own umask is 0077).
+    """
+
+    def __init__(self, identity: RunIdentity | None, *, hostname: str | None = None,
+                 umask: int | None = None) -> None:
         self.identity = identity
         self.hostname = hostname or socket.gethostname()
+        self.umask = umask
 
     def user_options(self) -> dict[str, Any]:
         """Popen options that make a child the user (nothing unless this is root)."""
+        options: dict[str, Any] = {} if self.umask is None else {"umask": self.umask}
         if self.identity is None or os.geteuid() != 0:
-            return {}
-        return {"user": self.identity.uid, "group": self.identity.gid,
+            return options
+        return {**options, "user": self.identity.uid, "group": self.identity.gid,
                 "extra_groups": list(self.identity.groups)}
 
     def environment(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -135,19 +162,44 @@ class Git:
 
     def resolve(self, repo: str, ref: str) -> str:
         """The commit `ref` names in `repo`, as the user sees it (readable, known ref)."""
-        git_dir = self.run("-C", repo, "rev-parse", "--git-dir", check=False)
-        if git_dir.returncode != 0:
-            said = _said(git_dir)
-            if "dubious ownership" in said:
-                raise GitError(f"git refuses {repo} for user {self.user}: it belongs to "
-                               "another user (add it to that user's git safe.directory)")
-            raise GitError(f"{repo} is not a git repository user {self.user} may read "
-                           f"({said})")
-        commit = self.run("-C", repo, "rev-parse", "--verify", "--quiet", "--end-of-options",
-                          f"{ref}^{{commit}}", check=False)
+        self.common_dir(repo)
+        commit = self.run(*TRUST_FOR_READING, "-C", repo, "rev-parse", "--verify", "--quiet",
+                          "--end-of-options", f"{ref}^{{commit}}", check=False)
         if commit.returncode != 0:
             raise GitError(f"{repo} has no branch, tag or commit {ref!r}")
         return commit.stdout.decode().strip()
+
+    def common_dir(self, repo: str) -> str:
+        """The repository's own git directory (its objects, refs, config and hooks)."""
+        found = self.run(*TRUST_FOR_READING, "-C", repo, "rev-parse", "--path-format=absolute",
+                         "--git-common-dir", check=False)
+        path = found.stdout.decode("utf-8", "replace").strip()
+        if found.returncode != 0 or not path.startswith("/") or "\n" in path:
+            raise GitError(f"{repo} is not a git repository user {self.user} may read "
+                           f"({_said(found)})")
+        return path
+
+    def writable_part(self, repo: str) -> str | None:
+        """A part of the repository this user may write, or None: then no step of
+        theirs can move its branches, add objects, or set its config and hooks.
+
+        Asked as the user (`find -writable` is access(2): ACLs and groups count),
+        over the repository's whole git directory, the path the plan names and its
+        `.git`. Unreadable corners are not searched: a directory the user may write
+        but not list still shows itself.
+        """
+        common = self.common_dir(repo)
+        for argv in (["test", "-w", repo, "-o", "-w", os.path.join(repo, ".git")],
+                     ["find", "-H", common, "-writable", "-print", "-quit"]):
+            result = self._as_user(argv)
+            if result is None:
+                raise GitError(f"cannot tell whether user {self.user} may write {repo}")
+            if argv[0] == "test" and result.returncode == 0:
+                return repo
+            found = result.stdout.decode("utf-8", "replace").strip()
+            if argv[0] == "find" and found:
+                return found
+        return None
 
     @property
     def user(self) -> str:
@@ -160,11 +212,20 @@ class Git:
     # ------------------------------------------------------------ a run's life
 
     def create(self, repo: str, path: str, branch: str, base: str) -> None:
-        """A fresh worktree at `path` on a new `branch` at `base` (any earlier attempt's
-        worktree and branch are replaced: each attempt starts from the base)."""
+        """A fresh checkout at `path` on a new `branch` at `base`, borrowing the
+        repository's objects (any earlier attempt's checkout is replaced: each
+        attempt starts from the base). Nothing is written into the repository."""
+        objects = os.path.join(self.common_dir(repo), "objects")
         self.remove(repo, path, branch)
-        self.run("-C", repo, "worktree", "add", "--quiet", "-B", branch, "--", path, base,
-                 timeout=WORK_TIMEOUT_SECONDS, what="worktree add")
+        self.run("init", "--quiet", f"--initial-branch={branch}", "--", path, what="init")
+        alternates = os.path.join(path, ".git", "objects", "info", "alternates")
+        written = self._as_user(["sh", "-c", 'printf "%s\\n" "$1" > "$2"', "sh", objects,
+                                 alternates])
+        if written is None or written.returncode != 0:
+            raise GitError(f"cannot borrow the objects of {repo} in {path}")
+        self.run("-C", path, "config", "remote.origin.url", repo)
+        self.run("-C", path, "checkout", "--quiet", "-B", branch, base,
+                 timeout=WORK_TIMEOUT_SECONDS, what="checkout")
 
     def snapshot(self, path: str, run_id: int) -> str:
         """Commit what the steps left uncommitted (untracked files too) onto the
@@ -188,76 +249,132 @@ class Git:
         return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
                 "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
 
-    def point_branch(self, repo: str, branch: str, commit: str) -> None:
+    def point_branch(self, path: str, branch: str, commit: str) -> None:
         """The run's branch names the reviewed commit (a step may have switched HEAD)."""
-        self.run("-C", repo, "update-ref", "-m", "minipipe", f"refs/heads/{branch}", commit)
+        self.run("-C", path, "update-ref", "-m", "minipipe", f"refs/heads/{branch}", commit)
 
-    def changes(self, repo: str, base: str, head: str) -> dict[str, Any]:
+    def transfer(self, path: str, head: str, base: str, lander: Git, repo: str) -> None:
+        """Carry the objects of `head` (those `base` lacks) from this user's checkout
+        at `path` into `repo`, as `lander`: a pack from one git, through this
+        (root's) process, into the other's `index-pack --strict`, at most
+        MAX_PACK_BYTES. Neither user reads the other's files."""
+        source = [GIT, "-C", path, "pack-objects", "--revs", "--stdout", "--quiet"]
+        sink = [GIT, "-C", repo, "index-pack", "--stdin", "--strict"]
+        try:
+            packer = subprocess.Popen(source, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL, env=self.environment(),
+                                      cwd="/", **self.user_options())
+            indexer = subprocess.Popen(sink, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, env=lander.environment(),
+                                       cwd="/", **lander.user_options())
+        except OSError as exc:
+            raise GitError(f"cannot run git: {exc.strerror}; install git") from None
+        assert packer.stdin and packer.stdout and indexer.stdin and indexer.stderr
+        packer.stdin.write(f"{head}\n^{base}\n".encode())
+        packer.stdin.close()
+        moved, too_big = 0, False
+        try:
+            while chunk := packer.stdout.read(1 << 20):
+                moved += len(chunk)
+                if moved > MAX_PACK_BYTES:
+                    too_big = True
+                    break
+                indexer.stdin.write(chunk)
+        except BrokenPipeError:
+            pass
+        finally:
+            if too_big:
+                packer.kill()
+            packer.stdout.close()
+            with contextlib.suppress(BrokenPipeError):
+                indexer.stdin.close()
+        said = indexer.stderr.read(4096).decode("utf-8", "replace")
+        indexer.stderr.close()
+        packed, indexed = packer.wait(), indexer.wait()
+        if too_big:
+            raise LandRefused(f"the change is over {MAX_PACK_BYTES >> 30} GiB of objects; "
+                              "nothing was landed")
+        if packed != 0:
+            raise GitError(f"git pack-objects in the run's checkout failed (status {packed})")
+        if indexed != 0:
+            lines = [line.removeprefix("fatal: ") for line in said.splitlines() if line]
+            raise _refusal(repo, lander.user, "; ".join(lines[:3]))
+
+    def changes(self, path: str, base: str, head: str) -> dict[str, Any]:
         """What `head` changes against its merge-base with `base`: totals, per file,
-        and the commits, as `git diff --stat` from the merge-base counts them."""
-        merge_base = self.out("-C", repo, "merge-base", base, head)
-        diff = ("-C", repo, *DIFF_CONFIG, "diff", "--no-ext-diff", "--no-textconv",
-                "--no-color", "-M", "-z", merge_base, head)
-        numstat = self.run(*diff[:-2], "--numstat", *diff[-2:],
-                           timeout=WORK_TIMEOUT_SECONDS, what="diff --numstat").stdout
-        status = self.run(*diff[:-2], "--name-status", *diff[-2:],
-                          timeout=WORK_TIMEOUT_SECONDS, what="diff --name-status").stdout
+        and the commits, as `git diff --stat` from the merge-base counts them.
+
+        Totals come from `--shortstat` (a line, whatever the change); the lists are
+        read up to MAX_LISTING_BYTES each, and say when they were cut.
+        """
+        merge_base = self.out("-C", path, "merge-base", base, head)
+        diff = ("-C", path, *DIFF_CONFIG, "diff", "--no-ext-diff", "--no-textconv",
+                "--no-color", "-M")
+        totals = _shortstat(self.out(*diff, "--shortstat", merge_base, head,
+                                     timeout=WORK_TIMEOUT_SECONDS, what="diff --shortstat"))
+        numstat, cut = self.capped([*diff, "--numstat", "-z", merge_base, head],
+                                   MAX_LISTING_BYTES)
+        status, status_cut = self.capped([*diff, "--name-status", "-z", merge_base, head],
+                                         MAX_LISTING_BYTES)
         files = _files(numstat, status)
-        log = self.run("-C", repo, "log", "--no-decorate", "--no-color", "-z",
-                       f"--max-count={MAX_COMMITS_LISTED}", "--format=%H%x1f%an%x1f%s",
-                       f"{merge_base}..{head}", what="log").stdout
+        log, _ = self.capped(["-C", path, "log", "--no-decorate", "--no-color", "-z",
+                              f"--max-count={MAX_COMMITS_LISTED}",
+                              "--format=%H%x1f%an%x1f%s", f"{merge_base}..{head}"],
+                             MAX_LISTING_BYTES)
         commits = [dict(zip(("sha", "author", "subject"),
                             (field[:MAX_TEXT_CHARS] for field in
                              _text(entry).split("\x1f", 2)), strict=False))
                    for entry in log.split(b"\0") if entry.strip()]
-        count = int(self.out("-C", repo, "rev-list", "--count", f"{merge_base}..{head}"))
+        count = int(self.out("-C", path, "rev-list", "--count", f"{merge_base}..{head}"))
         return {
-            "merge_base": merge_base, "head": head,
-            "files_changed": len(files),
-            "insertions": sum(f["insertions"] or 0 for f in files),
-            "deletions": sum(f["deletions"] or 0 for f in files),
-            "files": files[:MAX_FILES_LISTED], "files_truncated": len(files) > MAX_FILES_LISTED,
+            "merge_base": merge_base, "head": head, **totals,
+            "files": files[:MAX_FILES_LISTED],
+            "files_truncated": cut or status_cut or len(files) > MAX_FILES_LISTED,
             "commits": commits, "commit_count": count,
             # In-tree attributes decide what git calls binary (`-diff`) even with
             # --no-textconv: a run that changes them gets a warning next to its diff.
             "attributes_changed": any(os.path.basename(f["path"]) == ".gitattributes"
-                                      for f in files) or self._has_info_attributes(repo),
+                                      for f in files) or self._has_info_attributes(path),
             "binary_files": sum(f["binary"] for f in files),
         }
 
-    def _has_info_attributes(self, repo: str) -> bool:
-        """Whether the repository has `info/attributes`: a step may write one (it is in
-        the shared git directory) to call text files binary in every diff."""
-        path = self.out("-C", repo, "rev-parse", "--git-path", "info/attributes")
-        result = self._as_user(["test", "-s", os.path.join(repo, path)])
+    def _has_info_attributes(self, path: str) -> bool:
+        """Whether the checkout has `info/attributes`: a step may write one to call
+        text files binary in every diff."""
+        found = self.out("-C", path, "rev-parse", "--git-path", "info/attributes")
+        result = self._as_user(["test", "-s", os.path.join(path, found)])
         return result is not None and result.returncode == 0
 
-    def diff_text(self, repo: str, merge_base: str, head: str) -> tuple[bytes, bool]:
-        """The unified diff (at most MAX_DIFF_BYTES) and whether it was cut. Read as it
-        comes, never more than the cap: a step may make a diff of any size."""
-        options = self.user_options()
-        argv = [GIT, "-C", repo, *DIFF_CONFIG, "diff", "--no-ext-diff", "--no-textconv",
-                "--no-color", "-M", merge_base, head]
+    def diff_text(self, path: str, merge_base: str, head: str) -> tuple[bytes, bool]:
+        """The unified diff (at most MAX_DIFF_BYTES) and whether it was cut."""
+        return self.capped(["-C", path, *DIFF_CONFIG, "diff", "--no-ext-diff",
+                            "--no-textconv", "--no-color", "-M", merge_base, head],
+                           MAX_DIFF_BYTES)
+
+    def capped(self, args: list[str], limit: int) -> tuple[bytes, bool]:
+        """`git ARGS`' output up to `limit` bytes, and whether it was cut. Read as it
+        comes, never more than the cap: a step may make a diff or a log of any size."""
         try:
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                    stdin=subprocess.DEVNULL, env=self.environment(), cwd="/",
-                                    **options)
+            proc = subprocess.Popen([GIT, *args], stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+                                    env=self.environment(), cwd="/", **self.user_options())
         except OSError as exc:
             raise GitError(f"cannot run git: {exc.strerror}; install git") from None
         assert proc.stdout is not None
         with proc:
-            text = proc.stdout.read(MAX_DIFF_BYTES + 1)
-            cut = len(text) > MAX_DIFF_BYTES
+            text = proc.stdout.read(limit + 1)
+            cut = len(text) > limit
             if cut:
                 proc.kill()
             try:
                 status = proc.wait(timeout=WORK_TIMEOUT_SECONDS)
             except subprocess.TimeoutExpired:
                 proc.kill()
-                raise GitError("git diff did not finish") from None
+                raise GitError(f"git {args[args.index('-C') + 2]} did not finish") from None
         if status != 0 and not cut:
-            raise GitError(f"git diff: exit status {status}")
-        return text[:MAX_DIFF_BYTES], cut
+            raise GitError(f"git {' '.join(a for a in args if a.startswith('-')) or args[0]}: "
+                           f"exit status {status}")
+        return text[:limit], cut
 
     def disk_usage(self, path: str) -> int | None:
         """Bytes under `path`, as the user may see them (None if unknown)."""
@@ -281,6 +398,8 @@ class Git:
         old = self.run("-C", repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}",
                        check=False)
         if old.returncode != 0:
+            if "dubious ownership" in _said(old) or "not a git repository" in _said(old):
+                raise _refusal(repo, self.user, _said(old))
             raise LandRefused(f"{repo} has no branch {target!r} to land on")
         current = old.stdout.decode().strip()
         if self._is_ancestor(repo, head, current):
@@ -298,8 +417,10 @@ class Git:
             update = self.run("-C", repo, "update-ref", "-m", message, ref, new, current,
                               check=False)
             if update.returncode != 0:
-                raise LandRefused(f"{target} moved while landing; approve again "
-                                  f"({_said(update)})")
+                said = _said(update)
+                if "ermission denied" in said or "nable to create" in said:
+                    raise _refusal(repo, self.user, said)
+                raise LandRefused(f"{target} moved while landing; approve again ({said})")
             return new
         dirty = self.out("-C", checked_out, "status", "--porcelain", "--untracked-files=no")
         if dirty:
@@ -348,14 +469,16 @@ class Git:
         return None
 
     def remove(self, repo: str, path: str, branch: str | None) -> None:
-        """Remove the worktree at `path` and, unless None, `branch`; missing is fine."""
-        self.run("-C", repo, "worktree", "remove", "--force", "--force", path, check=False,
-                 timeout=WORK_TIMEOUT_SECONDS)
-        self.run("-C", repo, "worktree", "prune", check=False)
-        if branch:
-            self.run("-C", repo, "branch", "-D", "--quiet", branch, check=False)
-        # Whatever git could not remove (the repository is gone, a step made files
-        # git does not track undeletable by git): as the user, never as root.
+        """Remove the run's checkout at `path` (missing is fine), as the user, never
+        as root. A linked worktree of minipipe 0.2 is also unregistered from `repo`,
+        and its `branch` there deleted unless None."""
+        legacy = self._as_user(["test", "-f", os.path.join(path, ".git")])
+        if legacy is not None and legacy.returncode == 0:
+            self.run("-C", repo, "worktree", "remove", "--force", "--force", path,
+                     check=False, timeout=WORK_TIMEOUT_SECONDS)
+            self.run("-C", repo, "worktree", "prune", check=False)
+            if branch:
+                self.run("-C", repo, "branch", "-D", "--quiet", branch, check=False)
         self._as_user(["rm", "-rf", "--one-file-system", "--", path])
 
     def _as_user(self, argv: list[str]) -> subprocess.CompletedProcess[bytes] | None:
@@ -368,22 +491,39 @@ class Git:
             return None
 
 
-class RefCheck:
-    """`git rev-parse` of a plan's repo and ref as the run's user, started without
-    waiting: the daemon's loop waits on `fd` (a repository on a hung filesystem must
-    not stall it) and asks `result()` once `read()` says git is done."""
+# The submit-time check, as the run's user, in one child: the ref's commit, then (for a
+# run that needs review under an enforced gate) the first part of the repository the
+# user may write, if any. Arguments, never interpolated: $1 repo, $2 ref, $3 "gate".
+_CHECK_SCRIPT = r"""
+git -c safe.directory='*' -C "$1" rev-parse --verify --end-of-options "$2^{commit}" || exit
+[ "$3" = gate ] || exit 0
+if test -w "$1" -o -w "$1/.git"; then printf 'writable: %s\n' "$1"; exit 0; fi
+common=$(git -c safe.directory='*' -C "$1" rev-parse --path-format=absolute \
+         --git-common-dir) || exit
+find -H "$common" -writable -printf 'writable: %p\n' -quit 2>/dev/null
+exit 0
+"""
 
-    def __init__(self, git: Git, repo: str, ref: str, timeout: float) -> None:
+
+class RefCheck:
+    """A plan's repo and ref checked as the run's user, started without waiting: the
+    daemon's loop waits on `fd` (a repository on a hung filesystem must not stall
+    it) and asks `result()` once `read()` says the check is done. With `gate`, also
+    whether the user may write any part of the repository (`writable`)."""
+
+    def __init__(self, git: Git, repo: str, ref: str, timeout: float, *,
+                 gate: bool = False) -> None:
         import time
 
         self.repo, self.ref = repo, ref
         self.deadline = time.monotonic() + timeout
+        self.writable: str | None = None
         options = git.user_options()
         self.user = git.user
         try:
             self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-                [GIT, "-C", repo, "rev-parse", "--verify", "--end-of-options",
-                 f"{ref}^{{commit}}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                ["sh", "-c", _CHECK_SCRIPT, "minipipe-check", repo, ref,
+                 "gate" if gate else ""], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=git.environment(), cwd="/", **options)
         except OSError as exc:
             raise GitError(f"cannot run git: {exc.strerror}; install git") from None
@@ -410,7 +550,13 @@ class RefCheck:
         self.finish()
         said = self.output.decode("utf-8", "replace")
         if status == 0:
-            return said.strip().splitlines()[-1]
+            lines = said.strip().splitlines()
+            found = [line for line in lines if line.startswith("writable: ")]
+            self.writable = found[0].removeprefix("writable: ") if found else None
+            commits = [line for line in lines if len(line) >= 40 and line.isalnum()]
+            if commits:
+                return commits[-1]
+            raise GitError(f"git said nothing about {self.ref!r} in {self.repo}")
         if "dubious ownership" in said:
             raise GitError(f"git refuses {self.repo} for user {self.user}: it belongs to "
                            "another user (add it to that user's git safe.directory)")
@@ -470,40 +616,75 @@ def user_directory(worktree_dir: str, identity: RunIdentity | None) -> str:
 
 
 def _files(numstat: bytes, status: bytes) -> list[dict[str, Any]]:
-    """Per file: path, old_path (renames), status, insertions, deletions, binary."""
+    """Per file: path, old_path (renames), status, insertions, deletions, binary.
+
+    Either listing may have been cut anywhere: a record it does not hold whole is
+    left out.
+    """
     kinds = {"A": "added", "M": "modified", "D": "deleted", "R": "renamed", "C": "copied",
              "T": "type-changed"}
     states: list[tuple[str, str | None]] = []
-    fields = [_text(f) for f in status.split(b"\0")]
+    fields = [_text(f) for f in status.split(b"\0")][:-1]  # the last: "" or a cut field
     i = 0
     while i < len(fields) and fields[i]:
         code = fields[i][:1]
-        if code in ("R", "C"):
-            states.append((kinds[code], fields[i + 1]))
-            i += 3
-        else:
-            states.append((kinds.get(code, "modified"), None))
-            i += 2
+        width = 3 if code in ("R", "C") else 2
+        if i + width > len(fields):
+            break
+        states.append((kinds.get(code, "modified"), fields[i + 1] if width == 3 else None))
+        i += width
     files = []
-    fields = [_text(f) for f in numstat.split(b"\0")]
-    i, n = 0, 0
+    fields = [_text(f) for f in numstat.split(b"\0")][:-1]
+    i = 0
     while i < len(fields) and fields[i]:
-        added, deleted, path = fields[i].split("\t", 2)
+        added, deleted, path = [*fields[i].split("\t", 2), "", ""][:3]
         old = None
         if not path:  # a rename: the old and new paths follow
+            if i + 3 > len(fields):
+                break
             old, path = fields[i + 1], fields[i + 2]
             i += 3
         else:
             i += 1
         binary = added == "-"
-        kind, status_old = states[n] if n < len(states) else ("modified", None)
+        kind, status_old = states[len(files)] if len(files) < len(states) else ("modified",
+                                                                                  None)
         old = old or status_old
         files.append({"path": path[:MAX_TEXT_CHARS],
                       "old_path": old[:MAX_TEXT_CHARS] if old else None, "status": kind,
-                      "insertions": None if binary else int(added),
-                      "deletions": None if binary else int(deleted), "binary": binary})
-        n += 1
+                      "insertions": None if binary else _count(added),
+                      "deletions": None if binary else _count(deleted), "binary": binary})
     return files
+
+
+def _count(text: str) -> int:
+    return int(text) if text.isdigit() else 0
+
+
+def _shortstat(line: str) -> dict[str, int]:
+    """`3 files changed, 10 insertions(+), 2 deletions(-)` as numbers (any part may be
+    missing; an empty line is no change)."""
+    totals = {"files_changed": 0, "insertions": 0, "deletions": 0}
+    for part in line.split(","):
+        words = part.split()
+        if len(words) >= 2 and words[0].isdigit():
+            key = ("files_changed" if words[1].startswith("file") else
+                   "insertions" if words[1].startswith("insertion") else "deletions")
+            totals[key] = int(words[0])
+    return totals
+
+
+def _refusal(repo: str, user: str, said: str) -> LandRefused:
+    """Why `user` could not land in `repo`, and what would let them."""
+    if "dubious ownership" in said:
+        return LandRefused(f"git refuses {repo} for {user}: it belongs to another user. "
+                           f"{user} may trust it (git config --global --add safe.directory "
+                           f"{repo}), or root approves: then the change lands as the "
+                           "repository's owner")
+    if "ermission denied" in said or "not a git repository" in said or "nable to" in said:
+        return LandRefused(f"{user} may not write {repo} ({said}); a reviewer who may "
+                           "write it must approve")
+    return LandRefused(f"landing in {repo} as {user} failed: {said}")
 
 
 def _text(data: bytes) -> str:

@@ -87,8 +87,9 @@ def build(run_id: int, facts: WorkspaceFacts | None, data: bytes | None,
 def _add_header(document: DiffDocument, changes: dict[str, Any]) -> None:
     for line in diffstat(changes, STAT_WIDTH):
         document.add(line, STAT)
-    if changes.get("files_truncated"):
-        document.add(f" (only the first {len(changes['files'])} files are listed)", NOTE)
+    if changes.get("gate") == "advisory":
+        document.add("warning: the run's user may write the repository, so its steps could "
+                     "have changed it without review", NOTE)
     if changes.get("attributes_changed"):
         document.add("warning: this run changes .gitattributes, which decides what its diff "
                      "shows as binary", NOTE)

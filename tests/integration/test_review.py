@@ -64,7 +64,7 @@ def make_repo(instance: Instance, name: str = "app") -> Path:
 
 @pytest.fixture
 def reviewing(instance: Instance) -> Instance:
-    instance.write_config(review_by_other=False)
+    instance.write_config(review_by_other=False, review_gate="advisory")
     instance.start_daemon()
     return instance
 
@@ -85,13 +85,19 @@ def test_a_reviewed_change_lands_exactly_as_shown(reviewing: Instance) -> None:
     assert workspace["base_commit"] == base and workspace["branch"] == f"minipipe/run-{run_id}"
     changes = workspace["changes"]
     # Exactly what git counts from the merge-base, untracked file included.
+    checkout = Path(workspace["path"])
     shortstat = sh(instance, f"git diff --shortstat {base} {workspace['head_commit']}",
-                   cwd=repo).strip()
+                   cwd=checkout).strip()
     assert shortstat == (f"{changes['files_changed']} files changed, {changes['insertions']} "
                          f"insertions(+), {changes['deletions']} deletions(-)")
     assert {f["path"]: f["status"] for f in changes["files"]} == {
         "a.txt": "modified", "c.txt": "deleted", "added.txt": "added"}
     assert changes["commit_count"] == 2  # the step's and the one for what it left
+    # The steps' own repository borrowed the objects: nothing was added to the repo's.
+    assert not (repo / ".git" / "worktrees").exists()
+    assert sh(instance, "git branch --list", cwd=repo).split() == ["*", "main"]
+    # A private daemon's runs are its own user's, who may write the repository.
+    assert changes["gate"] == "advisory" and changes["writable"] == str(repo)
     # The setup ran in the fresh worktree before the steps (they removed its file).
     assert [s["step_id"] for s in shown["steps"]] == ["workspace-setup", "edit", "after"]
     assert shown["steps"][2]["state"] == "PENDING"  # on_approve: not yet
@@ -196,8 +202,29 @@ def test_bad_workspaces_are_refused_at_submit(reviewing: Instance, tmp_path: Pat
     assert instance.cli("ls", "--json").stdout.strip() == "[]"
 
 
+def test_an_enforced_gate_refuses_a_repository_the_steps_could_write(
+        instance: Instance) -> None:
+    """By default (review_gate "enforced") a run that needs review may not work on a
+    repository its user can write: its steps could move the branch themselves."""
+    instance.write_config()
+    instance.start_daemon()
+    repo = make_repo(instance)
+    plan = instance.plan("gated", EDIT.format(repo=repo))
+    result = instance.cli("submit", plan, check=False)
+    assert result.returncode == 2
+    assert f"{plan}:5: [workspace]: this run needs review, but user " in result.stderr
+    assert f"may write {repo}" in result.stderr and 'review_gate = "advisory"' in \
+        result.stderr
+    # Without review there is no gate to go around.
+    unreviewed = EDIT.format(repo=repo).replace("review = true", "review = false")
+    run_id = instance.submit(unreviewed, name="unreviewed")
+    run = instance.wait_state(run_id, "SUCCEEDED", "FAILED")
+    assert run["state"] == "SUCCEEDED", run["reason"]
+    assert "gate" not in run["workspace"]["changes"]
+
+
 def test_four_eyes_and_the_review_limit(instance: Instance) -> None:
-    instance.write_config(review_by_other=True, max_awaiting_review=1)
+    instance.write_config(review_by_other=True, max_awaiting_review=1, review_gate="advisory")
     instance.start_daemon()
     repo = make_repo(instance)
     first = _awaiting(instance, repo)

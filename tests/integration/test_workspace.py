@@ -1,4 +1,4 @@
-"""Worktrees, diff stats and landing with real git, run as an unprivileged user.
+"""Runs' checkouts, diff stats and landing with real git, run as an unprivileged user.
 
 When the tests run as root, every git command of `workspace.Git` runs as the test
 user (the repositories are that user's), as the runner does for a run's user; the
@@ -101,7 +101,7 @@ def test_a_worktree_on_its_own_branch_and_stats_as_git_counts_them(repos: Repos)
     # Changes already on main after the run began never show: the merge-base counts.
     repos.sh("printf 'later\\n' > later.txt && git add later.txt && git commit -qm later",
              cwd=repo)
-    changes = repos.git.changes(str(repo), repos.head(repo, "main"), head)
+    changes = repos.git.changes(str(worktree), repos.head(repo, "main"), head)
     assert changes["merge_base"] == base
     by_path = {f["path"]: f for f in changes["files"]}
     assert set(by_path) == {"a.txt", "c.txt", "renamed.txt", "untracked.txt", "blob.bin"}
@@ -112,14 +112,14 @@ def test_a_worktree_on_its_own_branch_and_stats_as_git_counts_them(repos: Repos)
         "renamed", "moved.txt")
     assert by_path["untracked.txt"]["status"] == "added"
     assert by_path["blob.bin"]["binary"] and by_path["blob.bin"]["insertions"] is None
-    shortstat = repos.sh(f"git diff --shortstat -M {base} {head}", cwd=repo)
+    shortstat = repos.sh(f"git diff --shortstat -M {base} {head}", cwd=worktree)
     assert shortstat.strip() == (f"{changes['files_changed']} files changed, "
                                  f"{changes['insertions']} insertions(+), "
                                  f"{changes['deletions']} deletions(-)")
     assert [c["subject"] for c in changes["commits"]] == [
         "minipipe: changes run 1 left uncommitted", "step commit"]
     assert changes["commit_count"] == 2
-    text, cut = repos.git.diff_text(str(repo), base, head)
+    text, cut = repos.git.diff_text(str(worktree), base, head)
     assert not cut and b"+TWO" in text and b"Binary files" in text
 
 
@@ -138,10 +138,10 @@ def test_the_recorded_diff_ignores_what_a_step_configures(repos: Repos) -> None:
         printf 'one\\nrm -rf /\\nthree\\n' > a.txt
     """, cwd=worktree)
     head = repos.git.snapshot(str(worktree), 3)
-    text, _ = repos.git.diff_text(str(repo), base, head)
+    text, _ = repos.git.diff_text(str(worktree), base, head)
     assert b"+rm -rf /" in text and b"harmless" not in text and b"\x1b[" not in text
     # What attributes can still do (call a text file binary) is flagged for the reviewer.
-    assert repos.git.changes(str(repo), base, head)["attributes_changed"]
+    assert repos.git.changes(str(worktree), base, head)["attributes_changed"]
 
 
 def test_no_changes_means_the_base_itself(repos: Repos) -> None:
@@ -150,13 +150,14 @@ def test_no_changes_means_the_base_itself(repos: Repos) -> None:
     worktree = repos.root / "wt"
     repos.git.create(str(repo), str(worktree), branch_name(2), base)
     assert repos.git.snapshot(str(worktree), 2) == base
-    assert repos.git.changes(str(repo), base, base)["files_changed"] == 0
+    assert repos.git.changes(str(worktree), base, base)["files_changed"] == 0
 
 
 def test_landing_by_merge_commit_fast_forward_and_refusals(repos: Repos) -> None:
     repo = repos.make()
     # The repository's own checkout has main: landing must update it safely.
-    _, _, head = _run_changes(repos, repo)
+    worktree, base, head = _run_changes(repos, repo)
+    repos.git.transfer(str(worktree), head, base, repos.git, str(repo))
     assert repos.git.land(str(repo), head, "main", "ff-only", "land run 1", 1) == head
     assert repos.head(repo, "main") == head
     assert (repo / "untracked.txt").exists() and not (repo / "c.txt").exists()
@@ -177,11 +178,15 @@ def test_landing_by_merge_commit_fast_forward_and_refusals(repos: Repos) -> None
 
 
 def _run_changes_on(repos: Repos, repo: Path, run_id: int, script: str) -> tuple[Path, str, str]:
+    """A run's checkout after `script`; its change's objects already in `repo`, as
+    landing carries them there first."""
     base = repos.git.resolve(str(repo), "main")
     worktree = repos.root / f"wt-{run_id}"
     repos.git.create(str(repo), str(worktree), branch_name(run_id), base)
     repos.sh(script, cwd=worktree)
-    return worktree, base, repos.git.snapshot(str(worktree), run_id)
+    head = repos.git.snapshot(str(worktree), run_id)
+    repos.git.transfer(str(worktree), head, base, repos.git, str(repo))
+    return worktree, base, head
 
 
 def test_a_conflict_names_the_files_and_changes_nothing(repos: Repos) -> None:
@@ -282,8 +287,60 @@ def test_replace_refs_and_info_attributes_do_not_hide_a_change(repos: Repos) -> 
         printf '* -diff\\n' > "$(git rev-parse --git-common-dir)/info/attributes"
     """, cwd=worktree)
     head = repos.git.snapshot(str(worktree), 5)
-    changes = repos.git.changes(str(repo), base, head)
+    changes = repos.git.changes(str(worktree), base, head)
     assert [f["path"] for f in changes["files"]] == ["a.txt"]
     assert changes["attributes_changed"] and changes["binary_files"] == 1
-    text, _ = repos.git.diff_text(str(repo), base, head)
+    text, _ = repos.git.diff_text(str(worktree), base, head)
     assert b"a.txt" in text
+
+
+def test_a_checkout_writes_nothing_into_the_repository(repos: Repos) -> None:
+    """Steps work in a repository of their own that borrows the objects: the one the
+    plan names gains no worktree, branch, ref or config, whatever the steps do."""
+    repo = repos.make()
+    before = repos.sh("git for-each-ref; git worktree list --porcelain; cat .git/config; "
+                      "ls .git", cwd=repo)
+    worktree, _, head = _run_changes(repos, repo)
+    repos.sh("git branch extra && git tag v9 && git config user.name Evil", cwd=worktree)
+    assert repos.sh("git for-each-ref; git worktree list --porcelain; cat .git/config; "
+                    "ls .git", cwd=repo) == before
+    # The reviewed commit exists only in the checkout until landing carries it over.
+    assert repos.sh(f"git cat-file -t {head} 2>&1 || true", cwd=repo).strip() != "commit"
+    repos.git.remove(str(repo), str(worktree), branch_name(1))
+    assert not worktree.exists()
+
+
+def test_what_the_runs_user_may_write_of_a_repository(repos: Repos, tmp_path: Path) -> None:
+    """The gate holds only where the run's user may write no part of the repository."""
+    repo = repos.make()
+    assert repos.git.writable_part(str(repo)) is not None  # the user's own
+    if repos.user is None:
+        pytest.skip("LOUD SKIP: needs root, to make a repository the test user may only read")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    subprocess.run(["git", "init", "-q", "--bare", str(shared / "app.git")], check=True)
+    for path in (tmp_path, shared):
+        path.chmod(0o755)
+    subprocess.run(["chmod", "-R", "a+rX,go-w", str(shared)], check=True)
+    assert repos.git.writable_part(str(shared / "app.git")) is None
+    # One writable corner (here: a hooks directory) is enough to go around the gate.
+    (shared / "app.git" / "hooks").chmod(0o777)
+    assert repos.git.writable_part(str(shared / "app.git")) == str(
+        shared / "app.git" / "hooks")
+
+
+def test_listings_are_capped_but_the_totals_are_not(repos: Repos,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step may change a million files: numstat and friends are read up to a cap (the
+    list says it was cut), while the totals still count every file."""
+    import minipipe_svc.workspace as workspace
+
+    repo = repos.make()
+    worktree, base, head = _run_changes_on(
+        repos, repo, 8, "for i in $(seq 1 300); do echo $i > file-$i.txt; done")
+    monkeypatch.setattr(workspace, "MAX_LISTING_BYTES", 1000)
+    changes = repos.git.changes(str(worktree), base, head)
+    assert changes["files_changed"] == 300 and changes["insertions"] == 300
+    assert changes["files_truncated"] and 0 < len(changes["files"]) < 300
+    assert all(f["path"].startswith("file-") and f["insertions"] == 1
+               for f in changes["files"])
