@@ -436,8 +436,10 @@ def approve(ctx: Context, run_id: int, message: str | None, head: str | None) ->
 
     The run is queued; its runner lands exactly the commit that was recorded onto
     the target branch (plan [workspace] land: merge, ff-only or branch-only) and
-    ends SUCCEEDED. If the change conflicts, or the target is checked out with
-    local changes, nothing is changed and the run awaits review again, saying why.
+    ends SUCCEEDED. It lands as you, with your permissions on the repository (when
+    root approves: as the repository's owner). If the change conflicts, the target
+    is checked out with local changes, or you may not write the repository, nothing
+    is changed and the run awaits review again, saying why.
     Reviewers: root and members of reviewer_group (default: admin_group).
     """
     reply = ctx.call("approve", run=run_id, message=message,
@@ -453,8 +455,8 @@ def approve(ctx: Context, run_id: int, message: str | None, head: str | None) ->
 def reject(ctx: Context, run_id: int, message: str) -> None:
     """Reject a run awaiting review: it ends REJECTED and its change never lands.
 
-    Its worktree and branch are removed (after worktree_keep_days). `minipipe retry`
-    runs it again from its base.
+    Its checkout is removed (after worktree_keep_days). `minipipe retry` runs it
+    again from its ref.
     """
     ctx.call("reject", run=run_id, message=message)
     click.echo(f"run {run_id}: rejected")
