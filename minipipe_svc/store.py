@@ -389,7 +389,7 @@ _RUN_COLUMNS = """
 """
 
 
-def _run_row(row: sqlite3.Row) -> RunRow:
+def _run_row(row: sqlite3.Row | dict[str, Any]) -> RunRow:
     values = dict(row)
     values["state"] = RunState(values["state"])
     values["cancel_requested"] = bool(values["cancel_requested"])
@@ -408,11 +408,22 @@ def _event_row(row: sqlite3.Row) -> EventRow:
     return EventRow(**values)
 
 
-def _workspace_row(row: sqlite3.Row) -> WorkspaceRow:
+def _workspace_row(row: sqlite3.Row | dict[str, Any]) -> WorkspaceRow:
     values = dict(row)
     values["review"] = bool(values["review"])
     values["changes"] = _loads(values["changes"]) if values["changes"] else None
     return WorkspaceRow(**values)
+
+
+# A run's row and its workspace's in one SELECT (`w_` marks the workspace's columns).
+_WORKSPACE_COLUMNS = ", ".join(f"w.{name} AS w_{name}" for name in WorkspaceRow._fields)
+
+
+def _run_and_workspace(row: sqlite3.Row) -> tuple[RunRow, WorkspaceRow]:
+    values = dict(row)
+    workspace = {name[2:]: values.pop(name) for name in list(values)
+                 if name.startswith("w_")}
+    return _run_row(values), _workspace_row(workspace)
 
 
 def _friendly(exc: sqlite3.Error, path: str) -> StoreError:
@@ -1065,11 +1076,10 @@ class Store:
 
     def awaiting_review(self) -> list[tuple[RunRow, WorkspaceRow]]:
         """Runs awaiting review, oldest first, with their workspaces."""
-        runs = [_run_row(row) for row in self.conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.state = 'AWAITING_REVIEW' "
+        return [_run_and_workspace(row) for row in self.conn.execute(
+            f"SELECT {_RUN_COLUMNS}, {_WORKSPACE_COLUMNS} FROM runs r "
+            "JOIN workspaces w ON w.run_id = r.id WHERE r.state = 'AWAITING_REVIEW' "
             "ORDER BY r.id")]
-        return [(run, workspace) for run in runs
-                if (workspace := self.workspace(run.id)) is not None]
 
     def count_awaiting_review(self) -> int:
         row = self.conn.execute(
@@ -1081,15 +1091,14 @@ class Store:
         """Worktrees to remove: of runs landed or rejected before the second time, and
         of any other ended run before the first (its retention)."""
         rows = self.conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs r JOIN workspaces w ON w.run_id = r.id "
-            "WHERE w.path IS NOT NULL AND w.removed_at IS NULL AND r.finished_at IS NOT NULL "
+            f"SELECT {_RUN_COLUMNS}, {_WORKSPACE_COLUMNS} FROM runs r "
+            "JOIN workspaces w ON w.run_id = r.id WHERE w.path IS NOT NULL "
+            "AND w.removed_at IS NULL AND r.finished_at IS NOT NULL "
             "AND r.state NOT IN ('PENDING', 'RUNNING', 'AWAITING_REVIEW') AND ("
             "r.finished_at < ? OR ((r.state = 'REJECTED' OR (r.state = 'SUCCEEDED' AND "
             "w.approved_by IS NOT NULL)) AND r.finished_at < ?)) ORDER BY r.id",
             (ended_before, landed_or_rejected_before))
-        runs = [_run_row(row) for row in rows]
-        return [(run, workspace) for run in runs
-                if (workspace := self.workspace(run.id)) is not None]
+        return [_run_and_workspace(row) for row in rows]
 
     def workspace_removed(self, run_id: int) -> None:
         with self._write() as conn:
