@@ -24,8 +24,8 @@ from . import __version__
 from .config import Config, ConfigError, load_config
 from .model import RunState
 from .procs import user_name
-from .reads import Printer, ReadError
-from .store import NoSuchRun, Store, StoreError
+from .reads import Printer, ReadError, Reading
+from .store import Store
 
 if TYPE_CHECKING:
     from .client import ClientError
@@ -87,19 +87,13 @@ class Context:
 
     @contextmanager
     def store(self) -> Iterator[Store]:
-        """The DB, read-only: every change goes through the daemon (`call`)."""
+        """The DB, read-only (every change goes through the daemon, `call`), its
+        errors the CLI's, as for the read commands."""
         try:
-            store = Store.open(self.config.db_path, readonly=True)
-        except StoreError as exc:
-            raise Failure(str(exc)) from None
-        try:
-            yield store
-        except NoSuchRun as exc:
-            raise UserError(str(exc)) from None
-        except StoreError as exc:
-            raise Failure(str(exc)) from None
-        finally:
-            store.close()
+            with Reading(self.config) as store:
+                yield store
+        except ReadError as exc:
+            raise _cli_error(exc) from None
 
     def style(self, text: str, state: str | None = None, **kwargs: Any) -> str:
         if not self.colour:
@@ -117,8 +111,7 @@ class Context:
         try:
             command(self.config, self.printer, *args, **options)
         except ReadError as exc:
-            raise (UserError(str(exc)) if exc.exit_status == EXIT_BAD_INPUT
-                   else Failure(str(exc))) from None
+            raise _cli_error(exc) from None
 
     def call(self, op: str, **fields: Any) -> dict[str, Any]:
         """One request to the daemon; its refusal becomes the CLI error it names."""
@@ -130,9 +123,9 @@ class Context:
             raise _cli_error(exc) from None
 
 
-def _cli_error(exc: ClientError) -> click.ClickException:
-    error = UserError(str(exc)) if exc.exit_status == EXIT_BAD_INPUT else Failure(str(exc))
-    return error
+def _cli_error(exc: ClientError | ReadError) -> click.ClickException:
+    """A refusal or a failed read as the CLI's error (exit status 2 for bad input)."""
+    return UserError(str(exc)) if exc.exit_status == EXIT_BAD_INPUT else Failure(str(exc))
 
 
 pass_ctx = click.make_pass_decorator(Context)

@@ -105,7 +105,7 @@ class Printer:
         self.echo(json.dumps(data, indent=2))
 
 
-class _Reading:
+class Reading:
     """The DB opened read-only for one command; store errors become ReadErrors."""
 
     def __init__(self, config: Config) -> None:
@@ -140,7 +140,7 @@ def list_runs(config: Config, out: Printer, *, limit: int | None = 20,
     """`minipipe ls`: runs newest first (`limit=None`: all of them)."""
     from .render import run_json, runs_table
 
-    with _Reading(config) as store:
+    with Reading(config) as store:
         runs = store.list_runs(limit=limit,
                                states=tuple(RunState(s.upper()) for s in states) or None,
                                submitted_by=submitted_by)
@@ -169,7 +169,7 @@ def show_run(config: Config, out: Printer, run_id: int, *, event_count: int = 10
         workspace_json,
     )
 
-    with _Reading(config) as store:
+    with Reading(config) as store:
         run = store.get_run(run_id)
         steps = store.get_steps(run_id)
         events = store.last_events(run_id, event_count)
@@ -266,7 +266,7 @@ def review_list(config: Config, out: Printer, *, as_json: bool = False) -> None:
     """`minipipe review`: the runs awaiting review, oldest first."""
     from .render import age_since, change_summary, run_json, table, workspace_json
 
-    with _Reading(config) as store:
+    with Reading(config) as store:
         waiting = [(run, workspace_json(store.workspace_spec(run.id), row))
                    for run, row in store.awaiting_review()]
     if as_json:
@@ -293,7 +293,7 @@ def diff(config: Config, out: Printer, run_id: int, *, stat: bool = False,
     from .render import diffstat
     from .review import read_diff
 
-    with _Reading(config) as store:
+    with Reading(config) as store:
         store.get_run(run_id)
         row = store.workspace(run_id)
     if row is None:
@@ -336,7 +336,7 @@ def _journal_shortfall(store: Store, run: Any) -> tuple[int, int] | None:
 def status(config: Config, out: Printer, *, as_json: bool = False) -> None:
     """`minipipe status`: is the daemon up, is the queue paused, runs per state."""
     alive = daemon_running(config.lock_path, config.pid_path)
-    with _Reading(config) as store:
+    with Reading(config) as store:
         counts = store.counts()
         paused = store.is_paused()
         worktrees, worktree_bytes = store.worktree_disk_bytes()
