@@ -138,6 +138,7 @@ class RunWorkspace:
         target = self.target()
         by = f"\n\nApproved-by: {approved_by}" if approved_by else ""
         message = f"Merge minipipe run {self.run_id} ({self.plan.name}) into {target}{by}"
+        lander.check_repository(self.spec.repo)
         self.git.transfer(self.path, row.head_commit, row.base_commit, lander,
                           self.spec.repo)
         if self.spec.land == "branch-only":
@@ -172,7 +173,7 @@ class RunWorkspace:
             identity = identity_of(pwd.getpwuid(uid), state_group(self.store.path))
         except KeyError:
             raise LandRefused(f"the approver (uid {uid}) no longer exists") from None
-        return Git(identity, umask=LANDING_UMASK)
+        return Git(identity, umask=LANDING_UMASK, lander=True)
 
     def target(self) -> str:
         """The branch a landing updates: the plan's `target`, else the branch `ref`

@@ -102,6 +102,11 @@ def valid_ref(ref: str) -> str | None:
 # repository another user owns unless told to trust it; rev-parse runs no command the
 # repository's config could name, so trusting it for that is safe.
 TRUST_FOR_READING = ("-c", "safe.directory=*")
+# For whoever lands: only repositories they own, their own safe.directory exceptions
+# switched off. Between the checks and the landing, a submitter who may rename a
+# parent of the repository's path could put a repository of theirs (config, hooks)
+# in its place; git's ownership check then refuses it, whatever the lander trusts.
+OWN_REPOSITORIES_ONLY = ("-c", "safe.directory=")
 
 
 class Git:
@@ -109,13 +114,15 @@ class Git:
 
     `umask`: for the files git creates (the lander's new objects must stay as
     readable as the repository's others; the service's own umask is 0077).
+    `lander`: git for landing, in repositories this user owns only.
     """
 
     def __init__(self, identity: RunIdentity | None, *, hostname: str | None = None,
-                 umask: int | None = None) -> None:
+                 umask: int | None = None, lander: bool = False) -> None:
         self.identity = identity
         self.hostname = hostname or socket.gethostname()
         self.umask = umask
+        self.options: tuple[str, ...] = OWN_REPOSITORIES_ONLY if lander else ()
 
     def user_options(self) -> dict[str, Any]:
         """Popen options that make a child the user (nothing unless this is root)."""
@@ -144,7 +151,8 @@ class Git:
         """`git ARGS` as the user; GitError (with git's own words) when it fails."""
         options = self.user_options()
         try:
-            result = subprocess.run([GIT, *args], capture_output=True, timeout=timeout,
+            result = subprocess.run([GIT, *self.options, *args], capture_output=True,
+                                    timeout=timeout,
                                     env=self.environment(env), cwd="/", stdin=subprocess.DEVNULL,
                                     check=False, **options)
         except subprocess.TimeoutExpired:
@@ -253,13 +261,20 @@ class Git:
         """The run's branch names the reviewed commit (a step may have switched HEAD)."""
         self.run("-C", path, "update-ref", "-m", "minipipe", f"refs/heads/{branch}", commit)
 
+    def check_repository(self, repo: str) -> None:
+        """LandRefused unless this user's git takes `repo` as a repository to work in
+        (for a lander: one they own)."""
+        result = self.run("-C", repo, "rev-parse", "--git-dir", check=False)
+        if result.returncode != 0:
+            raise _refusal(repo, self.user, _said(result))
+
     def transfer(self, path: str, head: str, base: str, lander: Git, repo: str) -> None:
         """Carry the objects of `head` (those `base` lacks) from this user's checkout
         at `path` into `repo`, as `lander`: a pack from one git, through this
         (root's) process, into the other's `index-pack --strict`, at most
         MAX_PACK_BYTES. Neither user reads the other's files."""
         source = [GIT, "-C", path, "pack-objects", "--revs", "--stdout", "--quiet"]
-        sink = [GIT, "-C", repo, "index-pack", "--stdin", "--strict"]
+        sink = [GIT, *lander.options, "-C", repo, "index-pack", "--stdin", "--strict"]
         try:
             packer = subprocess.Popen(source, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, env=self.environment(),
@@ -355,7 +370,7 @@ class Git:
         """`git ARGS`' output up to `limit` bytes, and whether it was cut. Read as it
         comes, never more than the cap: a step may make a diff or a log of any size."""
         try:
-            proc = subprocess.Popen([GIT, *args], stdout=subprocess.PIPE,
+            proc = subprocess.Popen([GIT, *self.options, *args], stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                                     env=self.environment(), cwd="/", **self.user_options())
         except OSError as exc:
@@ -677,10 +692,9 @@ def _shortstat(line: str) -> dict[str, int]:
 def _refusal(repo: str, user: str, said: str) -> LandRefused:
     """Why `user` could not land in `repo`, and what would let them."""
     if "dubious ownership" in said:
-        return LandRefused(f"git refuses {repo} for {user}: it belongs to another user. "
-                           f"{user} may trust it (git config --global --add safe.directory "
-                           f"{repo}), or root approves: then the change lands as the "
-                           "repository's owner")
+        return LandRefused(f"{repo} is not {user}'s, and a change lands as its approver, "
+                           "in a repository they own: its owner approves, or root (then "
+                           "it lands as the owner)")
     if "ermission denied" in said or "not a git repository" in said or "nable to" in said:
         return LandRefused(f"{user} may not write {repo} ({said}); a reviewer who may "
                            "write it must approve")

@@ -143,6 +143,16 @@ def test_a_step_cannot_go_around_the_gate(service: Box) -> None:
     assert run["state"] == "AWAITING_REVIEW", (run["reason"], box.sh(
         "cat /tmp/attack", check=False).stdout)
     assert main_of(box) == before
+    # A reviewer lands only in a repository of their own, whatever their git trusts
+    # (here: everything): erin's approval comes back, nothing changed.
+    box.sh("id erin >/dev/null 2>&1 || useradd --create-home --groups "
+           "minipipe,minipipe-admin erin")
+    box.sh("git config --global --add safe.directory '*'", user="erin")
+    box.minipipe(f"approve {run_id}", user="erin")
+    wait_for(lambda: box.run(run_id)["reason"], 60, "erin's landing to be refused")
+    run = box.run(run_id)
+    assert run["state"] == "AWAITING_REVIEW" and "is not erin's" in run["reason"]
+    assert main_of(box) == before
     box.minipipe(f"approve {run_id}", user="dave")
     run = box.wait_state(run_id, "SUCCEEDED", "FAILED")
     assert run["state"] == "SUCCEEDED", run["reason"]
