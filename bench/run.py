@@ -4,6 +4,7 @@
     sudo python3 bench/run.py            # the full set, ~10 minutes on 2 cores
     sudo python3 bench/run.py --quick    # small sizes, to check the harness
     sudo python3 bench/run.py --only throughput,idle
+    sudo python3 bench/run.py --only worktree --output /tmp/fig9.md  # one figure
 
 Builds the .deb from this checkout, boots the system tests' container image
 (tests/system/container.py: debootstrap once, then systemd-nspawn --volatile),
@@ -101,7 +102,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (harness check)")
     parser.add_argument("--only", help="comma-separated figures: submit,latency,throughput,"
-                                       "idle,logs,monitor,store,cli,api")
+                                       "idle,logs,monitor,store,cli,api,worktree")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
     print("building the .deb ...", flush=True)
