@@ -141,6 +141,10 @@ class RunWorkspace:
         lander.check_repository(self.spec.repo)
         self.git.transfer(self.path, row.head_commit, row.base_commit, lander,
                           self.spec.repo)
+        changes = row.changes or {}
+        lander.check_reviewed(self.spec.repo, changes.get("merge_base") or row.base_commit,
+                              row.head_commit, read_diff(self.log_dir, self.run_id) or b"",
+                              changes)
         if self.spec.land == "branch-only":
             lander.point_branch(self.spec.repo, self.branch, row.head_commit)
         commit = lander.land(self.spec.repo, row.head_commit, target, self.spec.land,

@@ -50,10 +50,17 @@ MAX_COMMITS_LISTED = 200
 MAX_TEXT_CHARS = 500  # of a commit's author or subject, a file's path, in the DB
 LAND_MODES = ("merge", "ff-only", "branch-only")
 BRANCH_PREFIX = "minipipe/run-"
-# What the repository's config (a step may write it) must not change in a recorded diff.
+# What config (the checkout's is the steps', the lander's is theirs) must not change in
+# a diff: the recorded one, and the one the lander makes to check it before landing.
 DIFF_CONFIG = ("-c", "core.attributesFile=/dev/null", "-c", "diff.noprefix=false",
                "-c", "diff.mnemonicPrefix=false", "-c", "diff.relative=false",
-               "-c", "core.quotePath=true", "-c", "diff.orderFile=/dev/null")
+               "-c", "core.quotePath=true", "-c", "diff.orderFile=/dev/null",
+               "-c", "diff.suppressBlankEmpty=false", "-c", "core.bigFileThreshold=512m",
+               "-c", "diff.context=3", "-c", "diff.interHunkContext=0")
+# (No -U: it would print the patch with --shortstat and --numstat too.)
+DIFF_OPTIONS = ("--no-ext-diff", "--no-textconv", "--no-color", "-M", "-l1000",
+                "--diff-algorithm=myers", "--indent-heuristic", "--src-prefix=a/",
+                "--dst-prefix=b/", "--submodule=short", "--ignore-submodules=none")
 
 
 class GitError(Exception):
@@ -323,8 +330,7 @@ class Git:
         read up to MAX_LISTING_BYTES each, and say when they were cut.
         """
         merge_base = self.out("-C", path, "merge-base", base, head)
-        diff = ("-C", path, *DIFF_CONFIG, "diff", "--no-ext-diff", "--no-textconv",
-                "--no-color", "-M")
+        diff = ("-C", path, *DIFF_CONFIG, "diff", *DIFF_OPTIONS)
         totals = _shortstat(self.out(*diff, "--shortstat", merge_base, head,
                                      timeout=WORK_TIMEOUT_SECONDS, what="diff --shortstat"))
         numstat, cut = self.capped([*diff, "--numstat", "-z", merge_base, head],
@@ -362,9 +368,28 @@ class Git:
 
     def diff_text(self, path: str, merge_base: str, head: str) -> tuple[bytes, bool]:
         """The unified diff (at most MAX_DIFF_BYTES) and whether it was cut."""
-        return self.capped(["-C", path, *DIFF_CONFIG, "diff", "--no-ext-diff",
-                            "--no-textconv", "--no-color", "-M", merge_base, head],
-                           MAX_DIFF_BYTES)
+        return self.capped(["-C", path, *DIFF_CONFIG, "diff", *DIFF_OPTIONS, merge_base,
+                            head], MAX_DIFF_BYTES)
+
+    def check_reviewed(self, repo: str, merge_base: str, head: str, recorded: bytes,
+                       totals: dict[str, Any]) -> None:
+        """LandRefused unless the change, as this user's git sees it in `repo` (where
+        every object was hashed on the way in), is the diff that was reviewed.
+
+        The recorded diff came from the run user's checkout, whose object files that
+        user may rewrite at any time: a blob's file can hold other content than its
+        name says until landing packs the real one. Hunk headers' function names
+        (from each side's config) are left out of the comparison.
+        """
+        text, _ = self.diff_text(repo, merge_base, head)
+        shortstat = _shortstat(self.out("-C", repo, *DIFF_CONFIG, "diff", *DIFF_OPTIONS,
+                                        "--shortstat", merge_base, head,
+                                        timeout=WORK_TIMEOUT_SECONDS))
+        counted = {key: totals.get(key) for key in shortstat}
+        if _comparable(text) != _comparable(recorded) or counted != shortstat:
+            raise LandRefused("the commit is not what was reviewed: its content differs "
+                              "from the recorded diff (the run's checkout was changed "
+                              "after its steps ended?); nothing was landed: retry the run")
 
     def capped(self, args: list[str], limit: int) -> tuple[bytes, bool]:
         """`git ARGS`' output up to `limit` bytes, and whether it was cut. Read as it
@@ -670,6 +695,16 @@ def _files(numstat: bytes, status: bytes) -> list[dict[str, Any]]:
                       "insertions": None if binary else _count(added),
                       "deletions": None if binary else _count(deleted), "binary": binary})
     return files
+
+
+def _comparable(diff: bytes) -> list[bytes]:
+    """A diff's lines with hunk headers cut after their second "@@"."""
+    lines = diff.split(b"\n")
+    for index, line in enumerate(lines):
+        if line.startswith(b"@@ "):
+            end = line.find(b" @@", 3)
+            lines[index] = line[:end + 3] if end >= 0 else line
+    return lines
 
 
 def _count(text: str) -> int:

@@ -324,3 +324,57 @@ def test_branch_only_keeps_the_branch_and_lands_nothing(reviewing: Instance) -> 
     assert sh(instance, f"git rev-parse minipipe/run-{run_id}", cwd=repo).strip() == \
         run["workspace"]["head_commit"]
     assert not Path(run["workspace"]["path"]).exists()
+
+
+SWAP = """
+name = "swap"
+review = true
+[workspace]
+repo = "{repo}"
+ref = "main"
+[defaults.env]
+GIT_AUTHOR_NAME = "Step"
+GIT_AUTHOR_EMAIL = "step@example.org"
+GIT_COMMITTER_NAME = "Step"
+GIT_COMMITTER_EMAIL = "step@example.org"
+[[steps]]
+id = "swap"
+run = '''
+set -e
+printf 'evil\\n' > payload.txt
+git add payload.txt && git commit -qm payload
+evil=$(git rev-parse HEAD:payload.txt)
+harmless=$(printf 'harmless\\n' | git hash-object -w --stdin)
+path() {{ echo .git/objects/$(echo $1 | cut -c1-2)/$(echo $1 | cut -c3-); }}
+cp "$(path $evil)" .git/evil.keep
+chmod u+w "$(path $evil)" && cp "$(path $harmless)" "$(path $evil)"
+'''
+"""
+
+
+def test_a_checkout_changed_after_review_does_not_land(reviewing: Instance) -> None:
+    """git reads a loose object without checking that its content hashes to its name:
+    the run's user may show the reviewer one content under a blob's id, then put the
+    real one back before landing. The lander's diff, of objects hashed on the way into
+    the repository, must match the reviewed one, or nothing lands."""
+    instance = reviewing
+    repo = make_repo(instance)
+    run_id = instance.submit(SWAP.format(repo=repo), name="swap")
+    run = instance.wait_state(run_id, "AWAITING_REVIEW", "FAILED")
+    assert run["state"] == "AWAITING_REVIEW", run["reason"]
+    shown = instance.cli("diff", str(run_id)).stdout
+    assert "+harmless" in shown and "evil" not in shown  # what the reviewer saw
+    checkout = Path(run["workspace"]["path"])
+    sh(instance, """
+        evil=$(git rev-parse HEAD:payload.txt)
+        obj=.git/objects/$(echo $evil | cut -c1-2)/$(echo $evil | cut -c3-)
+        cp .git/evil.keep "$obj"
+    """, cwd=checkout)
+    before = sh(instance, "git rev-parse main", cwd=repo)
+    instance.cli("approve", str(run_id))
+    wait_for(lambda: instance.run(run_id)["reason"], 60, "the landing to be refused")
+    run = instance.run(run_id)
+    assert run["state"] == "AWAITING_REVIEW"
+    assert "not what was reviewed" in run["reason"]
+    assert sh(instance, "git rev-parse main", cwd=repo) == before
+    assert not (repo / "payload.txt").exists()
