@@ -930,7 +930,7 @@ def plain_inserts(total: int) -> float:
 
 
 def checkout(quick: bool) -> Figure:
-    """Issue 12: creating a run's checkout (`Git.create`, the daemon's own call) costs
+    """Issue 12: creating a run's checkout (`Git.create`, as the runner calls it) costs
     no more than 1.2x a bare `git worktree add` of the same repository."""
     from minipipe_svc.workspace import Git, branch_name
 
@@ -996,8 +996,8 @@ def checkout(quick: bool) -> Figure:
     pack = sum(f.stat().st_size for f in (repo / ".git" / "objects" / "pack").glob("*.pack"))
     tree = sum(f.stat().st_size for f in repo.rglob("*") if ".git" not in f.parts
                and f.is_file())
-    figure.note(f"minipipe: `Git(None).create(repo, path, branch, base)`, as the daemon calls "
-                f"it (git as root here), which made {kind}; removed between turns with "
+    figure.note(f"minipipe: `Git(None).create(repo, path, branch, base)`, the runner's call "
+                f"(which passes the run's user; git as root here), which made {kind}; removed between turns with "
                 f"`Git.remove` (not timed). Baseline: `git -C repo worktree add -q -B "
                 f"{bare_branch} PATH BASE`, then `rm -rf` + `git worktree prune` (not timed)")
     filesystem = sh(f"stat -f -c %T {root}").stdout.strip()
