@@ -997,9 +997,10 @@ def checkout(quick: bool) -> Figure:
     tree = sum(f.stat().st_size for f in repo.rglob("*") if ".git" not in f.parts
                and f.is_file())
     figure.note(f"minipipe: `Git(None).create(repo, path, branch, base)`, the runner's call "
-                f"(which passes the run's user; git as root here), which made {kind}; removed between turns with "
-                f"`Git.remove` (not timed). Baseline: `git -C repo worktree add -q -B "
-                f"{bare_branch} PATH BASE`, then `rm -rf` + `git worktree prune` (not timed)")
+                f"(which passes the run's user; git as root here), which made {kind}; "
+                "removed between turns with `Git.remove` (not timed). Baseline: "
+                f"`git -C repo worktree add -q -B {bare_branch} PATH BASE`, then `rm -rf` + "
+                "`git worktree prune` (not timed)")
     filesystem = sh(f"stat -f -c %T {root}").stdout.strip()
     figure.note(f"the repository: {files:,} small text files ({tree / 1e6:.0f} MB) in 100 "
                 f"directories, one commit, `git gc` ({pack / 1e6:.1f} MB pack), git "
