@@ -467,6 +467,25 @@ def test_a_gitattributes_change_is_warned_about(tmp_path: Path) -> None:
     run_app(app, scenario, size=(160, 48))
 
 
+def test_an_advisory_review_is_warned_about(tmp_path: Path) -> None:
+    """A run whose user may write the repository: its review is advisory, and the
+    reviewer is told so next to the change and in the diff view."""
+    db = tmp_path / "state.db"
+    with Store.open(str(db)) as store:
+        run_id = store.submit(workspace_plan("advisory"), source=None, submitted_by="bob")
+        add_change(store, tmp_path / "logs", run_id,
+                   {**CHANGES, "gate": "advisory", "writable": "/srv/git/app"}, DIFF)
+    app = monitor(db)
+
+    async def scenario(pilot) -> None:
+        assert "⚠ advisory review" in detail(app).splitlines()[1]
+        screen = await open_diff(app, pilot, run_id)
+        assert any("could have changed it without review" in line
+                   for line in view_lines(screen))
+
+    run_app(app, scenario, size=(160, 48))
+
+
 def test_awaiting_review_stands_out_and_the_header_counts_it(tmp_path: Path) -> None:
     app = monitor(build_review_db(tmp_path))
 

@@ -98,6 +98,9 @@ def test_a_reviewed_change_lands_exactly_as_shown(reviewing: Instance) -> None:
     assert sh(instance, "git branch --list", cwd=repo).split() == ["*", "main"]
     # A private daemon's runs are its own user's, who may write the repository.
     assert changes["gate"] == "advisory" and changes["writable"] == str(repo)
+    shown_run = instance.cli("show", str(run_id)).stdout
+    assert "required (advisory: the run's user may write the repository)" in shown_run
+    assert f"its steps could write {repo}" in shown_run
     # The setup ran in the fresh worktree before the steps (they removed its file).
     assert [s["step_id"] for s in shown["steps"]] == ["workspace-setup", "edit", "after"]
     assert shown["steps"][2]["state"] == "PENDING"  # on_approve: not yet

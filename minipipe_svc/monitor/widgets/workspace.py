@@ -65,6 +65,9 @@ def workspace_text(facts: WorkspaceFacts, run: RunRow, now: datetime) -> Text:
         text.append(printable(change_summary(changes)), style="bold")
     else:
         text.append("no change recorded yet", style="dim")
+    if changes and changes.get("gate") == "advisory":
+        text.append("\n⚠ advisory review: the run's user may write the repository, so its "
+                    "steps could have changed it without review", style="bold yellow")
     if changes and changes.get("attributes_changed"):
         text.append("\n⚠ this run changes .gitattributes, which decides what its diff shows "
                     "as binary", style="bold yellow")
