@@ -376,8 +376,10 @@ class Actions:
     def op_approve(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         run_id = self.reviewed_run(peer, request, "approve")
         message = _message(request, required=False)
-        head = _field(request, "head", str, optional=True)
-        if head is not None and not (7 <= len(head) <= 64 and head.isascii()
+        # The commit the reviewer looked at, required: without it, a change swapped in
+        # by cancel and retry meanwhile would be approved unseen.
+        head = _field(request, "head", str)
+        if not (7 <= len(head) <= 64 and head.isascii()
                                      and all(c in "0123456789abcdef" for c in head)):
             raise Refused("bad_request", "'head' must be 7 to 64 lowercase hex digits")
         approved = self.store.approve(run_id, by=peer.name, uid=peer.uid, message=message,

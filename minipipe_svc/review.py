@@ -62,6 +62,15 @@ def read_diff(log_dir: str, run_id: int) -> bytes | None:
         return None
 
 
+def _identity(path: str) -> str:
+    """A directory's device and inode ("" if it cannot be looked at)."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ""
+    return f"{info.st_dev}:{info.st_ino}"
+
+
 def remove_worktree(db_path: str, run_id: int, repo: str, path: str, branch: str | None,
                     identity: RunIdentity | None) -> int:
     """The daemon's housekeeping task (forked): a run's worktree (and branch, unless
@@ -123,6 +132,10 @@ class RunWorkspace:
             writable = self.git.writable_part(self.spec.repo)
             changes["gate"] = "advisory" if writable else "enforced"
             changes["writable"] = writable
+        # Which repository this is, whatever its path names later: landing goes there.
+        common = self.git.common_dir(self.spec.repo)
+        changes["repository"] = common
+        changes["repository_id"] = _identity(common)
         write_diff(self.log_dir, self.run_id, text)
         self.store.workspace_changed(self.run_id, head_commit=head, changes=changes,
                                      disk_bytes=self.git.disk_usage(self.path))
@@ -134,21 +147,27 @@ class RunWorkspace:
         row = self.store.workspace(self.run_id)
         if row is None or not row.head_commit or not row.base_commit:
             raise GitError("the run has no recorded change to land")
+        changes = row.changes or {}
         lander = self.lander(approved_uid)
+        lander.stop = self.git.stop
         target = self.target()
         by = f"\n\nApproved-by: {approved_by}" if approved_by else ""
         message = f"Merge minipipe run {self.run_id} ({self.plan.name}) into {target}{by}"
-        lander.check_repository(self.spec.repo)
-        self.git.transfer(self.path, row.head_commit, row.base_commit, lander,
-                          self.spec.repo)
-        changes = row.changes or {}
-        lander.check_reviewed(self.spec.repo, changes.get("merge_base") or row.base_commit,
-                              row.head_commit, read_diff(self.log_dir, self.run_id) or b"",
-                              changes)
+        # The lander works in the git directory that was recorded, by its own path,
+        # and only if it is still the same directory (a link or a parent its path
+        # goes through may have been pointed elsewhere since).
+        repo = changes.get("repository") or self.spec.repo
+        lander.check_repository(repo)
+        if changes.get("repository_id") and _identity(repo) != changes["repository_id"]:
+            raise LandRefused(f"{repo} is not the repository the run worked on any more "
+                              "(it was moved or replaced); nothing was landed")
+        self.git.transfer(self.path, row.head_commit, row.base_commit, lander, repo)
+        lander.check_reviewed(repo, row.base_commit, row.head_commit,
+                              read_diff(self.log_dir, self.run_id) or b"", changes)
         if self.spec.land == "branch-only":
-            lander.point_branch(self.spec.repo, self.branch, row.head_commit)
-        commit = lander.land(self.spec.repo, row.head_commit, target, self.spec.land,
-                             message, self.run_id)
+            lander.point_branch(repo, self.branch, row.head_commit)
+        commit = lander.land(repo, row.head_commit, target, self.spec.land, message,
+                             self.run_id)
         self.store.landed(self.run_id, commit=commit, target=target, mode=self.spec.land,
                           as_user=lander.user)
         if commit:  # steps after approval see the target as it landed
@@ -168,7 +187,11 @@ class RunWorkspace:
 
         uid = approved_uid
         if uid == 0:
-            uid = os.stat(self.git.common_dir(self.spec.repo)).st_uid
+            try:
+                uid = os.stat(self.git.common_dir(self.spec.repo)).st_uid
+            except OSError as exc:
+                raise LandRefused(f"cannot tell who owns {self.spec.repo}: "
+                                  f"{exc.strerror}") from None
             if uid == 0:
                 raise LandRefused(f"{self.spec.repo} belongs to root, and minipipe never "
                                   "runs git as root: a reviewer who may write it approves, "

@@ -156,6 +156,7 @@ class Runner:
         it, their change recorded; then await review, or land at once, or just end."""
         self.workspace = RunWorkspace(self.store, self.run_id, plan, self.identity,
                                       self.worktree_dir, self.log_dir)
+        self.workspace.git.stop = lambda: self.stop_signal is not None  # a cancel stops git
         row = self.store.workspace(self.run_id)
         if row is not None and row.approved_by:
             return self.land_and_finish(plan, row.approved_by, row.approved_uid)

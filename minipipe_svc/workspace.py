@@ -30,11 +30,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import subprocess
+import sys
+import threading
+import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from .identity import RunIdentity
@@ -105,15 +110,57 @@ def valid_ref(ref: str) -> str | None:
     return None
 
 
-# For the run's user reading the repository (rev-parse, nothing else): git refuses a
-# repository another user owns unless told to trust it; rev-parse runs no command the
-# repository's config could name, so trusting it for that is safe.
-TRUST_FOR_READING = ("-c", "safe.directory=*")
+# For the run's user reading the repository (rev-parse, config, nothing else): git
+# refuses a repository another user owns unless told to trust it. Those commands run
+# no command its config names once no transport may start (a "promisor" remote would
+# fetch a missing object by running the repository's upload-pack command).
+TRUST_FOR_READING = ("-c", "safe.directory=*", "-c", "protocol.allow=never")
 # For whoever lands: only repositories they own, their own safe.directory exceptions
-# switched off. Between the checks and the landing, a submitter who may rename a
-# parent of the repository's path could put a repository of theirs (config, hooks)
-# in its place; git's ownership check then refuses it, whatever the lander trusts.
-OWN_REPOSITORIES_ONLY = ("-c", "safe.directory=")
+# switched off (between the checks and the landing, a submitter who may rename a
+# parent of the repository's path could put a repository of theirs in its place; git's
+# ownership check then refuses it), and no hooks or fsmonitor (a hooks directory the
+# repository's config names may be one the submitter can write).
+OWN_REPOSITORIES_ONLY = ("-c", "safe.directory=", "-c", "core.hooksPath=/dev/null",
+                         "-c", "core.fsmonitor=false", "-c", "protocol.allow=never")
+# For git in the checkout (the steps' repository): no commit-graph, whose recorded
+# parents a step may forge (and GIT_GRAFT_FILE=/dev/null: no grafts, see environment).
+CHECKOUT_OPTIONS = ("-c", "core.commitGraph=false")
+
+# Whether a user may write any part of a repository (`gate REPO` prints "writable:
+# PATH" for the first part found): its path and `.git`, everything in its git
+# directory (written or owned by them: an owner may chmod it back), the files its
+# config includes, its hooks directory and its object store's alternates. As the
+# user, so groups and ACLs count. Arguments, never interpolated.
+_GATE_SCRIPT = r"""
+set -f
+mine() { test -w "$1" || test -O "$1"; }
+gate() {
+  for part in "$1" "$1/.git"; do
+    if mine "$part"; then echo "writable: $part"; return 0; fi
+  done
+  common=$(git -c safe.directory='*' -c protocol.allow=never -C "$1" rev-parse \
+           --path-format=absolute --git-common-dir) || return 1
+  found=$(find -H "$common" \( -writable -o -uid "$(id -u)" \) -print -quit 2>/dev/null)
+  if [ -n "$found" ]; then echo "writable: $found"; return 0; fi
+  outside=$(git -c safe.directory='*' -c protocol.allow=never -C "$1" config --local \
+              --includes --show-origin --list 2>/dev/null | cut -f1 | sed -n 's/^file://p'
+            git -c safe.directory='*' -c protocol.allow=never -C "$1" config --local \
+              --includes --get-regexp '^include(if\..*)?\.path$' 2>/dev/null | cut -d' ' -f2-
+            git -c safe.directory='*' -c protocol.allow=never -C "$1" config --includes \
+              --get core.hooksPath 2>/dev/null)
+  IFS='
+'
+  for part in $outside; do
+    case $part in /*) ;; "~"*) continue ;; *) part="$common/$part" ;; esac
+    if mine "$part"; then echo "writable: $part"; return 0; fi
+  done
+  for part in $(cat "$common/objects/info/alternates" 2>/dev/null); do
+    case $part in /*) ;; *) part="$common/objects/$part" ;; esac
+    if mine "$part"; then echo "writable: $part"; return 0; fi
+  done
+  return 0
+}
+"""
 
 
 class Git:
@@ -129,7 +176,9 @@ class Git:
         self.identity = identity
         self.hostname = hostname or socket.gethostname()
         self.umask = umask
-        self.options: tuple[str, ...] = OWN_REPOSITORIES_ONLY if lander else ()
+        self.options: tuple[str, ...] = OWN_REPOSITORIES_ONLY if lander else CHECKOUT_OPTIONS
+        # Asked while git works (a transfer, a capped read): True stops it (a cancel).
+        self.stop: Callable[[], bool] = lambda: False
 
     def user_options(self) -> dict[str, Any]:
         """Popen options that make a child the user (nothing unless this is root)."""
@@ -144,7 +193,8 @@ class Git:
         # diffs, stats and merges see other objects than the commits that land.
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C",
                "GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "GIT_EDITOR": "true",
-               "GIT_NO_REPLACE_OBJECTS": "1"}
+               "GIT_NO_REPLACE_OBJECTS": "1", "GIT_GRAFT_FILE": "/dev/null",
+               "GIT_NO_LAZY_FETCH": "1"}
         if self.identity is not None:
             env.update(self.identity.login_environment())
         else:
@@ -195,25 +245,16 @@ class Git:
         return path
 
     def writable_part(self, repo: str) -> str | None:
-        """A part of the repository this user may write, or None: then no step of
-        theirs can move its branches, add objects, or set its config and hooks.
-
-        Asked as the user (`find -writable` is access(2): ACLs and groups count),
-        over the repository's whole git directory, the path the plan names and its
-        `.git`. Unreadable corners are not searched: a directory the user may write
-        but not list still shows itself.
-        """
-        common = self.common_dir(repo)
-        for argv in (["test", "-w", repo, "-o", "-w", os.path.join(repo, ".git")],
-                     ["find", "-H", common, "-writable", "-print", "-quit"]):
-            result = self._as_user(argv)
-            if result is None:
-                raise GitError(f"cannot tell whether user {self.user} may write {repo}")
-            if argv[0] == "test" and result.returncode == 0:
-                return repo
-            found = result.stdout.decode("utf-8", "replace").strip()
-            if argv[0] == "find" and found:
-                return found
+        """A part of the repository this user may write (or owns), or None: then no
+        step of theirs can move its branches, add objects, or set its config and
+        hooks (see _GATE_SCRIPT). Unreadable corners are not searched."""
+        result = self._as_user(["sh", "-c", _GATE_SCRIPT + 'gate "$1"', "minipipe-gate",
+                                repo])
+        if result is None or result.returncode != 0:
+            raise GitError(f"cannot tell whether user {self.user} may write {repo}")
+        for line in result.stdout.decode("utf-8", "replace").splitlines():
+            if line.startswith("writable: "):
+                return line.removeprefix("writable: ")
         return None
 
     @property
@@ -279,48 +320,62 @@ class Git:
         """Carry the objects of `head` (those `base` lacks) from this user's checkout
         at `path` into `repo`, as `lander`: a pack from one git, through this
         (root's) process, into the other's `index-pack --strict`, at most
-        MAX_PACK_BYTES. Neither user reads the other's files."""
-        source = [GIT, "-C", path, "pack-objects", "--revs", "--stdout", "--quiet"]
+        MAX_PACK_BYTES, within WORK_TIMEOUT_SECONDS, until `stop()`. Neither user
+        reads the other's files."""
+        source = [GIT, *self.options, "-C", path, "pack-objects", "--revs", "--stdout",
+                  "--quiet"]
         sink = [GIT, *lander.options, "-C", repo, "index-pack", "--stdin", "--strict"]
         try:
             packer = subprocess.Popen(source, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, env=self.environment(),
                                       cwd="/", **self.user_options())
+        except OSError as exc:
+            raise GitError(f"cannot run git: {exc.strerror}; install git") from None
+        try:
             indexer = subprocess.Popen(sink, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                        stderr=subprocess.PIPE, env=lander.environment(),
                                        cwd="/", **lander.user_options())
         except OSError as exc:
+            packer.kill()
+            packer.wait()
             raise GitError(f"cannot run git: {exc.strerror}; install git") from None
         assert packer.stdin and packer.stdout and indexer.stdin and indexer.stderr
-        packer.stdin.write(f"{head}\n^{base}\n".encode())
-        packer.stdin.close()
-        moved, too_big = 0, False
+        said = _Tail(indexer.stderr)  # read meanwhile: a full stderr pipe would stall it
+        problem: GitError | None = None
         try:
-            while chunk := packer.stdout.read(1 << 20):
+            packer.stdin.write(f"{head}\n^{base}\n".encode())
+            packer.stdin.close()
+            moved = 0
+            for chunk in _chunks(packer.stdout, time.monotonic() + WORK_TIMEOUT_SECONDS,
+                                 self.stop, "carrying the change's objects"):
                 moved += len(chunk)
                 if moved > MAX_PACK_BYTES:
-                    too_big = True
-                    break
+                    raise LandRefused(f"the change is over {MAX_PACK_BYTES >> 30} GiB of "
+                                      "objects; nothing was landed")
                 indexer.stdin.write(chunk)
         except BrokenPipeError:
-            pass
+            pass  # index-pack gave up: its status and words say why
+        except GitError as exc:
+            problem = exc
         finally:
-            if too_big:
+            if problem is not None:
                 packer.kill()
+                indexer.kill()
             packer.stdout.close()
             with contextlib.suppress(BrokenPipeError):
                 indexer.stdin.close()
-        said = indexer.stderr.read(4096).decode("utf-8", "replace")
-        indexer.stderr.close()
-        packed, indexed = packer.wait(), indexer.wait()
-        if too_big:
-            raise LandRefused(f"the change is over {MAX_PACK_BYTES >> 30} GiB of objects; "
-                              "nothing was landed")
+            packed = _wait(packer)
+            indexed = _wait(indexer)
+            said.join()
+        if problem is not None:
+            raise problem
         if packed != 0:
             raise GitError(f"git pack-objects in the run's checkout failed (status {packed})")
         if indexed != 0:
-            lines = [line.removeprefix("fatal: ") for line in said.splitlines() if line]
-            raise _refusal(repo, lander.user, "; ".join(lines[:3]))
+            lines = [line.removeprefix("fatal: ") for line in said.text().splitlines()
+                     if line and not line.startswith("warning:")]
+            raise _refusal(repo, lander.user, "; ".join(lines[:3]) or
+                           f"index-pack exit status {indexed}")
 
     def changes(self, path: str, base: str, head: str) -> dict[str, Any]:
         """What `head` changes against its merge-base with `base`: totals, per file,
@@ -371,16 +426,28 @@ class Git:
         return self.capped(["-C", path, *DIFF_CONFIG, "diff", *DIFF_OPTIONS, merge_base,
                             head], MAX_DIFF_BYTES)
 
-    def check_reviewed(self, repo: str, merge_base: str, head: str, recorded: bytes,
-                       totals: dict[str, Any]) -> None:
+    def check_reviewed(self, repo: str, base: str, head: str, recorded: bytes,
+                       changes: dict[str, Any]) -> None:
         """LandRefused unless the change, as this user's git sees it in `repo` (where
-        every object was hashed on the way in), is the diff that was reviewed.
+        every object was hashed on the way in), is the one that was reviewed: the
+        same merge-base, commit count, totals and diff.
 
-        The recorded diff came from the run user's checkout, whose object files that
-        user may rewrite at any time: a blob's file can hold other content than its
-        name says until landing packs the real one. Hunk headers' function names
-        (from each side's config) are left out of the comparison.
+        What was recorded came from the run user's checkout, whose files that user
+        may rewrite at any time: a blob's file can hold other content than its name
+        says, a commit-graph or a shallow file other parents, until landing packs the
+        real objects. Hunk headers' function names (from each side's config) are left
+        out of the comparison.
         """
+        merge_base = self.run("-C", repo, "merge-base", base, head, check=False
+                              ).stdout.decode().strip()
+        count = self.run("-C", repo, "rev-list", "--count", f"{merge_base}..{head}",
+                         check=False).stdout.decode().strip() if merge_base else ""
+        if (merge_base != changes.get("merge_base")
+                or count != str(changes.get("commit_count"))):
+            raise LandRefused("the commit is not what was reviewed: its history differs "
+                              "from the recorded one (the run's checkout was changed after "
+                              "its steps ended?); nothing was landed: retry the run")
+        totals = changes
         text, _ = self.diff_text(repo, merge_base, head)
         shortstat = _shortstat(self.out("-C", repo, *DIFF_CONFIG, "diff", *DIFF_OPTIONS,
                                         "--shortstat", merge_base, head,
@@ -393,7 +460,8 @@ class Git:
 
     def capped(self, args: list[str], limit: int) -> tuple[bytes, bool]:
         """`git ARGS`' output up to `limit` bytes, and whether it was cut. Read as it
-        comes, never more than the cap: a step may make a diff or a log of any size."""
+        comes, never more than the cap, within WORK_TIMEOUT_SECONDS, until `stop()`:
+        a step may make a diff or a log of any size, and its user may stop git."""
         try:
             proc = subprocess.Popen([GIT, *self.options, *args], stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
@@ -401,20 +469,23 @@ class Git:
         except OSError as exc:
             raise GitError(f"cannot run git: {exc.strerror}; install git") from None
         assert proc.stdout is not None
-        with proc:
-            text = proc.stdout.read(limit + 1)
-            cut = len(text) > limit
-            if cut:
+        what = f"git {args[args.index('-C') + 2] if '-C' in args else args[0]}"
+        text, cut = bytearray(), False
+        try:
+            for chunk in _chunks(proc.stdout, time.monotonic() + WORK_TIMEOUT_SECONDS,
+                                 self.stop, what):
+                text += chunk
+                if len(text) > limit:
+                    cut = True
+                    break
+        finally:
+            if cut or sys.exc_info()[0] is not None:
                 proc.kill()
-            try:
-                status = proc.wait(timeout=WORK_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                raise GitError(f"git {args[args.index('-C') + 2]} did not finish") from None
+            proc.stdout.close()
+            status = _wait(proc)
         if status != 0 and not cut:
-            raise GitError(f"git {' '.join(a for a in args if a.startswith('-')) or args[0]}: "
-                           f"exit status {status}")
-        return text[:limit], cut
+            raise GitError(f"{what}: exit status {status}")
+        return bytes(text[:limit]), cut
 
     def disk_usage(self, path: str) -> int | None:
         """Bytes under `path`, as the user may see them (None if unknown)."""
@@ -534,13 +605,11 @@ class Git:
 # The submit-time check, as the run's user, in one child: the ref's commit, then (for a
 # run that needs review under an enforced gate) the first part of the repository the
 # user may write, if any. Arguments, never interpolated: $1 repo, $2 ref, $3 "gate".
-_CHECK_SCRIPT = r"""
-git -c safe.directory='*' -C "$1" rev-parse --verify --end-of-options "$2^{commit}" || exit
+_CHECK_SCRIPT = _GATE_SCRIPT + r"""
+git -c safe.directory='*' -c protocol.allow=never -C "$1" rev-parse --verify \
+    --end-of-options "$2^{commit}" || exit
 [ "$3" = gate ] || exit 0
-if test -w "$1" -o -w "$1/.git"; then printf 'writable: %s\n' "$1"; exit 0; fi
-common=$(git -c safe.directory='*' -C "$1" rev-parse --path-format=absolute \
-         --git-common-dir) || exit
-find -H "$common" -writable -printf 'writable: %p\n' -quit 2>/dev/null
+gate "$1"
 exit 0
 """
 
@@ -734,6 +803,55 @@ def _refusal(repo: str, user: str, said: str) -> LandRefused:
         return LandRefused(f"{user} may not write {repo} ({said}); a reviewer who may "
                            "write it must approve")
     return LandRefused(f"landing in {repo} as {user} failed: {said}")
+
+
+def _chunks(stream: Any, deadline: float, stop: Callable[[], bool], what: str) -> Any:
+    """What a child writes, as it comes; GitError past `deadline` or once `stop()`."""
+    fd = stream.fileno()
+    while True:
+        if stop():
+            raise GitError(f"{what}: stopped (the run was told to stop)")
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise GitError(f"{what}: did not finish in time")
+        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if ready:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                return
+            yield chunk
+
+
+def _wait(proc: subprocess.Popen[bytes]) -> int:
+    """A child's status; one that does not end within seconds of its pipe closing is
+    killed (its user may have stopped it)."""
+    try:
+        return proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+class _Tail:
+    """A child's stderr read on a thread to its end, keeping the last 8 KiB."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.data = stream, b""
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while chunk := self.stream.read(65536):
+                self.data = (self.data + chunk)[-8192:]
+
+    def join(self) -> None:
+        self.thread.join(timeout=10)
+        with contextlib.suppress(OSError):
+            self.stream.close()
+
+    def text(self) -> str:
+        return self.data.decode("utf-8", "replace")
 
 
 def _text(data: bytes) -> str:

@@ -187,6 +187,12 @@ class Instance:
     def run(self, run_id: int) -> dict[str, Any]:
         return json.loads(self.cli("show", str(run_id), "--json").stdout)
 
+    def approve(self, run_id: int, *args: str,
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`minipipe approve RUN --commit HEAD`, naming the change the run holds now."""
+        head = self.run(run_id)["workspace"]["head_commit"]
+        return self.cli("approve", str(run_id), "--commit", head, *args, check=check)
+
     def wait_state(self, run_id: int, *states: str, timeout: float = 60.0) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:
             run = self.run(run_id)

@@ -115,7 +115,7 @@ def test_a_reviewed_change_lands_exactly_as_shown(reviewing: Instance) -> None:
     status = json.loads(instance.cli("status", "--json").stdout)
     assert status["awaiting_review"] == 1 and status["worktrees"]["count"] == 1
     assert status["counts"]["RUNNING"] == 0  # a run awaiting review holds no slot
-    instance.cli("approve", str(run_id), "-m", "looks right")
+    instance.approve(run_id, "-m", "looks right")
     run = instance.wait_state(run_id, "SUCCEEDED", "FAILED", "AWAITING_REVIEW")
     assert run["state"] == "SUCCEEDED", run["reason"]
     landed = run["workspace"]["landed_commit"]
@@ -151,7 +151,7 @@ def test_reject_then_retry_and_a_conflicting_approve(reviewing: Instance) -> Non
     # Meanwhile main changes the same line: approving conflicts, nothing changes.
     sh(instance, "printf 'one\\nzwei\\nthree\\n' > a.txt && git commit -qam zwei", cwd=repo)
     before = sh(instance, "git rev-parse main", cwd=repo)
-    instance.cli("approve", str(run_id))
+    instance.approve(run_id)
     run = instance.wait_state(run_id, "AWAITING_REVIEW", "SUCCEEDED", "FAILED", timeout=60)
     wait_for(lambda: instance.run(run_id)["reason"], 30, "the refusal")
     run = instance.run(run_id)
@@ -174,11 +174,11 @@ def test_two_runs_on_one_repository_and_a_restart_while_awaiting(reviewing: Inst
     instance.stop_daemon()
     instance.start_daemon()
     assert instance.run(first)["state"] == "AWAITING_REVIEW"
-    instance.cli("approve", str(first))
+    instance.approve(first)
     assert instance.wait_state(first, "SUCCEEDED", "FAILED")["state"] == "SUCCEEDED"
     # The second made the same change from the same base: main has moved on, so it
     # lands as a merge commit of the two (the same edit on both sides merges cleanly).
-    instance.cli("approve", str(second))
+    instance.approve(second)
     run = instance.wait_state(second, "SUCCEEDED", "FAILED")
     assert run["state"] == "SUCCEEDED", run["reason"]
     parents = sh(instance, "git rev-list --parents -n1 main", cwd=repo).split()[1:]
@@ -231,7 +231,7 @@ def test_four_eyes_and_the_review_limit(instance: Instance) -> None:
     instance.start_daemon()
     repo = make_repo(instance)
     first = _awaiting(instance, repo)
-    result = instance.cli("approve", str(first), check=False)
+    result = instance.approve(first, check=False)
     assert result.returncode == 1
     assert f"permission denied: run {first} is yours" in result.stderr
     # One awaits review, the limit: the next run that needs review is not started.
@@ -316,7 +316,7 @@ def test_branch_only_keeps_the_branch_and_lands_nothing(reviewing: Instance) -> 
     assert instance.wait_state(run_id, "AWAITING_REVIEW", "FAILED")["state"] == \
         "AWAITING_REVIEW"
     main = sh(instance, "git rev-parse main", cwd=repo)
-    instance.cli("approve", str(run_id))
+    instance.approve(run_id)
     run = instance.wait_state(run_id, "SUCCEEDED", "FAILED")
     assert run["state"] == "SUCCEEDED", run["reason"]
     assert run["workspace"]["landed_commit"] is None
@@ -374,7 +374,7 @@ def test_a_checkout_changed_after_review_does_not_land(reviewing: Instance) -> N
         cp .git/evil.keep "$obj"
     """, cwd=checkout)
     before = sh(instance, "git rev-parse main", cwd=repo)
-    instance.cli("approve", str(run_id))
+    instance.approve(run_id)
     wait_for(lambda: instance.run(run_id)["reason"], 60, "the landing to be refused")
     run = instance.run(run_id)
     assert run["state"] == "AWAITING_REVIEW"

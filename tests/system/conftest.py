@@ -62,6 +62,13 @@ class Box:
     def run(self, run_id: int) -> dict[str, Any]:
         return json.loads(self.minipipe(f"show --json --events 50 {run_id}").stdout)
 
+    def approve(self, run_id: int, *, user: str | None = "dave", extra: str = "",
+                check: bool = True):
+        """`minipipe approve RUN --commit HEAD`, naming the change the run holds now."""
+        head = self.run(run_id)["workspace"]["head_commit"]
+        return self.minipipe(f"approve {run_id} --commit {head} {extra}", user=user,
+                             check=check)
+
     def wait_state(self, run_id: int, *states: str, timeout: float = 60.0) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:
             run = self.run(run_id)

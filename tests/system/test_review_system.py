@@ -100,7 +100,7 @@ def test_a_run_of_alices_is_reviewed_by_an_admin_and_lands(service: Box) -> None
     assert "+v2" in box.minipipe(f"diff {run_id}", user="carol").stdout
     # Not a reviewer: carol; nor alice (not in minipipe-admin).
     for user in ("carol", "alice"):
-        denied = box.minipipe(f"approve {run_id}", user=user, check=False)
+        denied = box.approve(run_id, user=user, check=False)
         assert denied.returncode == 1
         assert "permission denied: only root and members of group minipipe-admin may " \
             "approve runs" in denied.stderr
@@ -108,7 +108,7 @@ def test_a_run_of_alices_is_reviewed_by_an_admin_and_lands(service: Box) -> None
     assert status["awaiting_review"] == 1 and status["worktrees"]["bytes"] > 0
     wait_for(lambda: "1 awaiting review" in box.property("minipipe", "StatusText"), 15,
              "the STATUS= line to count the run awaiting review")
-    box.minipipe(f"approve {run_id} -m ok", user="dave")
+    box.approve(run_id, extra="-m ok")
     run = box.wait_state(run_id, "SUCCEEDED", "FAILED", "AWAITING_REVIEW")
     assert run["state"] == "SUCCEEDED", run["reason"]
     assert main_of(box) == run["workspace"]["landed_commit"]
@@ -148,12 +148,12 @@ def test_a_step_cannot_go_around_the_gate(service: Box) -> None:
     box.sh("id erin >/dev/null 2>&1 || useradd --create-home --groups "
            "minipipe,minipipe-admin erin")
     box.sh("git config --global --add safe.directory '*'", user="erin")
-    box.minipipe(f"approve {run_id}", user="erin")
+    box.approve(run_id, user="erin")
     wait_for(lambda: box.run(run_id)["reason"], 60, "erin's landing to be refused")
     run = box.run(run_id)
     assert run["state"] == "AWAITING_REVIEW" and "is not erin's" in run["reason"]
     assert main_of(box) == before
-    box.minipipe(f"approve {run_id}", user="dave")
+    box.approve(run_id, user="dave")
     run = box.wait_state(run_id, "SUCCEEDED", "FAILED")
     assert run["state"] == "SUCCEEDED", run["reason"]
     assert main_of(box) == run["workspace"]["head_commit"]  # a fast-forward
@@ -190,7 +190,7 @@ def test_four_eyes_and_reject(service: Box) -> None:
     run = box.wait_state(run_id, "AWAITING_REVIEW", "FAILED")
     assert run["state"] == "AWAITING_REVIEW", run["reason"]
     assert run["workspace"]["changes"]["gate"] == "advisory"  # dave may write his own
-    denied = box.minipipe(f"approve {run_id}", user="dave", check=False)
+    denied = box.approve(run_id, check=False)
     assert denied.returncode == 1 and f"run {run_id} is yours" in denied.stderr
     box.minipipe(f'reject {run_id} -m "not now"', user=None)  # root reviews
     run = box.run(run_id)
@@ -211,14 +211,14 @@ def test_ff_only_a_conflict_a_restart_retry_and_bad_input(service: Box) -> None:
     # A restart while they wait: they still wait.
     box.sh("systemctl restart minipipe")
     assert {box.run(r)["state"] for r in (first, second)} == {"AWAITING_REVIEW"}
-    box.minipipe(f"approve {first}", user=None)  # root approves: it lands as the owner
+    box.approve(first, user=None)  # root approves: it lands as the owner
     run = box.wait_state(first, "SUCCEEDED", "FAILED")
     assert run["state"] == "SUCCEEDED", run["reason"]
     landed = [e for e in run["events"] if e["kind"] == "run_landed"]
     assert landed[0]["detail"]["as_user"] == "dave"
     # main moved on: ff-only refuses the second, which awaits review again, main untouched.
     main = main_of(box)
-    box.minipipe(f"approve {second}", user="dave")
+    box.approve(second, user="dave")
     wait_for(lambda: box.run(second)["reason"], 60, "the refusal")
     run = box.run(second)
     assert run["state"] == "AWAITING_REVIEW" and "fast-forward is impossible" in run["reason"]
@@ -239,7 +239,7 @@ def test_ff_only_a_conflict_a_restart_retry_and_bad_input(service: Box) -> None:
     box.sh(f"cd {REPO} && printf 'v3\\n' > VERSION && "
            "git -c user.name=d -c user.email=d@x commit -qam v3", user="dave")
     main = main_of(box)
-    box.minipipe(f"approve {third}", user="dave")
+    box.approve(third, user="dave")
     wait_for(lambda: "conflict" in (box.run(third)["reason"] or ""), 60, "the conflict")
     assert box.run(third)["state"] == "AWAITING_REVIEW"
     assert "VERSION" in box.run(third)["reason"]
