@@ -28,7 +28,7 @@ from .identity import (
     run_identity,
 )
 from .model import RunState
-from .plan import PRIORITY_RANGE, Plan, PlanError, key_line, parse_plan
+from .plan import MAX_DEPENDENCIES, PRIORITY_RANGE, Plan, PlanError, key_line, parse_plan
 from .server import Deferred
 from .store import ConflictError, NoSuchRun, Store, StoreError
 from .workspace import Git, GitError, RefCheck
@@ -38,6 +38,7 @@ Reply = dict[str, Any]
 WRITE_OPERATIONS = ("submit", "cancel", "retry", "pause", "resume", "approve", "reject")
 
 MAX_STORED_PLAN_BYTES = 4 * 1024 * 1024
+MAX_DELAY_DAYS = 366  # --at and --delay: a year ahead at most
 # A plan's repository is asked about as its user; git must answer within this.
 GIT_CHECK_SECONDS = 10.0
 MAX_REF_CHECKS = 32
@@ -129,6 +130,7 @@ class Actions:
                           f"{PRIORITY_RANGE[1]}")
         if umask is not None and not 0 <= umask <= 0o777:
             raise Refused("bad_request", "'umask' must be from 0 to 0o777")
+        waits = _waits(request)
         label = "<stdin>" if source == "-" or path is None else source
         plan = parse_plan(
             text.encode("utf-8", "surrogateescape"), source=label,
@@ -141,9 +143,19 @@ class Actions:
         except IdentityError as exc:
             raise Refused("unavailable", f"cannot run this plan: {exc}") from None
 
+        if waits["after"] or waits["after_any"]:
+            after = tuple(dict.fromkeys((*plan.after, *waits["after"])))
+            after_any = tuple(i for i in dict.fromkeys((*plan.after_any, *waits["after_any"]))
+                              if i not in after)
+            if len(after) + len(after_any) > MAX_DEPENDENCIES:
+                raise Refused("bad_request", f"a run may wait for at most {MAX_DEPENDENCIES} "
+                              "runs")
+            plan = plan._replace(after=after, after_any=after_any)
+
         def record() -> dict[str, Any]:
             return self.record_submit(peer, plan, label, path, priority, umask,
-                                      read_back=request.get("read_back") is True)
+                                      read_back=request.get("read_back") is True,
+                                      not_before=waits["not_before"])
 
         def then() -> dict[str, Any] | Deferred:
             if plan.workspace is None:
@@ -234,7 +246,7 @@ class Actions:
 
     def record_submit(self, peer: Peer, plan: Plan, label: str, path: str | None,
                       priority: int | None, umask: int | None, *,
-                      read_back: bool) -> dict[str, Any]:
+                      read_back: bool, not_before: str | None = None) -> dict[str, Any]:
         normalized = plan.to_dict()
         if plan.workspace is not None:
             # The config decides what the plan leaves open; the stored plan says it all.
@@ -250,7 +262,7 @@ class Actions:
                             "MiB", hint="keep large values in files the steps read")
         run_id = self.store.submit(normalized, source=path or None,
                                    submitted_by=peer.name, submitted_uid=peer.uid,
-                                   priority=priority, umask=umask)
+                                   priority=priority, umask=umask, not_before=not_before)
         reply: dict[str, Any] = {"run": run_id}
         if read_back:
             from .render import run_json
@@ -430,6 +442,37 @@ class Actions:
             group = self.config.admin_group or "(none configured)"
             raise Refused("permission_denied", f"permission denied: only root and members "
                           f"of group {group} may {what}")
+
+
+def _waits(request: dict[str, Any]) -> dict[str, Any]:
+    """A submit's `after`, `after_any` (run ids) and `not_before` (an ISO 8601 time
+    with its offset, stored as UTC), checked."""
+    waits: dict[str, Any] = {}
+    for name in ("after", "after_any"):
+        ids = request.get(name) or []
+        if not isinstance(ids, list) or len(ids) > MAX_DEPENDENCIES or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in ids):
+            raise Refused("bad_request", f"{name!r} must be a list of at most "
+                          f"{MAX_DEPENDENCIES} run ids")
+        waits[name] = ids
+    when = request.get("not_before")
+    waits["not_before"] = None
+    if when is not None:
+        from datetime import UTC, datetime, timedelta
+
+        try:
+            moment = datetime.fromisoformat(when) if isinstance(when, str) else None
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            raise Refused("bad_request", "'not_before' must be an ISO 8601 time with its "
+                          "UTC offset")
+        if moment > datetime.now(UTC) + timedelta(days=MAX_DELAY_DAYS):
+            raise Refused("bad_request", f"a run may be delayed at most {MAX_DELAY_DAYS} "
+                          "days")
+        waits["not_before"] = moment.astimezone(UTC).isoformat(
+            timespec="milliseconds").replace("+00:00", "Z")
+    return waits
 
 
 def _field(request: dict[str, Any], name: str, kind: type, *,

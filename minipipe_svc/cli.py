@@ -176,23 +176,72 @@ def daemon(ctx: Context, db_path: str | None) -> None:
               help="Override the plan's priority (higher starts first).")
 @click.option("--format", "fmt", type=click.Choice(["toml", "json"]),
               help="Plan format (default: by extension; TOML unless .json).")
+@click.option("--after", "after", metavar="RUN[,RUN...]", multiple=True,
+              help="Start only after these runs SUCCEEDED (if one ends otherwise, this "
+                   "run ends CANCELLED, saying which). Repeatable.")
+@click.option("--after-any", "after_any", metavar="RUN[,RUN...]", multiple=True,
+              help="Start only after these runs ended, whatever the result. Repeatable.")
+@click.option("--at", "at", metavar="WHEN",
+              help='Start no earlier than this local time: "2026-12-01 03:00", "03:00" '
+                   '(the next one), "tomorrow 03:00".')
+@click.option("--delay", metavar="DURATION",
+              help='Start no earlier than this long from now: "90s", "2h", "1h30m".')
 @click.option("--json", "as_json", is_flag=True, help="Print the new run as JSON.")
 @pass_ctx
 def submit(ctx: Context, plan: str, priority: int | None, fmt: str | None,
-           as_json: bool) -> None:
+           after: tuple[str, ...], after_any: tuple[str, ...], at: str | None,
+           delay: str | None, as_json: bool) -> None:
     """Validate a plan and queue it as a run.
 
     PLAN is a .toml or .json file, or - for standard input. Prints the new
     run's id. An invalid plan is reported with its file, line and key, and
     nothing is queued (exit status 2).
+
+    A run may wait: for other runs (--after, --after-any, or `after = [12]` in the
+    plan) and for a time (--at, --delay); `ls` shows what it waits for. Runs on a
+    calendar are systemd's job: see minipipe-submit@.service in the README.
     """
     from .submit import submit_and_report
 
     status = submit_and_report(ctx.config.socket_path, plan, as_json=as_json, fmt=fmt,
                                priority=priority,
-                               stdin=sys.stdin.buffer.read() if plan == "-" else None)
+                               stdin=sys.stdin.buffer.read() if plan == "-" else None,
+                               waits=_waits(after, after_any, at, delay))
     if status:
         sys.exit(status)
+
+
+def _waits(after: tuple[str, ...], after_any: tuple[str, ...], at: str | None,
+           delay: str | None) -> dict[str, Any]:
+    """The submit request's `after`, `after_any` and `not_before` from the options."""
+    from datetime import datetime, timedelta
+
+    from .quantities import parse_duration, parse_moment
+
+    def ids(values: tuple[str, ...], option: str) -> list[int]:
+        found = []
+        for part in ",".join(values).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if not part.isdigit() or int(part) < 1:
+                raise click.BadParameter(f"{part!r} is not a run id", param_hint=option)
+            found.append(int(part))
+        return found
+
+    if at and delay:
+        raise click.UsageError("use either --at or --delay")
+    waits: dict[str, Any] = {"after": ids(after, "--after"),
+                             "after_any": ids(after_any, "--after-any")}
+    try:
+        if at:
+            waits["not_before"] = parse_moment(at).isoformat()
+        elif delay:
+            moment = datetime.now().astimezone() + timedelta(seconds=parse_duration(delay))
+            waits["not_before"] = moment.isoformat()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--at" if at else "--delay") from None
+    return waits
 
 
 @cli.command(name="ls")

@@ -125,13 +125,15 @@ def current_umask() -> int:
 
 def submit(socket_path: str, plan_arg: str, *, fmt: str | None = None,
            priority: int | None = None, stdin: bytes | None = None,
-           read_back: bool = False) -> dict[str, object]:
+           read_back: bool = False, waits: dict[str, object] | None = None
+           ) -> dict[str, object]:
     """Read a plan file and hand it to the daemon, which validates and queues it.
 
     The daemon reads nothing of the caller's: it gets the plan's text, where it
     came from (for messages and the default working directory) and the caller's
     umask. Raises PlanError for a file that cannot be read, ClientError otherwise;
     an invalid plan comes back as ClientError("bad_plan", "file:line: ...").
+    `waits`: `after`, `after_any` (run ids), `not_before` (ISO 8601 with offset).
     """
     if plan_arg == "-":
         data, path = stdin or b"", None
@@ -140,7 +142,7 @@ def submit(socket_path: str, plan_arg: str, *, fmt: str | None = None,
     return call(socket_path, "submit",
                 plan=data.decode("utf-8", "surrogateescape"), source=plan_arg, path=path,
                 cwd=os.getcwd(), format=fmt, priority=priority, umask=current_umask(),
-                read_back=read_back)
+                read_back=read_back, **(waits or {}))
 
 
 __all__ = ["ClientError", "PlanError", "call", "not_running", "submit"]

@@ -49,7 +49,7 @@ from .plan import Limits, Plan, merge_limits
 from .review import diff_path, remove_worktree
 from .runner import RunnerArgs
 from .server import ApiServer, listening_socket
-from .store import RunRow, Store, StoreError, unsafe_directory
+from .store import RunRow, Store, StoreError, parse_time, unsafe_directory
 
 log = logging.getLogger("minipipe.daemon")
 
@@ -219,7 +219,7 @@ class Daemon:
                     else:
                         self.back_off()
                 timeout = min(self.config.poll_interval_seconds, self.max_sleep or 3600.0,
-                              self.status_wait(), self.write_lock_wait())
+                              self.status_wait(), self.write_lock_wait(), self.due_wait())
                 if self.backing_off_until is not None:  # after a failed pass: a second
                     timeout = self.back_off_wait()
                 self.wait(timeout)
@@ -427,6 +427,7 @@ class Daemon:
             self.pay_owed_writes()
             self.collect_exited()
             self.deliver_cancels()
+            self.cancel_blocked()
             self.start_pending()
             self.remove_worktrees_if_due()
             self.cleanup_if_due()
@@ -441,6 +442,20 @@ class Daemon:
         if now >= self.watchdog_sent_at + STATUS_EVERY_SECONDS:  # a healthy pass
             self.notifier.watchdog()
             self.watchdog_sent_at = now
+
+    def cancel_blocked(self) -> None:
+        """Runs that wait for a run that did not succeed can never start: they end
+        CANCELLED, saying which (chains too), instead of waiting forever."""
+        for run_id, reason in self.store.cancel_blocked():
+            log.info("run %d CANCELLED: %s", run_id, reason)
+
+    def due_wait(self) -> float:
+        """Seconds until the earliest run waiting for its time is due: the loop sleeps
+        until then (and wakes for anything else meanwhile), never polls for it."""
+        due = parse_time(self.store.next_due())
+        if due is None:
+            return 3600.0
+        return max(0.0, (due - datetime.now(UTC)).total_seconds() + 0.001)
 
     def status_wait(self) -> float:
         """How long the loop may sleep before a held-back status line is due."""

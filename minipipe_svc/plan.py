@@ -25,9 +25,10 @@ MAX_STEPS = 1000
 MAX_RETRIES = 100
 MAX_NAME_CHARS = 100
 PRIORITY_RANGE = (-1000, 1000)
+MAX_DEPENDENCIES = 64
 
 TOP_KEYS = ("name", "description", "priority", "defaults", "limits", "steps", "workspace",
-            "review", "on_approve")
+            "review", "on_approve", "after", "after_any")
 DEFAULT_KEYS = ("timeout", "retries", "cwd", "env")
 STEP_KEYS = ("id", "phase", "run", "cwd", "env", "timeout", "retries")
 WORKSPACE_KEYS = ("repo", "ref", "setup", "land", "target")
@@ -81,10 +82,13 @@ class Plan(NamedTuple):
     limits: Limits = Limits()
     workspace: Workspace | None = None
     review: bool | None = None  # None: the config's `review` decides (at submit)
+    after: tuple[int, ...] = ()  # runs that must have SUCCEEDED before this one starts
+    after_any: tuple[int, ...] = ()  # runs that must have ended, whatever the result
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "description": self.description, "priority": self.priority,
+            "after": list(self.after), "after_any": list(self.after_any),
             "limits": self.limits._asdict(),
             "workspace": self.workspace._asdict() if self.workspace else None,
             "review": self.review,
@@ -108,7 +112,8 @@ class Plan(NamedTuple):
         return cls(name=data["name"], steps=steps, priority=data["priority"],
                    description=data.get("description", ""), limits=Limits(**data["limits"]),
                    workspace=Workspace(**workspace) if workspace else None,
-                   review=data.get("review"))
+                   review=data.get("review"), after=tuple(data.get("after", ())),
+                   after_any=tuple(data.get("after_any", ())))
 
     def stage(self, name: str) -> list[tuple[int, Step]]:
         """(index, step) of the steps in one stage, in order."""
@@ -307,8 +312,25 @@ class _Validator:
             steps = (Step(id=SETUP_STEP_ID, phase="setup", argv=setup[0], shell=setup[1],
                           cwd="", env=self.base["env"], timeout=self.base["timeout"],
                           stage="setup"), *steps)
+        after = self.run_ids(doc, "after")
+        after_any = tuple(i for i in self.run_ids(doc, "after_any") if i not in after)
+        if len(after) + len(after_any) > MAX_DEPENDENCIES:
+            raise self.fail(("after",), None, f"a run may wait for at most {MAX_DEPENDENCIES} "
+                            "runs")
         return Plan(name=name.strip(), description=description, priority=priority,
-                    limits=limits, steps=steps, workspace=workspace, review=review)
+                    limits=limits, steps=steps, workspace=workspace, review=review,
+                    after=after, after_any=after_any)
+
+    def run_ids(self, doc: dict[str, Any], key: str) -> tuple[int, ...]:
+        """`after = [12, 13]`: run ids, positive, each once, in order."""
+        value = doc.get(key, [])
+        if not isinstance(value, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in value):
+            raise self.fail((key,), None, f"'{key}' must be a list of run ids (positive "
+                            f"integers), like {key} = [12, 13]",
+                            "the runs this one waits for" if key == "after" else
+                            "runs this one waits for, whatever their result")
+        return tuple(dict.fromkeys(value))
 
     def workspace(self, doc: dict[str, Any], review: bool | None
                   ) -> tuple[Workspace | None, tuple[tuple[str, ...], bool] | None]:

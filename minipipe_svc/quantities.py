@@ -9,6 +9,7 @@ from __future__ import annotations
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import re
+    from datetime import datetime
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION_PART = r"(\d+(?:\.\d+)?)(ms|s|m|h|d)"
@@ -101,3 +102,35 @@ def format_duration(seconds: float) -> str:
         return f"{hours}h{minutes:02d}m"
     days, hours = divmod(hours, 24)
     return f"{days}d{hours:02d}h"
+
+
+MOMENT_HELP = ('a local time like "2026-12-01 03:00", "03:00" (the next one), '
+               '"tomorrow 03:00" or ISO 8601 with an offset')
+
+
+def parse_moment(text: str, now: datetime | None = None) -> datetime:
+    """`--at`: an aware datetime from a local time as people write it.
+
+    "2026-12-01 03:00" (or ISO 8601, with or without an offset), "03:00" (today,
+    or tomorrow once it has passed), "today 03:00", "tomorrow 03:00".
+    """
+    from datetime import datetime, timedelta
+
+    now = now or datetime.now().astimezone()
+    words = text.strip().lower().split()
+    day_word = words[0] if len(words) == 2 and words[0] in ("today", "tomorrow") else None
+    if day_word or (len(words) == 1 and ":" in words[0] and "-" not in words[0]):
+        clock = words[-1]
+        try:
+            hour, minute = (int(part) for part in clock.split(":"))
+            moment = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        except ValueError:
+            raise ValueError(f"expected {MOMENT_HELP}, got {text!r}") from None
+        if day_word == "tomorrow" or (day_word is None and moment <= now):
+            moment += timedelta(days=1)
+        return moment
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(f"expected {MOMENT_HELP}, got {text!r}") from None
+    return moment if moment.tzinfo else moment.astimezone()  # naive: local time

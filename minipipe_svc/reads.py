@@ -144,13 +144,14 @@ def list_runs(config: Config, out: Printer, *, limit: int | None = 20,
         runs = store.list_runs(limit=limit,
                                states=tuple(RunState(s.upper()) for s in states) or None,
                                submitted_by=submitted_by)
+        waiting = store.waiting_for([r.id for r in runs if r.state.value == "PENDING"])
     if as_json:
         out.json([run_json(r) for r in runs])
         return
     if not runs:
         sys.stderr.write("no runs yet; submit one with `minipipe submit PLAN`\n")
         return
-    lines, row_states = runs_table(runs, shown=shown_text())
+    lines, row_states = runs_table(runs, shown=shown_text(), waiting=waiting)
     out.echo(out.style(lines[0], bold=True))
     for line, state in zip(lines[1:], row_states, strict=True):
         out.echo(out.state_cell(line, state))
@@ -177,8 +178,10 @@ def show_run(config: Config, out: Printer, run_id: int, *, event_count: int = 10
         output_lines = store.output_lines(run_id)
         shortfall = _journal_shortfall(store, run)
         workspace = workspace_json(store.workspace_spec(run_id), store.workspace(run_id))
+        after = [{"run": after_id, "any_result": any_result, "state": state}
+                 for after_id, any_result, state in store.dependencies(run_id)]
     if as_json:
-        out.json({**run_json(run), "steps": [step_json(s) for s in steps],
+        out.json({**run_json(run), "after": after, "steps": [step_json(s) for s in steps],
                   "events": [event_json(e) for e in events], "log_lines_lost": lost,
                   "output_lines": output_lines,
                   "journal_lines_missing": shortfall[1] - shortfall[0] if shortfall else 0,
@@ -195,6 +198,14 @@ def show_run(config: Config, out: Printer, run_id: int, *, event_count: int = 10
              ("exit code", "-" if run.exit_code is None else str(run.exit_code))]
     if run.reason:
         facts.append(("reason", run.reason))
+    if after:
+        facts.append(("after", ", ".join(
+            f"run {d['run']} " + ("ended" if d["any_result"] else "succeeded")
+            + f" ({d['state'] or 'gone'})" for d in after)))
+    if run.not_before:
+        from .render import local_time
+
+        facts.append(("not before", local_time(run.not_before)))
     if run.cancel_requested:
         facts.append(("cancel", "requested"))
     if run.submitted_by:

@@ -87,6 +87,7 @@ def run_json(run: RunRow) -> dict[str, Any]:
         "finished_at": run.finished_at, "unit": run.unit, "submitted_by": run.submitted_by,
         "run_user": run.run_user,
         "plan_source": run.plan_source, "cancel_requested": run.cancel_requested,
+        "not_before": run.not_before,
     }
 
 
@@ -133,12 +134,26 @@ def table(headers: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def runs_table(runs: list[RunRow], now: datetime | None = None, *,
-               shown: Callable[[str], str] = keep) -> tuple[list[str], list[str]]:
+               shown: Callable[[str], str] = keep,
+               waiting: dict[int, list[int]] | None = None) -> tuple[list[str], list[str]]:
     """The `ls` table lines, and each row's state (for colouring).
 
     `shown` is applied to the user's text (name, phase): `printable` on a terminal.
+    A pending run's phase says what it waits for: runs (`waiting`: run id -> the
+    runs it waits for that have not ended) or its time.
     """
-    rows = [[str(r.id), _clip(shown(r.name), 30), r.state.value, shown(r.phase or "-"),
+    waiting = waiting or {}
+
+    def phase(r: RunRow) -> str:
+        if r.state.value == "PENDING":
+            if waiting.get(r.id):
+                return "after " + ",".join(str(i) for i in waiting[r.id])
+            if r.not_before and (due := parse_time(r.not_before)) and due > (
+                    now or datetime.now(UTC)):
+                return "at " + local_time(r.not_before)
+        return shown(r.phase or "-")
+
+    rows = [[str(r.id), _clip(shown(r.name), 30), r.state.value, phase(r),
              f"{r.steps_done}/{r.steps_total}", elapsed(r.started_at, r.finished_at, now),
              age(r.created_at, now)] for r in runs]
     lines = table(["ID", "NAME", "STATE", "PHASE", "STEPS", "DURATION", "CREATED"], rows)
@@ -153,6 +168,12 @@ def steps_table(steps: list[StepRow], now: datetime | None = None, *,
              elapsed(s.started_at, s.finished_at, now), _clip(shown(s.command), 60)]
             for s in steps]
     return table(["#", "STEP", "PHASE", "STATE", "TRY", "EXIT", "DURATION", "COMMAND"], rows)
+
+
+def local_time(timestamp: str) -> str:
+    """A stored UTC time as local time, to the minute ("2026-12-01 03:00")."""
+    moment = parse_time(timestamp)
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M") if moment else timestamp
 
 
 def event_text(event: EventRow) -> str:

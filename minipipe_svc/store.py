@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from . import jsonline
 from .model import (
     RUN_RETRYABLE,
+    RUN_TERMINAL,
     IllegalTransition,
     RunState,
     StepState,
@@ -155,9 +156,22 @@ _SCHEMA_V6 = """
 ALTER TABLE workspaces ADD COLUMN approved_uid INTEGER;
 """
 
+# v7: runs that wait. For other runs (`after`: until they SUCCEEDED, `any_result`:
+# until they ended) and for a time (`not_before`, UTC, the format of utc_now()).
+_SCHEMA_V7 = """
+CREATE TABLE run_dependencies (
+    run_id      INTEGER NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    after_id    INTEGER NOT NULL,
+    any_result  INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, after_id)
+);
+CREATE INDEX run_dependencies_by_after ON run_dependencies (after_id);
+ALTER TABLE runs ADD COLUMN not_before TEXT;
+"""
+
 # Migration N (1-based) brings user_version from N-1 to N. Append, never edit.
 MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5,
-                               _SCHEMA_V6)
+                               _SCHEMA_V6, _SCHEMA_V7)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -179,6 +193,9 @@ class NoSuchRun(StoreError):
 
 class ConflictError(StoreError):
     """The request does not fit the run's current state (e.g. retrying a running run)."""
+
+
+_TERMINAL_SQL = ", ".join(f"'{state.value}'" for state in sorted(RUN_TERMINAL))
 
 
 def utc_now() -> str:
@@ -355,7 +372,7 @@ RunRow = namedtuple("RunRow", [
     "id", "name", "state", "phase", "priority", "steps_total", "steps_done", "attempt",
     "exit_code", "reason", "created_at", "started_at", "finished_at", "plan_source",
     "submitted_by", "unit", "runner_pid", "runner_start", "cancel_requested",
-    "submitted_uid", "umask", "run_user"])
+    "submitted_uid", "umask", "run_user", "not_before"])
 StepRow = namedtuple("StepRow", [
     "run_id", "idx", "step_id", "phase", "command", "state", "attempt", "started_at",
     "finished_at", "exit_code", "reason", "pid", "pid_start"])
@@ -385,7 +402,7 @@ _RUN_COLUMNS = """
     (SELECT count(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'SUCCEEDED') AS steps_done,
     r.attempt, r.exit_code, r.reason, r.created_at, r.started_at, r.finished_at,
     r.plan_source, r.submitted_by, r.unit, r.runner_pid, r.runner_start, r.cancel_requested,
-    r.submitted_uid, r.umask, r.run_user
+    r.submitted_uid, r.umask, r.run_user, r.not_before
 """
 
 
@@ -574,9 +591,10 @@ class Store:
         The daemon calls this once at start. Returns what it dropped, for the log.
         """
         known_tables = {"runs", "steps", "events", "settings", "run_counts", "sqlite_sequence",
-                        "workspaces"}
+                        "workspaces", "run_dependencies"}
         known_indexes = {"runs_by_queue", "events_by_run", "runs_by_finished",
-                         "runs_by_submitter", "workspaces_to_remove"}
+                         "runs_by_submitter", "workspaces_to_remove",
+                         "run_dependencies_by_after"}
         triggers = [statement for statement in _statements(_SCHEMA_V3)
                     if statement.lstrip().upper().startswith("CREATE TRIGGER")]
         dropped = []
@@ -730,14 +748,75 @@ class Store:
         return counts
 
     def pending_runs(self, limit: int, *, hold_review: bool = False) -> list[RunRow]:
-        """The next runs to start: highest priority first, then oldest. `hold_review`
-        leaves out runs that would need review (not yet approved ones)."""
+        """The next runs to start: highest priority first, then oldest; not those due
+        later, nor those waiting for other runs. `hold_review` leaves out runs that
+        would need review (not yet approved ones)."""
         held = (" AND NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.run_id = r.id AND "
                 "w.review = 1 AND w.approved_by IS NULL)") if hold_review else ""
         rows = self.conn.execute(
             f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.state = 'PENDING'{held} "
-            "ORDER BY r.priority DESC, r.id LIMIT ?", (limit,))
+            "AND (r.not_before IS NULL OR r.not_before <= ?) "
+            "AND NOT EXISTS (SELECT 1 FROM run_dependencies d JOIN runs p ON p.id = d.after_id "
+            f"WHERE d.run_id = r.id AND (p.state NOT IN ({_TERMINAL_SQL}) "
+            "OR (d.any_result = 0 AND p.state != 'SUCCEEDED'))) "
+            "ORDER BY r.priority DESC, r.id LIMIT ?", (utc_now(), limit))
         return [_run_row(row) for row in rows]
+
+    def next_due(self) -> str | None:
+        """When the earliest run waiting for its time may start (None: none waits)."""
+        row = self.conn.execute("SELECT min(not_before) FROM runs WHERE state = 'PENDING' "
+                                "AND not_before IS NOT NULL").fetchone()
+        return row[0] if row else None
+
+    def dependencies(self, run_id: int) -> list[tuple[int, bool, str | None]]:
+        """(run id, any result?, its state now or None if it is gone) per dependency."""
+        return [(after, bool(any_result), state) for after, any_result, state in
+                self.conn.execute(
+                    "SELECT d.after_id, d.any_result, p.state FROM run_dependencies d "
+                    "LEFT JOIN runs p ON p.id = d.after_id WHERE d.run_id = ? "
+                    "ORDER BY d.after_id", (run_id,))]
+
+    def waiting_for(self, run_ids: list[int]) -> dict[int, list[int]]:
+        """For each of these runs: the runs it waits for that have not ended yet."""
+        if not run_ids:
+            return {}
+        marks = ",".join("?" * len(run_ids))
+        waiting: dict[int, list[int]] = {}
+        for run_id, after_id in self.conn.execute(
+                f"SELECT d.run_id, d.after_id FROM run_dependencies d JOIN runs p ON "
+                f"p.id = d.after_id WHERE d.run_id IN ({marks}) AND p.state NOT IN "
+                f"({_TERMINAL_SQL}) ORDER BY d.run_id, d.after_id", run_ids):
+            waiting.setdefault(run_id, []).append(after_id)
+        return waiting
+
+    def cancel_blocked(self) -> list[tuple[int, str]]:
+        """PENDING runs that can never start: a run they need to have SUCCEEDED ended
+        otherwise (or is gone), or one they wait for was cancelled for that reason in
+        turn. They end CANCELLED with the reason (event dependency_failed); returns
+        (run id, reason) for each, chains included."""
+        ended: list[tuple[int, str]] = []
+        with self._write() as conn:
+            while True:
+                blocked = conn.execute(
+                    "SELECT d.run_id, d.after_id, p.state FROM run_dependencies d "
+                    "JOIN runs r ON r.id = d.run_id AND r.state = 'PENDING' "
+                    "LEFT JOIN runs p ON p.id = d.after_id "
+                    "WHERE d.any_result = 0 AND (p.id IS NULL OR (p.state != 'SUCCEEDED' "
+                    f"AND p.state IN ({_TERMINAL_SQL}))) "
+                    "OR (d.any_result = 1 AND p.id IS NULL) ORDER BY d.run_id").fetchall()
+                if not blocked:
+                    return ended
+                done = set()
+                for run_id, after_id, state in blocked:
+                    if run_id in done:
+                        continue
+                    done.add(run_id)
+                    reason = (f"dependency {after_id} ended {state}" if state
+                              else f"dependency {after_id} no longer exists")
+                    self._finish_run(conn, run_id, RunState.CANCELLED, exit_code=None,
+                                     reason=reason)
+                    self._event(conn, run_id, "dependency_failed", run=after_id, state=state)
+                    ended.append((run_id, reason))
 
     def running_runs(self) -> list[RunRow]:
         rows = self.conn.execute(
@@ -751,17 +830,33 @@ class Store:
 
     def submit(self, plan: dict[str, Any], *, source: str | None, submitted_by: str | None,
                priority: int | None = None, submitted_uid: int | None = None,
-               umask: int | None = None) -> int:
+               umask: int | None = None, not_before: str | None = None) -> int:
+        """A new PENDING run. Its plan's `after` / `after_any` runs must exist (they
+        are earlier runs, so waits never form a cycle); ConflictError names one that
+        does not, or one that already ended so that this run could never start."""
         priority = plan["priority"] if priority is None else priority
+        after = [(i, 0) for i in plan.get("after", ())]
+        after += [(i, 1) for i in plan.get("after_any", ()) if (i, 0) not in after]
         with self._write() as conn:
+            for after_id, any_result in after:
+                row = conn.execute("SELECT state FROM runs WHERE id = ?",
+                                   (after_id,)).fetchone()
+                if row is None:
+                    raise NoSuchRun(f"no run {after_id} to wait for")
+                if not any_result and row[0] != "SUCCEEDED" and RunState(row[0]).is_terminal:
+                    raise ConflictError(f"run {after_id} ended {row[0]}, so this run would "
+                                        f"never start: retry {after_id} first, or wait for "
+                                        "it with --after-any")
             cursor = conn.execute(
                 "INSERT INTO runs (name, plan, plan_source, state, priority, steps_total, "
-                "created_at, submitted_by, submitted_uid, umask) "
-                "VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?, ?, ?)",
+                "created_at, submitted_by, submitted_uid, umask, not_before) "
+                "VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?)",
                 (plan["name"], _dumps(plan), source, priority, len(plan["steps"]),
-                 utc_now(), submitted_by, submitted_uid, umask))
+                 utc_now(), submitted_by, submitted_uid, umask, not_before))
             run_id = cursor.lastrowid
             assert run_id is not None
+            conn.executemany("INSERT INTO run_dependencies (run_id, after_id, any_result) "
+                             "VALUES (?, ?, ?)", [(run_id, a, k) for a, k in after])
             conn.executemany(
                 "INSERT INTO steps (run_id, idx, step_id, phase, command, state) "
                 "VALUES (?, ?, ?, ?, ?, 'PENDING')",

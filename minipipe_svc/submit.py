@@ -18,11 +18,12 @@ EXIT_BAD_INPUT = EXIT_FOR_ERROR["bad_plan"]
 
 def submit_and_report(socket_path: str, plan_arg: str, *, as_json: bool,
                       fmt: str | None = None, priority: int | None = None,
-                      stdin: bytes | None = None) -> int:
+                      stdin: bytes | None = None,
+                      waits: dict[str, object] | None = None) -> int:
     """Submit one plan, print the run id (or its JSON) or the error; the exit status."""
     try:
         reply = submit(socket_path, plan_arg, fmt=fmt, priority=priority, stdin=stdin,
-                       read_back=as_json)
+                       read_back=as_json, waits=waits)
     except PlanError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -241,3 +241,19 @@ def test_the_review_example_is_a_valid_plan() -> None:
     plan = load_plan(str(EXAMPLES / "review.toml"))
     assert plan.review is True and plan.workspace is not None
     assert [s.stage for s in plan.steps] == ["setup", "main", "on_approve"]
+
+
+def test_after_and_after_any_name_runs_once_each() -> None:
+    plan = _parse('after = [12, 13, 12]\nafter_any = [13, 14]\n'
+                  '[[steps]]\nid = "a"\nrun = "true"\n')
+    assert (plan.after, plan.after_any) == ((12, 13), (14,))  # 13: already waited for
+    again = Plan.from_dict(json.loads(json.dumps(plan.to_dict())))
+    assert (again.after, again.after_any) == ((12, 13), (14,))
+    # A plan stored before waits existed reads as waiting for nothing.
+    stored = plan.to_dict()
+    del stored["after"], stored["after_any"]
+    assert Plan.from_dict(stored).after == ()
+    for bad in ('after = 12', 'after = [0]', 'after = ["12"]', 'after_any = [true]',
+                f'after = {list(range(1, 66))}'):
+        with pytest.raises(PlanError, match="run ids|at most 64"):
+            _parse(bad + '\n[[steps]]\nid = "a"\nrun = "true"\n')

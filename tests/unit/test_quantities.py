@@ -49,3 +49,21 @@ def test_cpu_quota() -> None:
 ])
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
+
+
+def test_moments_as_people_write_them() -> None:
+    from datetime import datetime, timedelta
+
+    from minipipe_svc.quantities import parse_moment
+
+    now = datetime(2026, 11, 28, 10, 0).astimezone()
+    assert parse_moment("2026-12-01 03:00", now) == datetime(2026, 12, 1, 3, 0).astimezone()
+    assert parse_moment("11:30", now) == now.replace(hour=11, minute=30)
+    assert parse_moment("03:00", now) == now.replace(hour=3) + timedelta(days=1)  # passed
+    assert parse_moment("tomorrow 10:00", now) == now + timedelta(days=1)
+    assert parse_moment("today 09:00", now) == now.replace(hour=9)  # may be past: now
+    aware = parse_moment("2026-12-01T03:00+01:00", now)
+    assert aware.utcoffset() == timedelta(hours=1)
+    for bad in ("soon", "25:00", "tomorrow", "2026-13-01 03:00", ""):
+        with pytest.raises(ValueError, match="tomorrow 03:00"):
+            parse_moment(bad, now)
