@@ -114,6 +114,9 @@ RUN_RETRYABLE = RUN_TERMINAL - {RunState.SUCCEEDED}
 #   AWAITING_REVIEW -> REJECTED  rejected (event run_rejected); retry starts it afresh
 #   AWAITING_REVIEW -> CANCELLED cancelled while waiting
 # A run awaiting review holds no slot: only RUNNING runs count.
+# Runs that wait (`after`): PENDING -> CANCELLED when a run it needs to have SUCCEEDED
+# ended any other way (event dependency_failed, reason "dependency 12 ended FAILED"):
+# no new state, since a cancelled run may be retried once the dependency succeeds.
 RUN_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     RunState.PENDING: frozenset({RunState.RUNNING, RunState.CANCELLED}),
     RunState.RUNNING: frozenset(
