@@ -28,8 +28,9 @@ def check_quick_suite(service: Box) -> None:
     figures = {figure["name"]: figure for figure in
                json.loads(service.sh("cat /root/results.json").stdout)}
     assert list(figures) == ["submit", "latency", "throughput", "idle", "logs", "monitor",
-                             "store", "cli", "api"]
-    for name in ("submit", "latency", "throughput", "idle", "logs", "store", "cli", "api"):
+                             "store", "cli", "api", "worktree"]
+    for name in ("submit", "latency", "throughput", "idle", "logs", "store", "cli", "api",
+                 "worktree"):
         rows = figures[name]["rows"]
         assert rows and all(row["ours"] for row in rows), figures[name]
         assert any(row["baseline"] for row in rows), f"{name} has no baseline"
