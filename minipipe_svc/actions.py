@@ -143,6 +143,13 @@ class Actions:
         except IdentityError as exc:
             raise Refused("unavailable", f"cannot run this plan: {exc}") from None
 
+        pool = _field(request, "pool", str, optional=True)
+        if pool is not None:
+            plan = plan._replace(pool=pool)
+        if plan.pool is not None and plan.pool not in self.config.pools:
+            known = ", ".join(sorted(self.config.pools)) or "none"
+            raise Refused("bad_request", f"there is no pool {plan.pool!r} in the config "
+                          f"(pools: {known}); an admin adds it to config key pools")
         if waits["after"] or waits["after_any"]:
             after = tuple(dict.fromkeys((*plan.after, *waits["after"])))
             after_any = tuple(i for i in dict.fromkeys((*plan.after_any, *waits["after_any"]))

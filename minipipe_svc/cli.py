@@ -186,11 +186,14 @@ def daemon(ctx: Context, db_path: str | None) -> None:
                    '(the next one), "tomorrow 03:00".')
 @click.option("--delay", metavar="DURATION",
               help='Start no earlier than this long from now: "90s", "2h", "1h30m".')
+@click.option("--pool", metavar="NAME",
+              help="Run in this pool (config pools): it starts only while one of the "
+                   "pool's slots is free, and its steps get MINIPIPE_SLOT.")
 @click.option("--json", "as_json", is_flag=True, help="Print the new run as JSON.")
 @pass_ctx
 def submit(ctx: Context, plan: str, priority: int | None, fmt: str | None,
            after: tuple[str, ...], after_any: tuple[str, ...], at: str | None,
-           delay: str | None, as_json: bool) -> None:
+           delay: str | None, pool: str | None, as_json: bool) -> None:
     """Validate a plan and queue it as a run.
 
     PLAN is a .toml or .json file, or - for standard input. Prints the new
@@ -206,7 +209,8 @@ def submit(ctx: Context, plan: str, priority: int | None, fmt: str | None,
     status = submit_and_report(ctx.config.socket_path, plan, as_json=as_json, fmt=fmt,
                                priority=priority,
                                stdin=sys.stdin.buffer.read() if plan == "-" else None,
-                               waits=_waits(after, after_any, at, delay))
+                               waits={**_waits(after, after_any, at, delay),
+                                      **({"pool": pool} if pool else {})})
     if status:
         sys.exit(status)
 

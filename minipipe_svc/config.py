@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from . import jsonline
-from .limits import LIMIT_KEYS, Limits, limit_parsers
+from .limits import LIMIT_KEYS, Limits, limit_parsers, valid_pool_name
 from .record import Record
 
 DEFAULT_CONFIG_PATH = "/etc/minipipe/config.json"
@@ -33,6 +33,8 @@ KEYS: dict[str, tuple[object, str]] = {
     "default_limits": ({}, "limits for runs whose plan sets none: memory_max, cpu_quota, "
                            "runtime_max, tasks_max"),
     "max_concurrent_runs": (4, "runs executing at once (1-1024)"),
+    "pools": ({}, "named slot pools, e.g. {\"gpu\": 2}: a run in a pool (plan `pool`, "
+                  "`submit --pool`) starts only while one of its slots is free"),
     "poll_interval_seconds": (30.0, "fallback wake-up of the scheduler; queue changes and "
                                     "runner exits wake it at once"),
     "auto_cleanup_completed_runs": (False, "delete finished runs older than the retention"),
@@ -64,6 +66,7 @@ KEYS: dict[str, tuple[object, str]] = {
 REVIEW_GATES = ("enforced", "advisory")
 
 
+
 class ConfigError(Exception):
     """A config file that cannot be used, phrased for the operator."""
 
@@ -71,7 +74,7 @@ class ConfigError(Exception):
 _FIELDS = {
     "db_path": DEFAULT_DB_PATH, "isolation": "auto", "run_user": DEFAULT_RUN_USER,
     "run_as": "submitter", "admin_group": DEFAULT_ADMIN_GROUP, "default_limits": Limits(),
-    "max_concurrent_runs": 4, "poll_interval_seconds": 30.0,
+    "max_concurrent_runs": 4, "pools": {}, "poll_interval_seconds": 30.0,
     "auto_cleanup_completed_runs": False, "completed_run_retention_days": 7.0,
     "log_dir": "", "socket_path": "", "minipipe_command": (), "kill_grace_seconds": 10.0,
     "worktree_dir": "", "review": False, "reviewer_group": None, "review_by_other": False,
@@ -98,6 +101,7 @@ class Config(Record):
     admin_group: str | None
     default_limits: Limits
     max_concurrent_runs: int
+    pools: dict[str, int]
     poll_interval_seconds: float
     auto_cleanup_completed_runs: bool
     completed_run_retention_days: float
@@ -220,6 +224,14 @@ def build_config(document: dict[str, object], *, source: str | None) -> Config:
     if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not (
             1 <= concurrency <= 1024):
         raise bad("max_concurrent_runs", "an integer from 1 to 1024")
+    pools = values["pools"]
+    if not isinstance(pools, dict) or not all(
+            isinstance(name, str) and valid_pool_name(name) and isinstance(size, int)
+            and not isinstance(size, bool) and 1 <= size <= 1024
+            for name, size in pools.items()):
+        raise bad("pools", 'an object of pool names (1-64 of A-Z a-z 0-9 _ - .) and slot '
+                  'counts (1-1024), like {"gpu": 2}')
+    pools = dict(pools)
     numbers = {}
     for key, low, high in (("poll_interval_seconds", 0.05, 3600.0),
                            ("completed_run_retention_days", 0.0, 36500.0),
@@ -260,6 +272,7 @@ def build_config(document: dict[str, object], *, source: str | None) -> Config:
         admin_group=admin_group,
         default_limits=default_limits,
         max_concurrent_runs=concurrency,
+        pools=pools,
         poll_interval_seconds=numbers["poll_interval_seconds"],
         auto_cleanup_completed_runs=values["auto_cleanup_completed_runs"],
         completed_run_retention_days=numbers["completed_run_retention_days"],

@@ -606,8 +606,23 @@ class Daemon:
         # A run whose old worktree is being removed (rejected, then retried at once)
         # starts once that is done: the removal would take the new attempt's with it.
         removing = set(self.worktree_tasks.values())
-        runs = self.store.pending_runs(free + len(removing), hold_review=held)
-        return [run for run in runs if run.id not in removing][:free]
+        # Runs in a full pool wait, and those behind them go first: look further.
+        peek = 256 if self.config.pools else 0
+        runs = self.store.pending_runs(free + len(removing) + peek, hold_review=held)
+        use = self.store.pool_use() if self.config.pools else {}
+        chosen: list[RunRow] = []
+        for run in runs:
+            if run.id in removing:
+                continue
+            size = self.config.pools.get(run.pool) if run.pool else None
+            if size is not None:  # (a pool no longer configured: prepare() fails it)
+                if use.get(run.pool, 0) >= size:
+                    continue
+                use[run.pool] = use.get(run.pool, 0) + 1
+            chosen.append(run)
+            if len(chosen) == free:
+                break
+        return chosen
 
     def launch(self, ready: list[tuple[RunRow, RunnerArgs, Limits]]) -> None:
         # Runners are forked from this process, and SQLite forbids carrying an open
@@ -663,8 +678,14 @@ class Daemon:
                               self.config.default_limits)
         identity = run_identity(self.config, run.submitted_uid)
         umask = run.umask if isinstance(run.umask, int) and 0 <= run.umask <= 0o777 else None
+        pool_size = None
+        if run.pool:
+            pool_size = self.config.pools.get(run.pool)
+            if pool_size is None:
+                raise ValueError(f"its pool {run.pool!r} is not in the config any more")
         if not self.store.start_run(run.id, unit=self.launcher.unit_name(run.id),
-                                    run_user=identity.user if identity else procs.user_name()):
+                                    run_user=identity.user if identity else procs.user_name(),
+                                    pool_size=pool_size):
             return None
         return run, RunnerArgs(
             self.config.db_path, self.config.log_dir, run.id,

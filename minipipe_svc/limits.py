@@ -42,3 +42,9 @@ def merge_limits(plan: Limits, defaults: Limits) -> Limits:
     """The plan's limits, with the config's defaults where the plan sets none."""
     return Limits(**{key: default if getattr(plan, key) is None else getattr(plan, key)
                      for key, default in defaults._asdict().items()})
+
+
+def valid_pool_name(name: str) -> bool:
+    """A pool's name (config `pools`, plan `pool`): 1-64 of A-Z a-z 0-9 _ - ."""
+    return 1 <= len(name) <= 64 and all(c.isascii() and (c.isalnum() or c in "_-.")
+                                        for c in name)

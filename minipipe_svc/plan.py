@@ -14,7 +14,7 @@ import re
 import shlex
 from typing import Any, NamedTuple
 
-from .limits import LIMIT_KEYS, Limits, limit_parsers, merge_limits
+from .limits import LIMIT_KEYS, Limits, limit_parsers, merge_limits, valid_pool_name
 from .planfile import MAX_PLAN_BYTES, PlanError, read_plan_file
 from .quantities import parse_duration
 
@@ -28,7 +28,7 @@ PRIORITY_RANGE = (-1000, 1000)
 MAX_DEPENDENCIES = 64
 
 TOP_KEYS = ("name", "description", "priority", "defaults", "limits", "steps", "workspace",
-            "review", "on_approve", "after", "after_any")
+            "review", "on_approve", "after", "after_any", "pool")
 DEFAULT_KEYS = ("timeout", "retries", "cwd", "env")
 STEP_KEYS = ("id", "phase", "run", "cwd", "env", "timeout", "retries")
 WORKSPACE_KEYS = ("repo", "ref", "setup", "land", "target")
@@ -84,11 +84,12 @@ class Plan(NamedTuple):
     review: bool | None = None  # None: the config's `review` decides (at submit)
     after: tuple[int, ...] = ()  # runs that must have SUCCEEDED before this one starts
     after_any: tuple[int, ...] = ()  # runs that must have ended, whatever the result
+    pool: str | None = None  # a config pool whose slots limit how many run at once
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "description": self.description, "priority": self.priority,
-            "after": list(self.after), "after_any": list(self.after_any),
+            "after": list(self.after), "after_any": list(self.after_any), "pool": self.pool,
             "limits": self.limits._asdict(),
             "workspace": self.workspace._asdict() if self.workspace else None,
             "review": self.review,
@@ -113,7 +114,7 @@ class Plan(NamedTuple):
                    description=data.get("description", ""), limits=Limits(**data["limits"]),
                    workspace=Workspace(**workspace) if workspace else None,
                    review=data.get("review"), after=tuple(data.get("after", ())),
-                   after_any=tuple(data.get("after_any", ())))
+                   after_any=tuple(data.get("after_any", ())), pool=data.get("pool"))
 
     def stage(self, name: str) -> list[tuple[int, Step]]:
         """(index, step) of the steps in one stage, in order."""
@@ -317,9 +318,13 @@ class _Validator:
         if len(after) + len(after_any) > MAX_DEPENDENCIES:
             raise self.fail(("after",), None, f"a run may wait for at most {MAX_DEPENDENCIES} "
                             "runs")
+        pool = doc.get("pool")
+        if pool is not None and not (isinstance(pool, str) and valid_pool_name(pool)):
+            raise self.fail(("pool",), None, "'pool' must be a pool name from the config "
+                            "(1-64 of A-Z a-z 0-9 _ - .)", 'like pool = "gpu"')
         return Plan(name=name.strip(), description=description, priority=priority,
                     limits=limits, steps=steps, workspace=workspace, review=review,
-                    after=after, after_any=after_any)
+                    after=after, after_any=after_any, pool=pool)
 
     def run_ids(self, doc: dict[str, Any], key: str) -> tuple[int, ...]:
         """`after = [12, 13]`: run ids, positive, each once, in order."""

@@ -202,6 +202,9 @@ def show_run(config: Config, out: Printer, run_id: int, *, event_count: int = 10
         facts.append(("after", ", ".join(
             f"run {d['run']} " + ("ended" if d["any_result"] else "succeeded")
             + f" ({d['state'] or 'gone'})" for d in after)))
+    if run.pool:
+        facts.append(("pool", run.pool + (f", slot {run.slot}" if run.slot is not None
+                                          and run.state.value == "RUNNING" else "")))
     if run.not_before:
         from .render import local_time
 
@@ -351,6 +354,9 @@ def status(config: Config, out: Printer, *, as_json: bool = False) -> None:
         counts = store.counts()
         paused = store.is_paused()
         worktrees, worktree_bytes = store.worktree_disk_bytes()
+        use = store.pool_use()
+    pools = {name: {"size": size, "running": use.get(name, 0)}
+             for name, size in config.pools.items()}
     awaiting = counts.get("AWAITING_REVIEW", 0)
     gate_closed = bool(config.max_awaiting_review) and awaiting >= config.max_awaiting_review
     if as_json:
@@ -358,7 +364,8 @@ def status(config: Config, out: Printer, *, as_json: bool = False) -> None:
                   "db_path": config.db_path, "awaiting_review": awaiting,
                   "max_awaiting_review": config.max_awaiting_review,
                   "review_gate_full": gate_closed,
-                  "worktrees": {"count": worktrees, "bytes": worktree_bytes}})
+                  "worktrees": {"count": worktrees, "bytes": worktree_bytes},
+                  "pools": pools})
         return
     activation = "; socket-activated: the next request starts it" if (
         not alive and os.path.exists(config.socket_path)) else ""
@@ -373,6 +380,8 @@ def status(config: Config, out: Printer, *, as_json: bool = False) -> None:
                            "some are approved or rejected", fg="yellow"))
     if worktrees:
         out.echo(f"worktrees: {worktrees} on disk, {_size(worktree_bytes)}")
+    for name, pool in pools.items():
+        out.echo(f"pool {name}: {pool['running']}/{pool['size']} slots in use")
 
 
 def _size(count: int) -> str:

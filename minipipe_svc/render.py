@@ -87,7 +87,8 @@ def run_json(run: RunRow) -> dict[str, Any]:
         "finished_at": run.finished_at, "unit": run.unit, "submitted_by": run.submitted_by,
         "run_user": run.run_user,
         "plan_source": run.plan_source, "cancel_requested": run.cancel_requested,
-        "not_before": run.not_before,
+        "not_before": run.not_before, "pool": run.pool,
+        "slot": run.slot if run.state.value == "RUNNING" else None,
     }
 
 

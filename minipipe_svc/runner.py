@@ -100,6 +100,7 @@ class Runner:
         self.umask = umask  # the submitter's, as Slurm does
         self.sink = TeeSink(*sinks)
         self.stop_signal: int | None = None
+        self.pool: tuple[str, int] | None = None  # (pool, slot) of a run in a pool
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # ------------------------------------------------------------ signals
@@ -137,6 +138,7 @@ class Runner:
                   "nothing to do", file=sys.stderr)
             return 0
         self.store.set_runner(self.run_id, os.getpid(), procs.start_time(os.getpid()))
+        self.pool = (run.pool, run.slot) if run.pool and run.slot is not None else None
         self.install_signal_handlers()
         procs.become_subreaper()
         plan = Plan.from_dict(self.store.run_plan(self.run_id))
@@ -268,6 +270,8 @@ class Runner:
             env.update(self.workspace.environment())
         env.update(MINIPIPE_RUN_ID=str(self.run_id), MINIPIPE_STEP_ID=step.id,
                    MINIPIPE_ATTEMPT=str(attempt))
+        if self.pool is not None:  # e.g. which GPU: unique among the pool's running runs
+            env.update(MINIPIPE_POOL=self.pool[0], MINIPIPE_SLOT=str(self.pool[1]))
         return env
 
     def identity_options(self, step: Step) -> dict[str, object]:

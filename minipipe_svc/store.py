@@ -169,9 +169,16 @@ CREATE INDEX run_dependencies_by_after ON run_dependencies (after_id);
 ALTER TABLE runs ADD COLUMN not_before TEXT;
 """
 
+# v8: pools. A run's pool (config `pools`) and, while RUNNING, its slot in it
+# (0..size-1, unique among the pool's running runs; MINIPIPE_SLOT for its steps).
+_SCHEMA_V8 = """
+ALTER TABLE runs ADD COLUMN pool TEXT;
+ALTER TABLE runs ADD COLUMN slot INTEGER;
+"""
+
 # Migration N (1-based) brings user_version from N-1 to N. Append, never edit.
 MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5,
-                               _SCHEMA_V6, _SCHEMA_V7)
+                               _SCHEMA_V6, _SCHEMA_V7, _SCHEMA_V8)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -372,7 +379,7 @@ RunRow = namedtuple("RunRow", [
     "id", "name", "state", "phase", "priority", "steps_total", "steps_done", "attempt",
     "exit_code", "reason", "created_at", "started_at", "finished_at", "plan_source",
     "submitted_by", "unit", "runner_pid", "runner_start", "cancel_requested",
-    "submitted_uid", "umask", "run_user", "not_before"])
+    "submitted_uid", "umask", "run_user", "not_before", "pool", "slot"])
 StepRow = namedtuple("StepRow", [
     "run_id", "idx", "step_id", "phase", "command", "state", "attempt", "started_at",
     "finished_at", "exit_code", "reason", "pid", "pid_start"])
@@ -402,7 +409,7 @@ _RUN_COLUMNS = """
     (SELECT count(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'SUCCEEDED') AS steps_done,
     r.attempt, r.exit_code, r.reason, r.created_at, r.started_at, r.finished_at,
     r.plan_source, r.submitted_by, r.unit, r.runner_pid, r.runner_start, r.cancel_requested,
-    r.submitted_uid, r.umask, r.run_user, r.not_before
+    r.submitted_uid, r.umask, r.run_user, r.not_before, r.pool, r.slot
 """
 
 
@@ -849,10 +856,11 @@ class Store:
                                         "it with --after-any")
             cursor = conn.execute(
                 "INSERT INTO runs (name, plan, plan_source, state, priority, steps_total, "
-                "created_at, submitted_by, submitted_uid, umask, not_before) "
-                "VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?)",
+                "created_at, submitted_by, submitted_uid, umask, not_before, pool) "
+                "VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (plan["name"], _dumps(plan), source, priority, len(plan["steps"]),
-                 utc_now(), submitted_by, submitted_uid, umask, not_before))
+                 utc_now(), submitted_by, submitted_uid, umask, not_before,
+                 plan.get("pool")))
             run_id = cursor.lastrowid
             assert run_id is not None
             conn.executemany("INSERT INTO run_dependencies (run_id, after_id, any_result) "
@@ -886,22 +894,40 @@ class Store:
         return StepState(row[0]), row[1]
 
     def start_run(self, run_id: int, *, unit: str | None = None,
-                  run_user: str | None = None) -> bool:
-        """PENDING -> RUNNING, by the daemon just before it launches the runner.
+                  run_user: str | None = None, pool_size: int | None = None) -> bool:
+        """PENDING -> RUNNING, by the daemon just before it launches the runner; a run
+        in a pool (of `pool_size` slots) takes the lowest free slot.
 
-        Returns False when the run is no longer PENDING (cancelled meanwhile).
+        Returns False when the run is no longer PENDING (cancelled meanwhile), or its
+        pool has no free slot.
         """
         with self._write() as conn:
             state = self._run_state(conn, run_id)
             if state is not RunState.PENDING:
                 return False
             check_run_transition(state, RunState.RUNNING)
+            slot = None
+            if pool_size is not None:
+                pool = conn.execute("SELECT pool FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+                taken = {row[0] for row in conn.execute(
+                    "SELECT slot FROM runs WHERE state = 'RUNNING' AND pool = ?", (pool,))}
+                free = [n for n in range(pool_size) if n not in taken]
+                if not free:
+                    return False
+                slot = free[0]
             conn.execute(
                 "UPDATE runs SET state = 'RUNNING', started_at = ?, unit = ?, run_user = ?, "
-                "runner_pid = NULL, runner_start = NULL WHERE id = ?",
-                (utc_now(), unit, run_user, run_id))
-            self._event(conn, run_id, "run_started", unit=unit, user=run_user)
+                "runner_pid = NULL, runner_start = NULL, slot = ? WHERE id = ?",
+                (utc_now(), unit, run_user, slot, run_id))
+            self._event(conn, run_id, "run_started", unit=unit, user=run_user,
+                        **({"slot": slot} if slot is not None else {}))
         return True
+
+    def pool_use(self) -> dict[str, int]:
+        """Running runs per pool."""
+        return dict(self.conn.execute(
+            "SELECT pool, count(*) FROM runs WHERE state = 'RUNNING' AND pool IS NOT NULL "
+            "GROUP BY pool").fetchall())
 
     def requeue_run(self, run_id: int, reason: str) -> None:
         """RUNNING -> PENDING before any step began: the runner could not start the run."""

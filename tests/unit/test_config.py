@@ -112,3 +112,15 @@ def test_runner_args_as_a_command_line() -> None:
     plain = RunnerArgs("/db", "/logs", 6)
     assert plain.argv() == ["--db-path", "/db", "--log-dir", "/logs", "--kill-grace", "10", "6"]
     assert parse_args(plain.argv()) == plain
+
+
+def test_pools_and_the_review_gate_are_checked() -> None:
+    config = build_config({"pools": {"gpu": 2, "io.disk": 1}}, source=None)
+    assert config.pools == {"gpu": 2, "io.disk": 1} and config.review_gate == "enforced"
+    assert build_config({}, source=None).pools == {}
+    for bad in ({"pools": [1]}, {"pools": {"g p": 1}}, {"pools": {"gpu": 0}},
+                {"pools": {"gpu": True}}, {"pools": {"x" * 65: 1}}):
+        with pytest.raises(ConfigError, match="'pools' must be an object"):
+            build_config(bad, source="c.json")
+    with pytest.raises(ConfigError, match="'review_gate' must be"):
+        build_config({"review_gate": "off"}, source="c.json")
