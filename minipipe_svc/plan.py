@@ -28,13 +28,14 @@ PRIORITY_RANGE = (-1000, 1000)
 MAX_DEPENDENCIES = 64
 
 TOP_KEYS = ("name", "description", "priority", "defaults", "limits", "steps", "workspace",
-            "review", "on_approve", "after", "after_any", "pool")
+            "review", "on_approve", "after", "after_any", "pool", "finally")
 DEFAULT_KEYS = ("timeout", "retries", "cwd", "env")
 STEP_KEYS = ("id", "phase", "run", "cwd", "env", "timeout", "retries")
 WORKSPACE_KEYS = ("repo", "ref", "setup", "land", "target")
 # Steps of a plan with a workspace run in stages: the workspace's setup command, the
 # steps, and after an approval (or at once without review) the on_approve steps.
-STAGES = ("setup", "main", "on_approve")
+# [[finally]] steps run after the others (setup and main), whatever their result.
+STAGES = ("setup", "main", "on_approve", "finally")
 SETUP_STEP_ID = "workspace-setup"
 
 STEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -204,7 +205,7 @@ def _toml_line_index(text: str) -> dict[tuple[Any, ...], int]:
     """
     index: dict[tuple[Any, ...], int] = {}
     section: tuple[Any, ...] = ()
-    counts = {"steps": -1, "on_approve": -1}  # the arrays of tables a plan has
+    counts = {"steps": -1, "on_approve": -1, "finally": -1}  # the plan's arrays of tables
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -306,6 +307,9 @@ class _Validator:
                 raise self.fail(("on_approve", 0), None, "'on_approve' steps need a [workspace]",
                                 "add a [workspace] with the repo whose change they follow")
             steps += self.steps(doc, defaults, "on_approve", "on_approve", seen=steps)
+        if "finally" in doc:
+            # Phase "finally" unless a step names its own: shown apart from the others.
+            steps += self.steps(doc, defaults, "finally", "finally", seen=steps)
         if setup is not None:
             if any(step.id == SETUP_STEP_ID for step in steps):
                 raise self.fail(("steps",), None, f"step id {SETUP_STEP_ID!r} is the "

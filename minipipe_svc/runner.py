@@ -101,6 +101,9 @@ class Runner:
         self.sink = TeeSink(*sinks)
         self.stop_signal: int | None = None
         self.pool: tuple[str, int] | None = None  # (pool, slot) of a run in a pool
+        # While [[finally]] steps run: how the run would end without them (a cancel or
+        # the run's deadline no longer stops steps then; their own timeouts do).
+        self.finally_for: RunState | None = None
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # ------------------------------------------------------------ signals
@@ -147,7 +150,7 @@ class Runner:
         self.effective_runtime_max = runtime_max
         try:
             if plan.workspace is None:
-                self.finish(*self.run_stage(plan, ("setup", "main")))
+                self.finish(*self.run_finally(plan, self.run_stage(plan, ("setup", "main"))))
                 return 0
             return self.run_in_workspace(plan)
         finally:
@@ -167,7 +170,8 @@ class Runner:
         except GitError as exc:
             self.finish(RunState.FAILED, None, f"workspace: {exc}")
             return 0
-        state, exit_code, reason = self.run_stage(plan, ("setup", "main"))
+        state, exit_code, reason = self.run_finally(plan, self.run_stage(plan,
+                                                                          ("setup", "main")))
         try:
             changes = self.workspace.summarise()
         except GitError as exc:
@@ -213,22 +217,44 @@ class Runner:
 
     def run_stage(self, plan: Plan, stages: tuple[str, ...]
                   ) -> tuple[RunState, int | None, str | None]:
-        """Run the steps of `stages` in order; how the run would end (not recorded)."""
+        """Run the steps of `stages` in order; how the run would end (not recorded).
+        In the finally stage every step runs, and the first failure is the outcome."""
+        outcome: tuple[RunState, int | None, str | None] = (RunState.SUCCEEDED, 0, None)
         for idx, step in enumerate(plan.steps):
             if step.stage not in stages:
                 continue
-            if self.stop_signal is not None:
+            if self.stop_signal is not None and self.finally_for is None:
                 state, reason = self.stop_cause()
                 return state, None, reason
             if self.workspace is not None:
                 step = step._replace(cwd=self.workspace.step_cwd(step))
-            result = self.run_step(idx, step, self.deadline, self.effective_runtime_max)
+            deadline = self.deadline if self.finally_for is None else None
+            result = self.run_step(idx, step, deadline, self.effective_runtime_max)
             if result.state is not StepState.SUCCEEDED:
                 state = RUN_STATE_FOR_STEP_FAILURE[result.state]
                 if result.state is StepState.CANCELLED:
                     state = self.stop_cause()[0]
-                return state, result.exit_code, f"step {step.id}: {result.reason}"
-        return RunState.SUCCEEDED, 0, None
+                failed = (state, result.exit_code, f"step {step.id}: {result.reason}")
+                if self.finally_for is None:
+                    return failed
+                if outcome[0] is RunState.SUCCEEDED:
+                    outcome = failed
+        return outcome
+
+    def run_finally(self, plan: Plan, outcome: tuple[RunState, int | None, str | None]
+                    ) -> tuple[RunState, int | None, str | None]:
+        """The plan's [[finally]] steps, whatever `outcome` (the other steps'), with
+        MINIPIPE_RUN_STATE; a failing one fails a run that had succeeded."""
+        if not any(step.stage == "finally" for step in plan.steps):
+            return outcome
+        self.finally_for = outcome[0]
+        try:
+            result = self.run_stage(plan, ("finally",))
+        finally:
+            self.finally_for = None
+        if outcome[0] is RunState.SUCCEEDED and result[0] is not RunState.SUCCEEDED:
+            return result
+        return outcome
 
     def record_output_losses(self) -> None:
         self.sink.flush()
@@ -270,6 +296,8 @@ class Runner:
             env.update(self.workspace.environment())
         env.update(MINIPIPE_RUN_ID=str(self.run_id), MINIPIPE_STEP_ID=step.id,
                    MINIPIPE_ATTEMPT=str(attempt))
+        if self.finally_for is not None:
+            env["MINIPIPE_RUN_STATE"] = self.finally_for.value
         if self.pool is not None:  # e.g. which GPU: unique among the pool's running runs
             env.update(MINIPIPE_POOL=self.pool[0], MINIPIPE_SLOT=str(self.pool[1]))
         return env
@@ -365,7 +393,8 @@ class Runner:
         try:
             while True:
                 now = time.monotonic()
-                if stopped_for is None and self.stop_signal is not None:
+                if (stopped_for is None and self.stop_signal is not None
+                        and self.finally_for is None):
                     stopped_for = "cancel"
                 elif stopped_for is None and deadline is not None and now >= deadline:
                     stopped_for = "timeout"

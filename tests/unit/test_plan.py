@@ -257,3 +257,12 @@ def test_after_and_after_any_name_runs_once_each() -> None:
                 f'after = {list(range(1, 66))}'):
         with pytest.raises(PlanError, match="run ids|at most 64"):
             _parse(bad + '\n[[steps]]\nid = "a"\nrun = "true"\n')
+
+
+def test_finally_steps_are_their_own_stage_and_phase() -> None:
+    plan = _parse('[[steps]]\nid = "a"\nrun = "true"\n[[finally]]\nid = "z"\nrun = "true"\n'
+                  '[[finally]]\nid = "y"\nphase = "notify"\nrun = "true"\n')
+    assert [(s.id, s.stage, s.phase) for s in plan.steps] == [
+        ("a", "main", "main"), ("z", "finally", "finally"), ("y", "finally", "notify")]
+    with pytest.raises(PlanError, match=r"p.toml:5: step .a.: duplicate step id"):
+        _parse('[[steps]]\nid = "a"\nrun = "true"\n[[finally]]\nid = "a"\nrun = "true"\n')
