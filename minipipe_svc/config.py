@@ -33,6 +33,10 @@ KEYS: dict[str, tuple[object, str]] = {
     "default_limits": ({}, "limits for runs whose plan sets none: memory_max, cpu_quota, "
                            "runtime_max, tasks_max"),
     "max_concurrent_runs": (4, "runs executing at once (1-1024)"),
+    "on_finish": (None, "a command (argv list) the daemon runs each time a run ends, with "
+                        "the run's facts in MINIPIPE_RUN_* variables (null: none)"),
+    "on_finish_user": ("nobody", "the user on_finish runs as (never root)"),
+    "on_finish_timeout_seconds": (60.0, "on_finish is killed after this long"),
     "pools": ({}, "named slot pools, e.g. {\"gpu\": 2}: a run in a pool (plan `pool`, "
                   "`submit --pool`) starts only while one of its slots is free"),
     "poll_interval_seconds": (30.0, "fallback wake-up of the scheduler; queue changes and "
@@ -74,7 +78,8 @@ class ConfigError(Exception):
 _FIELDS = {
     "db_path": DEFAULT_DB_PATH, "isolation": "auto", "run_user": DEFAULT_RUN_USER,
     "run_as": "submitter", "admin_group": DEFAULT_ADMIN_GROUP, "default_limits": Limits(),
-    "max_concurrent_runs": 4, "pools": {}, "poll_interval_seconds": 30.0,
+    "max_concurrent_runs": 4, "pools": {}, "on_finish": (), "on_finish_user": "nobody",
+    "on_finish_timeout_seconds": 60.0, "poll_interval_seconds": 30.0,
     "auto_cleanup_completed_runs": False, "completed_run_retention_days": 7.0,
     "log_dir": "", "socket_path": "", "minipipe_command": (), "kill_grace_seconds": 10.0,
     "worktree_dir": "", "review": False, "reviewer_group": None, "review_by_other": False,
@@ -101,6 +106,9 @@ class Config(Record):
     admin_group: str | None
     default_limits: Limits
     max_concurrent_runs: int
+    on_finish: tuple[str, ...]
+    on_finish_user: str
+    on_finish_timeout_seconds: float
     pools: dict[str, int]
     poll_interval_seconds: float
     auto_cleanup_completed_runs: bool
@@ -232,10 +240,27 @@ def build_config(document: dict[str, object], *, source: str | None) -> Config:
         raise bad("pools", 'an object of pool names (1-64 of A-Z a-z 0-9 _ - .) and slot '
                   'counts (1-1024), like {"gpu": 2}')
     pools = dict(pools)
+    on_finish = values["on_finish"]
+    if on_finish is None:
+        on_finish = ()
+    elif isinstance(on_finish, list) and on_finish and all(
+            isinstance(a, str) and a and "\0" not in a for a in on_finish) and (
+            os.path.isabs(on_finish[0])):
+        on_finish = tuple(on_finish)
+    else:
+        raise bad("on_finish", 'null or an argv list with an absolute program, like '
+                  '["/usr/local/bin/notify-run"]')
+    hook_user = values["on_finish_user"]
+    if not isinstance(hook_user, str) or not hook_user.strip() or "\0" in hook_user:
+        raise bad("on_finish_user", "a user name")
+    if hook_user in ("root", "0"):
+        raise ConfigError(f"{label}: 'on_finish_user' must not be root: hooks never run as "
+                          "root")
     numbers = {}
     for key, low, high in (("poll_interval_seconds", 0.05, 3600.0),
                            ("completed_run_retention_days", 0.0, 36500.0),
                            ("kill_grace_seconds", 0.0, 3600.0),
+                           ("on_finish_timeout_seconds", 0.1, 86400.0),
                            ("worktree_keep_days", 0.0, 36500.0)):
         value = values[key]
         if isinstance(value, bool) or not isinstance(value, int | float) or not (
@@ -272,6 +297,9 @@ def build_config(document: dict[str, object], *, source: str | None) -> Config:
         admin_group=admin_group,
         default_limits=default_limits,
         max_concurrent_runs=concurrency,
+        on_finish=on_finish,
+        on_finish_user=hook_user,
+        on_finish_timeout_seconds=numbers["on_finish_timeout_seconds"],
         pools=pools,
         poll_interval_seconds=numbers["poll_interval_seconds"],
         auto_cleanup_completed_runs=values["auto_cleanup_completed_runs"],

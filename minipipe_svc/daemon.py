@@ -41,6 +41,7 @@ from . import __version__, procs
 from .actions import Actions
 from .config import Config, ConfigError, load_config
 from .files import replace_file
+from .hooks import FinishHooks
 from .identity import IdentityError, run_identity
 from .launcher import LaunchedRunner, Launcher, ProcessLauncher, ScopeLauncher, fork_task
 from .logs import log_path
@@ -156,6 +157,7 @@ class Daemon:
         self.backing_off_until: float | None = None
         self.next_worktree_sweep = 0.0
         self.selector = selectors.DefaultSelector()
+        self.hooks = self._hooks(config)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -219,7 +221,8 @@ class Daemon:
                     else:
                         self.back_off()
                 timeout = min(self.config.poll_interval_seconds, self.max_sleep or 3600.0,
-                              self.status_wait(), self.write_lock_wait(), self.due_wait())
+                              self.status_wait(), self.write_lock_wait(), self.due_wait(),
+                              self.hooks.wait())
                 if self.backing_off_until is not None:  # after a failed pass: a second
                     timeout = self.back_off_wait()
                 self.wait(timeout)
@@ -430,6 +433,7 @@ class Daemon:
             self.cancel_blocked()
             self.start_pending()
             self.remove_worktrees_if_due()
+            self.hooks.pass_(self.store)
             self.cleanup_if_due()
         else:
             self.deliver_cancels()  # reads and signals only
@@ -442,6 +446,11 @@ class Daemon:
         if now >= self.watchdog_sent_at + STATUS_EVERY_SECONDS:  # a healthy pass
             self.notifier.watchdog()
             self.watchdog_sent_at = now
+
+    @staticmethod
+    def _hooks(config: Config) -> FinishHooks:
+        return FinishHooks(config.on_finish, config.on_finish_user,
+                           config.on_finish_timeout_seconds, config.log_dir)
 
     def cancel_blocked(self) -> None:
         """Runs that wait for a run that did not succeed can never start: they end
@@ -777,6 +786,9 @@ class Daemon:
                 new = new._replace(**{fixed: getattr(self.config, fixed)})
         self.config = new
         self.actions.config = new
+        running_hooks = self.hooks.running
+        self.hooks = self._hooks(new)
+        self.hooks.running = running_hooks  # still reaped and timed out
         self.next_cleanup = 0.0
         log.info("config reloaded: up to %d runs, poll every %gs", new.max_concurrent_runs,
                  new.poll_interval_seconds)

@@ -1236,6 +1236,30 @@ class Store:
 
     # ------------------------------------------------------------ queue settings
 
+    def setting(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
+                         (key, value))
+
+    def runs_ended_after(self, event_id: int, limit: int
+                         ) -> list[tuple[int, RunRow, dict[str, Any]]]:
+        """Runs that ended after event `event_id`: (its run_finished event's id, the
+        run as it is now, how it ended then: state, exit_code, reason)."""
+        rows = self.conn.execute(
+            f"SELECT e.id AS e_id, e.detail AS e_detail, {_RUN_COLUMNS} FROM events e "
+            "JOIN runs r ON r.id = e.run_id WHERE e.kind = 'run_finished' AND e.id > ? "
+            "ORDER BY e.id LIMIT ?", (event_id, limit)).fetchall()
+        ended = []
+        for row in rows:
+            values = dict(row)
+            event, detail = values.pop("e_id"), values.pop("e_detail")
+            ended.append((event, _run_row(values), _loads(detail) if detail else {}))
+        return ended
+
     def is_paused(self) -> bool:
         row = self.conn.execute("SELECT value FROM settings WHERE key = 'paused'").fetchone()
         return row is not None and row[0] == "1"

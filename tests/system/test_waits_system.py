@@ -66,3 +66,19 @@ def test_waits_hold_across_a_service_restart(service: Box) -> None:
     run = box.wait_state(later, "SUCCEEDED", timeout=60)
     assert run["started_at"] >= run["not_before"]
     assert box.wait_state(second, "SUCCEEDED")["state"] == "SUCCEEDED"
+
+
+def test_an_on_finish_hook_runs_unprivileged_and_knows_the_run(service: Box) -> None:
+    box = service
+    box.sh("rm -rf /srv/hookdrop && mkdir -p /srv/hookdrop && chmod 1777 /srv/hookdrop")
+    config = json.loads(box.sh("cat /etc/minipipe/config.json").stdout)
+    box.c.write("/etc/minipipe/config.json", json.dumps({
+        **config, "on_finish": ["/bin/sh", "-c", 'echo "$(id -un) $MINIPIPE_RUN_STATE '
+                                "$MINIPIPE_RUN_OWNER\" > /srv/hookdrop/$MINIPIPE_RUN_ID"]}))
+    box.sh("systemctl reload minipipe")
+    run_id = box.submit('[[steps]]\nid = "a"\nrun = "exit 1"\n')
+    box.wait_state(run_id, "FAILED")
+    wait_for(lambda: box.sh(f"test -s /srv/hookdrop/{run_id}", check=False).returncode == 0,
+             30, "the hook")
+    assert box.sh(f"cat /srv/hookdrop/{run_id}").stdout.split() == ["nobody", "FAILED",
+                                                                   "alice"]

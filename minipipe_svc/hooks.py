@@ -1,0 +1,134 @@
+"""Site-wide hooks when a run ends: config `on_finish`, run by the daemon.
+
+Each time a run ends (an event `run_finished`), the daemon starts the hook's argv
+as `on_finish_user` (never root), with the run's facts in its environment, in a
+session of its own, and goes on: it reaps the hook on a later pass and kills it
+(the whole session) at `on_finish_timeout_seconds`. A failing or hanging hook is
+logged and never blocks the scheduler; at most MAX_HOOKS run at once, the others
+wait their turn. Which runs' ends were handed to a hook is the last event id done,
+kept in the DB (`settings`), so a restart neither skips nor repeats one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pwd
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+
+from .logs import log_path
+from .store import RunRow, Store, parse_time
+
+log = logging.getLogger("minipipe.hooks")
+
+MAX_HOOKS = 4
+TAIL_LINES = 20
+TAIL_BYTES = 4096
+CURSOR_KEY = "on_finish_cursor"
+
+
+@dataclass
+class RunningHook:
+    run_id: int
+    proc: subprocess.Popen[bytes]
+    deadline: float
+
+
+class FinishHooks:
+    def __init__(self, argv: tuple[str, ...], user: str, timeout: float, log_dir: str) -> None:
+        self.argv, self.user, self.timeout, self.log_dir = argv, user, timeout, log_dir
+        self.running: list[RunningHook] = []
+
+    def pass_(self, store: Store) -> None:
+        """Reap and time out running hooks, then start hooks for runs that ended."""
+        self.reap()
+        if not self.argv or len(self.running) >= MAX_HOOKS:
+            return
+        cursor = store.setting(CURSOR_KEY)
+        if cursor is None:  # hooks just configured: from now on, not for the past
+            store.set_setting(CURSOR_KEY, str(store.last_event_id()))
+            return
+        for event_id, run, ended in store.runs_ended_after(int(cursor),
+                                                           MAX_HOOKS - len(self.running)):
+            self.start(run, ended)
+            store.set_setting(CURSOR_KEY, str(event_id))
+
+    def start(self, run: RunRow, ended: dict[str, object]) -> None:
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/",
+               **hook_environment(run, ended, self.tail(run.id))}
+        try:
+            entry = pwd.getpwnam(self.user)
+            options = ({"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+                       if os.geteuid() == 0 else {})
+            if os.geteuid() == 0 and entry.pw_uid == 0:
+                raise ValueError("on_finish_user must not be root")
+            proc = subprocess.Popen(list(self.argv), env=env, cwd="/", stdin=subprocess.DEVNULL,
+                                    start_new_session=True, close_fds=True, **options)
+        except (KeyError, OSError, ValueError, subprocess.SubprocessError) as exc:
+            log.error("on_finish for run %d could not start: %s", run.id, exc)
+            return
+        self.running.append(RunningHook(run.id, proc,
+                                        time.monotonic() + self.timeout))
+
+    def reap(self) -> None:
+        now = time.monotonic()
+        for hook in list(self.running):
+            status = hook.proc.poll()
+            if status is None and now >= hook.deadline:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(hook.proc.pid, signal.SIGKILL)
+                hook.proc.wait()
+                log.warning("on_finish for run %d did not finish within %gs: killed",
+                            hook.run_id, self.timeout)
+            elif status is None:
+                continue
+            elif status != 0:
+                log.warning("on_finish for run %d exited with status %d", hook.run_id, status)
+            self.running.remove(hook)
+
+    def wait(self) -> float:
+        """Seconds until a running hook's deadline (the loop wakes to kill it)."""
+        if not self.running:
+            return 3600.0
+        return max(0.0, min(hook.deadline for hook in self.running) - time.monotonic())
+
+    def tail(self, run_id: int) -> str:
+        """The run's last output lines ("step | text", minipipe's own left out), from
+        its log mirror."""
+        try:
+            fd = os.open(log_path(self.log_dir, run_id), os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return ""
+        with os.fdopen(fd, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(max(0, size - 4 * TAIL_BYTES))
+            data = handle.read().decode("utf-8", "replace")
+        lines = []
+        for line in data.splitlines():
+            fields = line.split("\t", 4)
+            if len(fields) == 5 and fields[3] in ("stdout", "stderr"):
+                lines.append(f"{fields[1]} | {fields[4]}")
+        return "\n".join(lines[-TAIL_LINES:])[-TAIL_BYTES:].replace("\0", "")
+
+
+def hook_environment(run: RunRow, ended: dict[str, object], tail: str) -> dict[str, str]:
+    """What a hook learns about the run that ended (pure; see tests)."""
+    started = parse_time(run.started_at)
+    finished = parse_time(run.finished_at)
+    duration = (f"{(finished - started).total_seconds():.3f}" if started and finished
+                else "")
+    exit_code = ended.get("exit_code")
+    values = {
+        "MINIPIPE_RUN_ID": str(run.id), "MINIPIPE_RUN_NAME": run.name,
+        "MINIPIPE_RUN_OWNER": run.submitted_by or "",
+        "MINIPIPE_RUN_STATE": str(ended.get("state") or ""),
+        "MINIPIPE_RUN_EXIT_CODE": "" if exit_code is None else str(exit_code),
+        "MINIPIPE_RUN_REASON": str(ended.get("reason") or ""),
+        "MINIPIPE_RUN_DURATION": duration, "MINIPIPE_RUN_OUTPUT_TAIL": tail,
+    }
+    return {key: value.replace("\0", "") for key, value in values.items()}
+
