@@ -159,10 +159,15 @@ class Actions:
                               "runs")
             plan = plan._replace(after=after, after_any=after_any)
 
+        max_parallel = _field(request, "max_parallel", int, optional=True)
+        if max_parallel is not None and not 1 <= max_parallel <= 1024:
+            raise Refused("bad_request", "'max_parallel' must be from 1 to 1024")
+
         def record() -> dict[str, Any]:
             return self.record_submit(peer, plan, label, path, priority, umask,
                                       read_back=request.get("read_back") is True,
-                                      not_before=waits["not_before"])
+                                      not_before=waits["not_before"],
+                                      max_parallel=max_parallel)
 
         def then() -> dict[str, Any] | Deferred:
             if plan.workspace is None:
@@ -253,7 +258,8 @@ class Actions:
 
     def record_submit(self, peer: Peer, plan: Plan, label: str, path: str | None,
                       priority: int | None, umask: int | None, *,
-                      read_back: bool, not_before: str | None = None) -> dict[str, Any]:
+                      read_back: bool, not_before: str | None = None,
+                      max_parallel: int | None = None) -> dict[str, Any]:
         normalized = plan.to_dict()
         if plan.workspace is not None:
             # The config decides what the plan leaves open; the stored plan says it all.
@@ -267,10 +273,16 @@ class Actions:
             raise PlanError(label, f"expands to {size / 1e6:.1f} MB once [defaults] are "
                             f"applied to each step; at most {MAX_STORED_PLAN_BYTES // 2**20} "
                             "MiB", hint="keep large values in files the steps read")
-        run_id = self.store.submit(normalized, source=path or None,
-                                   submitted_by=peer.name, submitted_uid=peer.uid,
-                                   priority=priority, umask=umask, not_before=not_before)
-        reply: dict[str, Any] = {"run": run_id}
+        # A [matrix]: one run per combination, one group, all or none.
+        plans = [{**normalized, "name": each.name, "matrix_values": dict(each.matrix_values)}
+                 for each in plan.combinations()]
+        ids = self.store.submit_group(plans, source=path or None, submitted_by=peer.name,
+                                      submitted_uid=peer.uid, priority=priority, umask=umask,
+                                      not_before=not_before, max_parallel=max_parallel)
+        run_id = ids[0]
+        reply: dict[str, Any] = {"run": run_id, "runs": ids}
+        if len(ids) > 1:
+            reply["group"] = run_id
         if read_back:
             from .render import run_json
 

@@ -186,6 +186,8 @@ def daemon(ctx: Context, db_path: str | None) -> None:
                    '(the next one), "tomorrow 03:00".')
 @click.option("--delay", metavar="DURATION",
               help='Start no earlier than this long from now: "90s", "2h", "1h30m".')
+@click.option("--max-parallel", type=click.IntRange(1, 1024), metavar="N",
+              help="For a plan with [matrix]: at most N of its runs at once.")
 @click.option("--pool", metavar="NAME",
               help="Run in this pool (config pools): it starts only while one of the "
                    "pool's slots is free, and its steps get MINIPIPE_SLOT.")
@@ -193,7 +195,8 @@ def daemon(ctx: Context, db_path: str | None) -> None:
 @pass_ctx
 def submit(ctx: Context, plan: str, priority: int | None, fmt: str | None,
            after: tuple[str, ...], after_any: tuple[str, ...], at: str | None,
-           delay: str | None, pool: str | None, as_json: bool) -> None:
+           delay: str | None, max_parallel: int | None, pool: str | None,
+           as_json: bool) -> None:
     """Validate a plan and queue it as a run.
 
     PLAN is a .toml or .json file, or - for standard input. Prints the new
@@ -210,7 +213,9 @@ def submit(ctx: Context, plan: str, priority: int | None, fmt: str | None,
                                priority=priority,
                                stdin=sys.stdin.buffer.read() if plan == "-" else None,
                                waits={**_waits(after, after_any, at, delay),
-                                      **({"pool": pool} if pool else {})})
+                                      **({"pool": pool} if pool else {}),
+                                      **({"max_parallel": max_parallel} if max_parallel
+                                         else {})})
     if status:
         sys.exit(status)
 
@@ -391,36 +396,48 @@ def retry(ctx: Context, run_id: int) -> None:
 
 
 @cli.command()
-@click.argument("run_id", type=RUN_ID)
+@click.argument("run_ids", metavar="RUN...", type=RUN_ID, nargs=-1, required=True)
+@click.option("--group", "as_group", is_flag=True,
+              help="RUN names a matrix group (its first run's id): wait for all its runs.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Give up after this long (exit status 124).")
 @pass_ctx
-def wait(ctx: Context, run_id: int, timeout: float | None) -> None:
-    """Block until a run ends; exit status 0 only if it SUCCEEDED.
+def wait(ctx: Context, run_ids: tuple[int, ...], as_group: bool,
+         timeout: float | None) -> None:
+    """Block until runs end; exit status 0 only if all of them SUCCEEDED.
 
-    A run AWAITING_REVIEW has not ended: `wait` goes on until a reviewer approves
-    (then it lands and ends) or rejects it; use --timeout to stop waiting.
+    `minipipe wait $(minipipe submit matrix.toml)` waits for every run a matrix
+    made. A run AWAITING_REVIEW has not ended: `wait` goes on until a reviewer
+    approves (then it lands and ends) or rejects it; use --timeout to stop waiting.
     """
-    deadline = None if timeout is None else time.monotonic() + timeout
-    with ctx.store() as store:
-        while True:
-            run = store.get_run(run_id)
-            if run.state.is_terminal:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                click.echo(f"run {run_id} is still {run.state.value} after {timeout:g}s",
-                           err=True)
-                sys.exit(EXIT_TIMEOUT)
-            time.sleep(0.2)
-            store.reopen_if_stale()
     from .render import printable
 
-    reason = run.reason or ""
-    if reason and sys.stderr.isatty():
-        reason = printable(reason)  # a reason may quote a step's cwd or command
-    reason = f": {reason}" if reason else ""
-    click.echo(f"run {run_id} {ctx.style(run.state.value, run.state.value)}{reason}", err=True)
-    sys.exit(0 if run.state.value == "SUCCEEDED" else EXIT_FAILURE)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ended = []
+    with ctx.store() as store:
+        waiting = list(run_ids)
+        if as_group:
+            waiting = [r for group in run_ids for r in store.group_runs(group)] or waiting
+        for run_id in waiting:
+            while True:
+                run = store.get_run(run_id)
+                if run.state.is_terminal:
+                    break
+                if deadline is not None and time.monotonic() >= deadline:
+                    click.echo(f"run {run_id} is still {run.state.value} after {timeout:g}s",
+                               err=True)
+                    sys.exit(EXIT_TIMEOUT)
+                time.sleep(0.2)
+                store.reopen_if_stale()
+            ended.append(run)
+    for run in ended:
+        reason = run.reason or ""
+        if reason and sys.stderr.isatty():
+            reason = printable(reason)  # a reason may quote a step's cwd or command
+        reason = f": {reason}" if reason else ""
+        click.echo(f"run {run.id} {ctx.style(run.state.value, run.state.value)}{reason}",
+                   err=True)
+    sys.exit(0 if all(run.state.value == "SUCCEEDED" for run in ended) else EXIT_FAILURE)
 
 
 @cli.command()

@@ -616,18 +616,23 @@ class Daemon:
         # starts once that is done: the removal would take the new attempt's with it.
         removing = set(self.worktree_tasks.values())
         # Runs in a full pool wait, and those behind them go first: look further.
-        peek = 256 if self.config.pools else 0
+        peek = 256 if self.config.pools or self.store.has_pending_group_limits() else 0
         runs = self.store.pending_runs(free + len(removing) + peek, hold_review=held)
         use = self.store.pool_use() if self.config.pools else {}
+        groups = self.store.group_use()
         chosen: list[RunRow] = []
         for run in runs:
             if run.id in removing:
+                continue
+            if run.group_max is not None and groups.get(run.group_id, 0) >= run.group_max:
                 continue
             size = self.config.pools.get(run.pool) if run.pool else None
             if size is not None:  # (a pool no longer configured: prepare() fails it)
                 if use.get(run.pool, 0) >= size:
                     continue
                 use[run.pool] = use.get(run.pool, 0) + 1
+            if run.group_id is not None:
+                groups[run.group_id] = groups.get(run.group_id, 0) + 1
             chosen.append(run)
             if len(chosen) == free:
                 break

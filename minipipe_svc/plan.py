@@ -28,7 +28,8 @@ PRIORITY_RANGE = (-1000, 1000)
 MAX_DEPENDENCIES = 64
 
 TOP_KEYS = ("name", "description", "priority", "defaults", "limits", "steps", "workspace",
-            "review", "on_approve", "after", "after_any", "pool", "finally")
+            "review", "on_approve", "after", "after_any", "pool", "finally", "matrix")
+MAX_MATRIX_RUNS = 256
 DEFAULT_KEYS = ("timeout", "retries", "cwd", "env")
 STEP_KEYS = ("id", "phase", "run", "cwd", "env", "timeout", "retries")
 WORKSPACE_KEYS = ("repo", "ref", "setup", "land", "target")
@@ -86,11 +87,16 @@ class Plan(NamedTuple):
     after: tuple[int, ...] = ()  # runs that must have SUCCEEDED before this one starts
     after_any: tuple[int, ...] = ()  # runs that must have ended, whatever the result
     pool: str | None = None  # a config pool whose slots limit how many run at once
+    # [matrix]: key -> values; one run per combination (see combinations()).
+    matrix: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    matrix_values: tuple[tuple[str, str], ...] = ()  # this run's combination
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "description": self.description, "priority": self.priority,
             "after": list(self.after), "after_any": list(self.after_any), "pool": self.pool,
+            "matrix": {key: list(values) for key, values in self.matrix},
+            "matrix_values": dict(self.matrix_values),
             "limits": self.limits._asdict(),
             "workspace": self.workspace._asdict() if self.workspace else None,
             "review": self.review,
@@ -115,7 +121,24 @@ class Plan(NamedTuple):
                    description=data.get("description", ""), limits=Limits(**data["limits"]),
                    workspace=Workspace(**workspace) if workspace else None,
                    review=data.get("review"), after=tuple(data.get("after", ())),
-                   after_any=tuple(data.get("after_any", ())), pool=data.get("pool"))
+                   after_any=tuple(data.get("after_any", ())), pool=data.get("pool"),
+                   matrix=tuple((k, tuple(v)) for k, v in data.get("matrix", {}).items()),
+                   matrix_values=tuple(data.get("matrix_values", {}).items()))
+
+    def combinations(self) -> list[Plan]:
+        """One plan per combination of the [matrix] values (in order), each named
+        `name[key=value,...]`; a plan without [matrix] is its own one."""
+        if not self.matrix:
+            return [self]
+        import itertools
+
+        keys = [key for key, _ in self.matrix]
+        plans = []
+        for values in itertools.product(*(values for _, values in self.matrix)):
+            label = ",".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
+            plans.append(self._replace(name=f"{self.name}[{label}]"[:MAX_NAME_CHARS * 2],
+                                       matrix_values=tuple(zip(keys, values, strict=True))))
+        return plans
 
     def stage(self, name: str) -> list[tuple[int, Step]]:
         """(index, step) of the steps in one stage, in order."""
@@ -326,9 +349,34 @@ class _Validator:
         if pool is not None and not (isinstance(pool, str) and valid_pool_name(pool)):
             raise self.fail(("pool",), None, "'pool' must be a pool name from the config "
                             "(1-64 of A-Z a-z 0-9 _ - .)", 'like pool = "gpu"')
+        matrix = self.matrix(doc)
         return Plan(name=name.strip(), description=description, priority=priority,
                     limits=limits, steps=steps, workspace=workspace, review=review,
-                    after=after, after_any=after_any, pool=pool)
+                    after=after, after_any=after_any, pool=pool, matrix=matrix)
+
+    def matrix(self, doc: dict[str, Any]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """[matrix]: keys (letters, digits, _) to non-empty lists of scalar values."""
+        table = self.table(doc, "matrix", (), None)
+        matrix, count = [], 1
+        for key, values in table.items():
+            if not (key.isascii() and key.replace("_", "a").isalnum() and len(key) <= 64):
+                raise self.fail(("matrix", key), "[matrix]", f"invalid key {key!r}",
+                                "letters, digits and _ (it becomes MINIPIPE_MATRIX_<KEY>)")
+            if not isinstance(values, list) or not values or not all(
+                    isinstance(v, str | int | float) and not isinstance(v, bool)
+                    for v in values):
+                raise self.fail(("matrix", key), "[matrix]", f"{key!r} must be a non-empty "
+                                "list of strings or numbers", f'like {key} = ["a", "b"]')
+            shown = tuple(dict.fromkeys(str(v) for v in values))
+            if any("\0" in v or len(v) > 200 for v in shown):
+                raise self.fail(("matrix", key), "[matrix]", f"a value of {key!r} is too long "
+                                "or holds a NUL")
+            count *= len(shown)
+            matrix.append((key, shown))
+        if count > MAX_MATRIX_RUNS:
+            raise self.fail(("matrix",), "[matrix]", f"{count} combinations; at most "
+                            f"{MAX_MATRIX_RUNS}")
+        return tuple(matrix)
 
     def run_ids(self, doc: dict[str, Any], key: str) -> tuple[int, ...]:
         """`after = [12, 13]`: run ids, positive, each once, in order."""

@@ -87,7 +87,7 @@ def run_json(run: RunRow) -> dict[str, Any]:
         "finished_at": run.finished_at, "unit": run.unit, "submitted_by": run.submitted_by,
         "run_user": run.run_user,
         "plan_source": run.plan_source, "cancel_requested": run.cancel_requested,
-        "not_before": run.not_before, "pool": run.pool,
+        "not_before": run.not_before, "pool": run.pool, "group": run.group_id,
         "slot": run.slot if run.state.value == "RUNNING" else None,
     }
 
@@ -154,10 +154,13 @@ def runs_table(runs: list[RunRow], now: datetime | None = None, *,
                 return "at " + local_time(r.not_before)
         return shown(r.phase or "-")
 
-    rows = [[str(r.id), _clip(shown(r.name), 30), r.state.value, phase(r),
+    grouped = any(r.group_id for r in runs)  # a GROUP column only when a matrix is listed
+    rows = [[str(r.id), *([str(r.group_id or "-")] if grouped else []),
+             _clip(shown(r.name), 40 if grouped else 30), r.state.value, phase(r),
              f"{r.steps_done}/{r.steps_total}", elapsed(r.started_at, r.finished_at, now),
              age(r.created_at, now)] for r in runs]
-    lines = table(["ID", "NAME", "STATE", "PHASE", "STEPS", "DURATION", "CREATED"], rows)
+    lines = table(["ID", *(["GROUP"] if grouped else []), "NAME", "STATE", "PHASE", "STEPS",
+                   "DURATION", "CREATED"], rows)
     return lines, [r.state.value for r in runs]
 
 

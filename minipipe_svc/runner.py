@@ -104,6 +104,7 @@ class Runner:
         # While [[finally]] steps run: how the run would end without them (a cancel or
         # the run's deadline no longer stops steps then; their own timeouts do).
         self.finally_for: RunState | None = None
+        self.matrix_values: tuple[tuple[str, str], ...] = ()  # a matrix run's combination
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # ------------------------------------------------------------ signals
@@ -145,6 +146,7 @@ class Runner:
         self.install_signal_handlers()
         procs.become_subreaper()
         plan = Plan.from_dict(self.store.run_plan(self.run_id))
+        self.matrix_values = plan.matrix_values
         runtime_max = self.runtime_max or plan.limits.runtime_max
         self.deadline = time.monotonic() + runtime_max if runtime_max else None
         self.effective_runtime_max = runtime_max
@@ -298,6 +300,8 @@ class Runner:
                    MINIPIPE_ATTEMPT=str(attempt))
         if self.finally_for is not None:
             env["MINIPIPE_RUN_STATE"] = self.finally_for.value
+        for key, value in self.matrix_values:
+            env[f"MINIPIPE_MATRIX_{key.upper()}"] = value
         if self.pool is not None:  # e.g. which GPU: unique among the pool's running runs
             env.update(MINIPIPE_POOL=self.pool[0], MINIPIPE_SLOT=str(self.pool[1]))
         return env

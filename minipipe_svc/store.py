@@ -176,9 +176,16 @@ ALTER TABLE runs ADD COLUMN pool TEXT;
 ALTER TABLE runs ADD COLUMN slot INTEGER;
 """
 
+# v9: matrix runs. The runs one submit made (named by its first run's id) and how many
+# of them may run at once (NULL: no limit of their own).
+_SCHEMA_V9 = """
+ALTER TABLE runs ADD COLUMN group_id INTEGER;
+ALTER TABLE runs ADD COLUMN group_max INTEGER;
+"""
+
 # Migration N (1-based) brings user_version from N-1 to N. Append, never edit.
 MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5,
-                               _SCHEMA_V6, _SCHEMA_V7, _SCHEMA_V8)
+                               _SCHEMA_V6, _SCHEMA_V7, _SCHEMA_V8, _SCHEMA_V9)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -379,7 +386,8 @@ RunRow = namedtuple("RunRow", [
     "id", "name", "state", "phase", "priority", "steps_total", "steps_done", "attempt",
     "exit_code", "reason", "created_at", "started_at", "finished_at", "plan_source",
     "submitted_by", "unit", "runner_pid", "runner_start", "cancel_requested",
-    "submitted_uid", "umask", "run_user", "not_before", "pool", "slot"])
+    "submitted_uid", "umask", "run_user", "not_before", "pool", "slot", "group_id",
+    "group_max"])
 StepRow = namedtuple("StepRow", [
     "run_id", "idx", "step_id", "phase", "command", "state", "attempt", "started_at",
     "finished_at", "exit_code", "reason", "pid", "pid_start"])
@@ -409,7 +417,8 @@ _RUN_COLUMNS = """
     (SELECT count(*) FROM steps s WHERE s.run_id = r.id AND s.state = 'SUCCEEDED') AS steps_done,
     r.attempt, r.exit_code, r.reason, r.created_at, r.started_at, r.finished_at,
     r.plan_source, r.submitted_by, r.unit, r.runner_pid, r.runner_start, r.cancel_requested,
-    r.submitted_uid, r.umask, r.run_user, r.not_before, r.pool, r.slot
+    r.submitted_uid, r.umask, r.run_user, r.not_before, r.pool, r.slot, r.group_id,
+    r.group_max
 """
 
 
@@ -841,41 +850,80 @@ class Store:
         """A new PENDING run. Its plan's `after` / `after_any` runs must exist (they
         are earlier runs, so waits never form a cycle); ConflictError names one that
         does not, or one that already ended so that this run could never start."""
+        return self.submit_group([plan], source=source, submitted_by=submitted_by,
+                                 priority=priority, submitted_uid=submitted_uid, umask=umask,
+                                 not_before=not_before)[0]
+
+    def submit_group(self, plans: list[dict[str, Any]], *, source: str | None,
+                     submitted_by: str | None, priority: int | None = None,
+                     submitted_uid: int | None = None, umask: int | None = None,
+                     not_before: str | None = None, max_parallel: int | None = None
+                     ) -> list[int]:
+        """New PENDING runs in one transaction (a matrix: all or none). More than one
+        form a group, named by its first run's id; at most `max_parallel` of them run
+        at once."""
+        with self._write() as conn:
+            ids: list[int] = []
+            for plan in plans:
+                ids.append(self._insert_run(conn, plan, source, submitted_by, priority,
+                                            submitted_uid, umask, not_before))
+            if len(ids) > 1:
+                conn.execute(f"UPDATE runs SET group_id = ?, group_max = ? WHERE id IN "
+                             f"({','.join('?' * len(ids))})", (ids[0], max_parallel, *ids))
+                self._event(conn, ids[0], "group_submitted", runs=ids,
+                            max_parallel=max_parallel)
+        return ids
+
+    def _insert_run(self, conn: sqlite3.Connection, plan: dict[str, Any], source: str | None,
+                    submitted_by: str | None, priority: int | None,
+                    submitted_uid: int | None, umask: int | None,
+                    not_before: str | None) -> int:
         priority = plan["priority"] if priority is None else priority
         after = [(i, 0) for i in plan.get("after", ())]
         after += [(i, 1) for i in plan.get("after_any", ()) if (i, 0) not in after]
-        with self._write() as conn:
-            for after_id, any_result in after:
-                row = conn.execute("SELECT state FROM runs WHERE id = ?",
-                                   (after_id,)).fetchone()
-                if row is None:
-                    raise NoSuchRun(f"no run {after_id} to wait for")
-                if not any_result and row[0] != "SUCCEEDED" and RunState(row[0]).is_terminal:
-                    raise ConflictError(f"run {after_id} ended {row[0]}, so this run would "
-                                        f"never start: retry {after_id} first, or wait for "
-                                        "it with --after-any")
-            cursor = conn.execute(
-                "INSERT INTO runs (name, plan, plan_source, state, priority, steps_total, "
-                "created_at, submitted_by, submitted_uid, umask, not_before, pool) "
-                "VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?)",
-                (plan["name"], _dumps(plan), source, priority, len(plan["steps"]),
-                 utc_now(), submitted_by, submitted_uid, umask, not_before,
-                 plan.get("pool")))
-            run_id = cursor.lastrowid
-            assert run_id is not None
-            conn.executemany("INSERT INTO run_dependencies (run_id, after_id, any_result) "
-                             "VALUES (?, ?, ?)", [(run_id, a, k) for a, k in after])
-            conn.executemany(
-                "INSERT INTO steps (run_id, idx, step_id, phase, command, state) "
-                "VALUES (?, ?, ?, ?, ?, 'PENDING')",
-                [(run_id, idx, step["id"], step["phase"], step["command"])
-                 for idx, step in enumerate(plan["steps"])])
-            if plan.get("workspace"):
-                conn.execute("INSERT INTO workspaces (run_id, review) VALUES (?, ?)",
-                             (run_id, bool(plan.get("review"))))
-            self._event(conn, run_id, "run_submitted", name=plan["name"], priority=priority,
-                        source=source, by=submitted_by)
+        for after_id, any_result in after:
+            row = conn.execute("SELECT state FROM runs WHERE id = ?", (after_id,)).fetchone()
+            if row is None:
+                raise NoSuchRun(f"no run {after_id} to wait for")
+            if not any_result and row[0] != "SUCCEEDED" and RunState(row[0]).is_terminal:
+                raise ConflictError(f"run {after_id} ended {row[0]}, so this run would "
+                                    f"never start: retry {after_id} first, or wait for "
+                                    "it with --after-any")
+        cursor = conn.execute(
+            "INSERT INTO runs (name, plan, plan_source, state, priority, steps_total, "
+            "created_at, submitted_by, submitted_uid, umask, not_before, pool) "
+            "VALUES (?, ?, ?, 'PENDING', ?, ?, ?, ?, ?, ?, ?, ?)",
+            (plan["name"], _dumps(plan), source, priority, len(plan["steps"]),
+             utc_now(), submitted_by, submitted_uid, umask, not_before, plan.get("pool")))
+        run_id = cursor.lastrowid
+        assert run_id is not None
+        conn.executemany("INSERT INTO run_dependencies (run_id, after_id, any_result) "
+                         "VALUES (?, ?, ?)", [(run_id, a, k) for a, k in after])
+        conn.executemany(
+            "INSERT INTO steps (run_id, idx, step_id, phase, command, state) "
+            "VALUES (?, ?, ?, ?, ?, 'PENDING')",
+            [(run_id, idx, step["id"], step["phase"], step["command"])
+             for idx, step in enumerate(plan["steps"])])
+        if plan.get("workspace"):
+            conn.execute("INSERT INTO workspaces (run_id, review) VALUES (?, ?)",
+                         (run_id, bool(plan.get("review"))))
+        self._event(conn, run_id, "run_submitted", name=plan["name"], priority=priority,
+                    source=source, by=submitted_by)
         return run_id
+
+    def group_use(self) -> dict[int, int]:
+        """Running runs per group."""
+        return dict(self.conn.execute(
+            "SELECT group_id, count(*) FROM runs WHERE state = 'RUNNING' AND group_id IS NOT "
+            "NULL GROUP BY group_id").fetchall())
+
+    def has_pending_group_limits(self) -> bool:
+        return self.conn.execute("SELECT 1 FROM runs WHERE state = 'PENDING' AND group_max "
+                                 "IS NOT NULL LIMIT 1").fetchone() is not None
+
+    def group_runs(self, group_id: int) -> list[int]:
+        return [row[0] for row in self.conn.execute(
+            "SELECT id FROM runs WHERE group_id = ? ORDER BY id", (group_id,))]
 
     # ------------------------------------------------------------ transitions
 

@@ -35,5 +35,10 @@ def submit_and_report(socket_path: str, plan_arg: str, *, as_json: bool,
 
         print(json.dumps(reply["run_json"], indent=2))
     else:
-        print(reply["run"])
+        runs = reply.get("runs") or [reply["run"]]
+        print("\n".join(str(run) for run in runs))  # a matrix: one id per run
+        if len(runs) > 1:
+            print(f"group {reply['group']}: {len(runs)} runs (`minipipe wait "
+                  f"{' '.join(str(r) for r in runs[:3])}{' ...' if len(runs) > 3 else ''}`"
+                  " waits for all)", file=sys.stderr)
     return 0
