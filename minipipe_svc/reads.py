@@ -202,6 +202,10 @@ def show_run(config: Config, out: Printer, run_id: int, *, event_count: int = 10
         facts.append(("after", ", ".join(
             f"run {d['run']} " + ("ended" if d["any_result"] else "succeeded")
             + f" ({d['state'] or 'gone'})" for d in after)))
+    if run.usage:
+        from .render import usage_text
+
+        facts.append(("usage", usage_text(run.usage)))
     if run.pool:
         facts.append(("pool", run.pool + (f", slot {run.slot}" if run.slot is not None
                                           and run.state.value == "RUNNING" else "")))

@@ -88,6 +88,7 @@ def run_json(run: RunRow) -> dict[str, Any]:
         "run_user": run.run_user,
         "plan_source": run.plan_source, "cancel_requested": run.cancel_requested,
         "not_before": run.not_before, "pool": run.pool, "group": run.group_id,
+        "usage": run.usage,
         "slot": run.slot if run.state.value == "RUNNING" else None,
     }
 
@@ -97,6 +98,7 @@ def step_json(step: StepRow) -> dict[str, Any]:
         "step_id": step.step_id, "phase": step.phase, "state": step.state.value,
         "exit_code": step.exit_code, "attempt": step.attempt, "started_at": step.started_at,
         "finished_at": step.finished_at, "reason": step.reason, "command": step.command,
+        "usage": step.usage,
     }
 
 
@@ -172,6 +174,24 @@ def steps_table(steps: list[StepRow], now: datetime | None = None, *,
              elapsed(s.started_at, s.finished_at, now), _clip(shown(s.command), 60)]
             for s in steps]
     return table(["#", "STEP", "PHASE", "STATE", "TRY", "EXIT", "DURATION", "COMMAND"], rows)
+
+
+def usage_text(usage: dict[str, Any]) -> str:
+    """`cpu 1.02s · memory peak 205.0 MiB · read 0 B · written 4.0 KiB (cgroup v2)`;
+    what the host could not give says so instead of a zero."""
+    from .reads import _size
+
+    def shown(key: str, label: str, kind: str) -> str:
+        value = usage.get(key)
+        if value is None:
+            return f"{label} n/a"
+        return f"{label} {value:.2f}s" if kind == "s" else (
+            f"{label} {_size(int(value))}" if kind == "b" else f"{label} {value}")
+
+    parts = [shown("cpu_seconds", "cpu", "s"), shown("memory_peak_bytes", "memory peak", "b"),
+             shown("io_read_bytes", "read", "b"), shown("io_write_bytes", "written", "b"),
+             shown("tasks_peak", "tasks peak", "n")]
+    return " · ".join(parts) + f" ({usage.get('source') or '?'})"
 
 
 def local_time(timestamp: str) -> str:

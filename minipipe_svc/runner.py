@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import resource
 import selectors
 import signal
 import subprocess
@@ -31,8 +32,10 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from typing import Any
 
 from . import procs
+from .accounting import run_usage, step_usage
 from .identity import RunIdentity, identity_of, probe_directories, state_group
 from .logs import LogSink, TeeSink
 from .model import RUN_STATE_FOR_STEP_FAILURE, RunState, StepState
@@ -105,6 +108,8 @@ class Runner:
         # the run's deadline no longer stops steps then; their own timeouts do).
         self.finally_for: RunState | None = None
         self.matrix_values: tuple[tuple[str, str], ...] = ()  # a matrix run's combination
+        self.step_rusage: resource.struct_rusage | None = None  # the last step's wait4
+        self.step_usages: list[dict[str, Any]] = []  # this attempt's steps, for the run
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # ------------------------------------------------------------ signals
@@ -259,6 +264,8 @@ class Runner:
         return outcome
 
     def record_output_losses(self) -> None:
+        """As a pass of the runner ends: output lines lost, and what the run consumed."""
+        self.store.record_usage(self.run_id, run_usage(self.run_id, self.step_usages))
         self.sink.flush()
         if self.sink.lines_lost or self.sink.error:
             self.store.note(self.run_id, "log_lines_lost", lines=self.sink.lines_lost,
@@ -275,9 +282,12 @@ class Runner:
             attempt = self.store.start_step(self.run_id, idx, step.phase)
             self.sink.write(step.id, attempt, "minipipe", f"step {step.id} started (attempt "
                             f"{attempt}): {step.command}")
+            self.step_rusage = None
             result = self.execute(idx, step, attempt, run_deadline, runtime_max)
+            usage = step_usage(self.step_rusage) if self.step_rusage is not None else None
+            self.step_usages.append(usage or {})
             self.store.finish_step(self.run_id, idx, result.state, exit_code=result.exit_code,
-                                   reason=result.reason)
+                                   reason=result.reason, usage=usage)
             self.sink.write(step.id, attempt, "minipipe", f"step {step.id} "
                             f"{result.state.value.lower()}" + (f": {result.reason}"
                                                                if result.reason else ""))
@@ -426,7 +436,10 @@ class Runner:
                         # killed before the leader is reaped, so its pid (= the pgid)
                         # cannot have been reused by anyone else yet.
                         procs.kill_group(proc.pid, signal.SIGKILL)
-                        proc.wait()
+                        # wait4: the exit status and what the step's tree consumed.
+                        _, status, rusage = os.wait4(proc.pid, 0)
+                        proc.returncode = os.waitstatus_to_exitcode(status)
+                        self.step_rusage = rusage
                         leader_gone_at = time.monotonic()
                     elif not self.pump(fd, streams[fd], partial, step.id, attempt):
                         selector.unregister(fd)

@@ -183,9 +183,16 @@ ALTER TABLE runs ADD COLUMN group_id INTEGER;
 ALTER TABLE runs ADD COLUMN group_max INTEGER;
 """
 
+# v10: what steps and runs consumed (JSON: accounting.py's figures, source, what the
+# host could not give).
+_SCHEMA_V10 = """
+ALTER TABLE steps ADD COLUMN usage TEXT;
+ALTER TABLE runs ADD COLUMN usage TEXT;
+"""
+
 # Migration N (1-based) brings user_version from N-1 to N. Append, never edit.
 MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5,
-                               _SCHEMA_V6, _SCHEMA_V7, _SCHEMA_V8, _SCHEMA_V9)
+                               _SCHEMA_V6, _SCHEMA_V7, _SCHEMA_V8, _SCHEMA_V9, _SCHEMA_V10)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -387,10 +394,10 @@ RunRow = namedtuple("RunRow", [
     "exit_code", "reason", "created_at", "started_at", "finished_at", "plan_source",
     "submitted_by", "unit", "runner_pid", "runner_start", "cancel_requested",
     "submitted_uid", "umask", "run_user", "not_before", "pool", "slot", "group_id",
-    "group_max"])
+    "group_max", "usage"], defaults=(None,) * 6)  # the fields added since v7
 StepRow = namedtuple("StepRow", [
     "run_id", "idx", "step_id", "phase", "command", "state", "attempt", "started_at",
-    "finished_at", "exit_code", "reason", "pid", "pid_start"])
+    "finished_at", "exit_code", "reason", "pid", "pid_start", "usage"], defaults=(None,))
 EventRow = namedtuple("EventRow", ["id", "ts", "run_id", "step_id", "kind", "detail"])
 #   WorkspaceRow: run_id int, review bool, path/branch/base_commit/head_commit str|None,
 #     changes dict|None (workspace.Git.changes), disk_bytes int|None, awaiting_since,
@@ -418,7 +425,7 @@ _RUN_COLUMNS = """
     r.attempt, r.exit_code, r.reason, r.created_at, r.started_at, r.finished_at,
     r.plan_source, r.submitted_by, r.unit, r.runner_pid, r.runner_start, r.cancel_requested,
     r.submitted_uid, r.umask, r.run_user, r.not_before, r.pool, r.slot, r.group_id,
-    r.group_max
+    r.group_max, r.usage
 """
 
 
@@ -426,12 +433,14 @@ def _run_row(row: sqlite3.Row | dict[str, Any]) -> RunRow:
     values = dict(row)
     values["state"] = RunState(values["state"])
     values["cancel_requested"] = bool(values["cancel_requested"])
+    values["usage"] = _loads(values["usage"]) if values.get("usage") else None
     return RunRow(**values)
 
 
 def _step_row(row: sqlite3.Row) -> StepRow:
     values = dict(row)
     values["state"] = StepState(values["state"])
+    values["usage"] = _loads(values["usage"]) if values.get("usage") else None
     return StepRow(**values)
 
 
@@ -1075,10 +1084,19 @@ class Store:
                          (pid, start_time, run_id, idx))
 
     def finish_step(self, run_id: int, idx: int, state: StepState, *,
-                    exit_code: int | None, reason: str | None = None) -> None:
+                    exit_code: int | None, reason: str | None = None,
+                    usage: dict[str, Any] | None = None) -> None:
         with self._write() as conn:
             self._step_transition(conn, run_id, idx, state, now=utc_now(),
                                   exit_code=exit_code, reason=reason)
+            if usage is not None:
+                conn.execute("UPDATE steps SET usage = ? WHERE run_id = ? AND idx = ?",
+                             (_dumps(usage), run_id, idx))
+
+    def record_usage(self, run_id: int, usage: dict[str, Any]) -> None:
+        """What the run consumed (this attempt), as it ends or awaits review."""
+        with self._write() as conn:
+            conn.execute("UPDATE runs SET usage = ? WHERE id = ?", (_dumps(usage), run_id))
 
     def note(self, run_id: int | None, kind: str, **detail: Any) -> None:
         """Append an event that is not a state change (e.g. lost log lines, adoption)."""

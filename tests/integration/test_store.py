@@ -172,7 +172,7 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with Store.open(str(path)) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 9
+        assert store.schema_version() == SCHEMA_VERSION == 10
         indexes = {row[0] for row in store.conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert {"runs_by_finished", "workspaces_to_remove"} <= indexes
@@ -187,6 +187,8 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
         assert (store.get_run(1).pool, store.get_run(1).slot) == (None, None)
         # v9: matrix groups.
         assert (store.get_run(1).group_id, store.get_run(1).group_max) == (None, None)
+        # v10: usage.
+        assert store.get_run(1).usage is None
         assert store.get_run(1).name == "old"
         assert store.integrity_check() == "ok"
         # v3 counted the runs already there, and its triggers count from then on.
