@@ -255,7 +255,7 @@ def test_after_and_after_any_name_runs_once_each() -> None:
     assert Plan.from_dict(stored).after == ()
     for bad in ('after = 12', 'after = [0]', 'after = ["12"]', 'after_any = [true]',
                 f'after = {list(range(1, 66))}'):
-        with pytest.raises(PlanError, match="run ids|at most 64"):
+        with pytest.raises(PlanError, match=r"run ids|at most 64"):
             _parse(bad + '\n[[steps]]\nid = "a"\nrun = "true"\n')
 
 
