@@ -266,7 +266,11 @@ def test_install_use_upgrade_remove_purge(fresh_box: Container, deb: Path,
              "the run to start")
     # as an older minipipe would have left it: schema version 1 (0.1.0 had 3), so the
     # run in flight has no recorded identity and the new daemon must still finish it
-    for undo in ("DROP TABLE workspaces",
+    for undo in ("DROP TABLE run_dependencies", "ALTER TABLE runs DROP COLUMN not_before",
+                 "ALTER TABLE runs DROP COLUMN pool", "ALTER TABLE runs DROP COLUMN slot",
+                 "ALTER TABLE runs DROP COLUMN group_id", "ALTER TABLE runs DROP COLUMN group_max",
+                 "ALTER TABLE runs DROP COLUMN usage", "ALTER TABLE steps DROP COLUMN usage",
+                 "DROP TABLE workspaces",
                  "DROP INDEX runs_by_submitter", "ALTER TABLE runs DROP COLUMN submitted_uid",
                  "ALTER TABLE runs DROP COLUMN umask", "ALTER TABLE runs DROP COLUMN run_user",
                  "DROP INDEX runs_by_finished", "DROP TRIGGER run_counts_insert",
