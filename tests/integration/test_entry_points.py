@@ -47,7 +47,11 @@ def test_daemon_takes_a_db_path_over_the_configs(instance: Instance) -> None:
                                str(instance.config_path), "daemon", "--db-path", str(other)])
     try:
         run_id = instance.submit(PLAN)
-        wait_for(lambda: _runs(other) == ["SUCCEEDED"], 30, f"run {run_id} in {other}")
+        try:
+            wait_for(lambda: _runs(other) == ["SUCCEEDED"], 30, f"run {run_id} in {other}")
+        except AssertionError:  # (seen once in CI under load: say what the daemon saw)
+            raise AssertionError(f"runs {_runs(other)}; daemon log:\n"
+                                 f"{instance.daemon_log.read_text()[-3000:]}") from None
     finally:
         _stop(daemon)
     assert not instance.db_path.exists()
