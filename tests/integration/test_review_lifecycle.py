@@ -4,7 +4,7 @@ Two promises tests/integration/test_review.py does not cover:
 
 - A daemon restart while an approved run's runner is landing (here: in its
   `on_approve` step) changes nothing about the landing: the runner owns the run, a
-  restarted daemon adopts it (README "Runners own their runs once started"; daemon.py
+  restarted daemon adopts it (README: "Daemon stop never stops runs"; daemon.py
   `reconcile`), the change lands exactly once and the run ends SUCCEEDED. A runner
   that died with the daemon ends INTERRUPTED at the next start, the change it already
   landed stays landed once.
