@@ -16,6 +16,14 @@ import pytest
 
 from .conftest import AUTHOR_ENV, Instance, as_user, wait_for
 
+# Who commits in the plans' steps (the test user's git config may name nobody).
+STEP_AUTHOR = """[defaults.env]
+GIT_AUTHOR_NAME = "Step"
+GIT_AUTHOR_EMAIL = "step@example.org"
+GIT_COMMITTER_NAME = "Step"
+GIT_COMMITTER_EMAIL = "step@example.org"
+"""
+
 EDIT = """
 name = "edit"
 review = true
@@ -23,12 +31,7 @@ review = true
 repo = "{repo}"
 ref = "main"
 setup = "printf 'set up\\n' > .setup-ran"
-[defaults.env]
-GIT_AUTHOR_NAME = "Step"
-GIT_AUTHOR_EMAIL = "step@example.org"
-GIT_COMMITTER_NAME = "Step"
-GIT_COMMITTER_EMAIL = "step@example.org"
-[[steps]]
+""" + STEP_AUTHOR + """[[steps]]
 id = "edit"
 run = '''
 set -e
@@ -335,12 +338,7 @@ review = true
 [workspace]
 repo = "{repo}"
 ref = "main"
-[defaults.env]
-GIT_AUTHOR_NAME = "Step"
-GIT_AUTHOR_EMAIL = "step@example.org"
-GIT_COMMITTER_NAME = "Step"
-GIT_COMMITTER_EMAIL = "step@example.org"
-[[steps]]
+""" + STEP_AUTHOR + """[[steps]]
 id = "swap"
 run = '''
 set -e

@@ -29,7 +29,7 @@ import pytest
 from minipipe_svc.store import parse_time
 
 from .conftest import Instance, pid_alive, wait_for
-from .test_review import make_repo, sh
+from .test_review import STEP_AUTHOR, make_repo, sh
 
 # The step changes a.txt; the on_approve step logs that it started, waits for the
 # gate, then logs the target branch as its checkout sees it (the landed commit).
@@ -40,12 +40,7 @@ review = true
 repo = "{repo}"
 ref = "main"
 land = "merge"
-[defaults.env]
-GIT_AUTHOR_NAME = "Step"
-GIT_AUTHOR_EMAIL = "step@example.org"
-GIT_COMMITTER_NAME = "Step"
-GIT_COMMITTER_EMAIL = "step@example.org"
-[[steps]]
+""" + STEP_AUTHOR + """[[steps]]
 id = "edit"
 run = '''
 set -e
