@@ -383,12 +383,13 @@ def status(config: Config, out: Printer, *, as_json: bool = False) -> None:
                            f"{config.max_awaiting_review}): runs that need review wait until "
                            "some are approved or rejected", fg="yellow"))
     if worktrees:
-        out.echo(f"worktrees: {worktrees} on disk, {_size(worktree_bytes)}")
+        out.echo(f"worktrees: {worktrees} on disk, {size_text(worktree_bytes)}")
     for name, pool in pools.items():
         out.echo(f"pool {name}: {pool['running']}/{pool['size']} slots in use")
 
 
-def _size(count: int) -> str:
+def size_text(count: int) -> str:
+    """Bytes for people: "512 B", "4.0 KiB", "1.2 GiB"."""
     for unit in ("B", "KiB", "MiB", "GiB"):
         if count < 1024 or unit == "GiB":
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"

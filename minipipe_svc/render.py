@@ -179,14 +179,14 @@ def steps_table(steps: list[StepRow], now: datetime | None = None, *,
 def usage_text(usage: dict[str, Any]) -> str:
     """`cpu 1.02s · memory peak 205.0 MiB · read 0 B · written 4.0 KiB (cgroup v2)`;
     what the host could not give says so instead of a zero."""
-    from .reads import _size
+    from .reads import size_text
 
     def shown(key: str, label: str, kind: str) -> str:
         value = usage.get(key)
         if value is None:
             return f"{label} n/a"
         return f"{label} {value:.2f}s" if kind == "s" else (
-            f"{label} {_size(int(value))}" if kind == "b" else f"{label} {value}")
+            f"{label} {size_text(int(value))}" if kind == "b" else f"{label} {value}")
 
     parts = [shown("cpu_seconds", "cpu", "s"), shown("memory_peak_bytes", "memory peak", "b"),
              shown("io_read_bytes", "read", "b"), shown("io_write_bytes", "written", "b"),
