@@ -191,7 +191,7 @@ class Runner:
         if state is not RunState.SUCCEEDED or not changed:
             self.finish(state, exit_code, reason)
         elif row is not None and row.review:
-            self.record_output_losses()
+            self.record_pass_end()
             self.store.await_review(self.run_id)
         else:
             return self.land_and_finish(plan, None)
@@ -209,7 +209,7 @@ class Runner:
             if approved_by is None:
                 self.finish(RunState.FAILED, None, f"landing the change failed: {exc}")
             else:
-                self.record_output_losses()
+                self.record_pass_end()
                 self.store.land_refused(self.run_id, f"approved by {approved_by}, but {exc}",
                                         files=getattr(exc, "files", None))
             return 0
@@ -263,7 +263,7 @@ class Runner:
             return result
         return outcome
 
-    def record_output_losses(self) -> None:
+    def record_pass_end(self) -> None:
         """As a pass of the runner ends: output lines lost, and what the run consumed."""
         self.store.record_usage(self.run_id, run_usage(self.run_id, self.step_usages))
         self.sink.flush()
@@ -272,7 +272,7 @@ class Runner:
                             error=self.sink.error)
 
     def finish(self, state: RunState, exit_code: int | None, reason: str | None) -> None:
-        self.record_output_losses()
+        self.record_pass_end()
         self.store.finish_run(self.run_id, state, exit_code=exit_code, reason=reason,
                               output_lines=self.sink.lines_written)
 
