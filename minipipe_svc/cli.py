@@ -491,9 +491,10 @@ def diff(ctx: Context, run_id: int, stat: bool, name_only: bool) -> None:
 @click.argument("run_id", type=RUN_ID)
 @click.option("-m", "--message", metavar="TEXT", help="Why, for the run's events.")
 @click.option("--commit", "head", metavar="SHA", required=True,
-              help="The change you reviewed (its commit, as `review`, `show` and `diff` "
-                   "print it, 7+ hex digits), required: refused if the run's change is "
-                   "another one by now (a cancel and retry records a new one).")
+              help="The change you reviewed: its whole commit id, as `review` and "
+                   "`show` print it (required; a prefix is refused). Refused if the "
+                   "run's change is another one by now (a cancel and retry records a "
+                   "new one).")
 @pass_ctx
 def approve(ctx: Context, run_id: int, message: str | None, head: str | None) -> None:
     """Approve a run awaiting review: land its change, then run its on_approve steps.
@@ -508,7 +509,7 @@ def approve(ctx: Context, run_id: int, message: str | None, head: str | None) ->
     """
     reply = ctx.call("approve", run=run_id, message=message,
                      head=head.lower())
-    click.echo(f"run {run_id}: approved its change {reply['head'][:12]}; landing it")
+    click.echo(f"run {run_id}: approved its change {reply['head']}; landing it")
 
 
 @cli.command()

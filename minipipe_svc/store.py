@@ -1206,9 +1206,10 @@ class Store:
                 message: str | None = None, head: str | None = None) -> str:
         """AWAITING_REVIEW -> PENDING: queued for its runner to land the change.
 
-        `head`, the commit the reviewer looked at (or a prefix of it), must still be
-        the run's: a run cancelled and retried meanwhile has another change. Returns
-        the commit approved.
+        `head`, the commit the reviewer looked at, whole, must still be the run's: a
+        run cancelled and retried meanwhile has another change (and a prefix can be
+        matched by a commit ground for it: 7 hex digits take a minute). Returns the
+        commit approved.
         """
         with self._write() as conn:
             state = self._run_state(conn, run_id)
@@ -1218,9 +1219,13 @@ class Store:
             current = conn.execute("SELECT head_commit FROM workspaces WHERE run_id = ?",
                                    (run_id,)).fetchone()
             current = (current[0] if current else None) or ""
-            if head is not None and not (len(head) >= 7 and current.startswith(head)):
-                raise ConflictError(f"run {run_id}'s change is now {current[:12]}, not the "
-                                    f"{head[:12]} you name; look again (`minipipe diff "
+            if head is not None and head.lower() != current:
+                if current.startswith(head.lower()):
+                    raise ConflictError(f"name run {run_id}'s change by its whole commit id "
+                                        f"({len(current)} hex digits, as `minipipe show "
+                                        f"{run_id}` prints it), not a prefix")
+                raise ConflictError(f"run {run_id}'s change is now {current}, not the "
+                                    f"{head[:40]} you name; look again (`minipipe diff "
                                     f"{run_id}`) and approve that")
             check_run_transition(state, RunState.PENDING)
             conn.execute("UPDATE runs SET state = 'PENDING', reason = NULL, unit = NULL, "

@@ -284,13 +284,17 @@ def test_an_approval_names_the_change_it_approves(reviewing: Instance) -> None:
         "AWAITING_REVIEW"
     now = instance.run(run_id)["workspace"]["head_commit"]
     assert now != seen
-    refused = instance.cli("approve", str(run_id), "--commit", seen[:10], check=False)
-    assert refused.returncode == 2 and f"is now {now[:12]}, not the {seen[:10]}" in \
-        refused.stderr
+    refused = instance.cli("approve", str(run_id), "--commit", seen, check=False)
+    assert refused.returncode == 2 and f"is now {now}, not the {seen}" in refused.stderr
     assert instance.run(run_id)["state"] == "AWAITING_REVIEW"
-    assert now[:12] in instance.cli("review").stdout
-    approved = instance.cli("approve", str(run_id), "--commit", now[:8])
-    assert f"approved its change {now[:12]}" in approved.stdout
+    assert now in instance.cli("review").stdout
+    assert f"at {now}" in instance.cli("show", str(run_id)).stdout
+    # A prefix could be matched by a commit ground for it: only the whole id approves.
+    prefix = instance.cli("approve", str(run_id), "--commit", now[:12], check=False)
+    assert prefix.returncode == 2 and "whole commit id" in prefix.stderr
+    assert instance.run(run_id)["state"] == "AWAITING_REVIEW"
+    approved = instance.cli("approve", str(run_id), "--commit", now.upper())
+    assert f"approved its change {now}" in approved.stdout
     assert instance.wait_state(run_id, "SUCCEEDED", "FAILED")["state"] == "SUCCEEDED"
 
 
