@@ -234,9 +234,6 @@ def show_run(config: Config, out: Printer, run_id: int, *, event_count: int = 10
     for key, value in facts:
         out.echo(f"  {key + ':':<11}{shown(value)}")
     changes = (workspace or {}).get("changes") or {}
-    if changes.get("attributes_changed"):
-        out.echo(out.style("  warning:   this run changes .gitattributes, which decides what "
-                           "its diff shows as binary", fg="yellow"))
     if changes.get("gate") == "advisory":
         out.echo(out.style(f"  warning:   its steps could write {shown(changes['writable'])}: "
                            "they could have changed the repository without review",
@@ -263,7 +260,7 @@ def _workspace_facts(workspace: dict[str, Any]) -> list[tuple[str, str]]:
         facts.append(("worktree", f"{workspace['path']} on {workspace['branch']}"
                       + (" (removed)" if workspace.get("removed_at") else "")))
     facts.append(("changes", change_summary(workspace.get("changes"))
-                  + (f" at {workspace['head_commit'][:12]}" if workspace.get("head_commit")
+                  + (f" at {workspace['head_commit']}" if workspace.get("head_commit")
                      else "")))
     review = "required" if workspace.get("review") else "not required"
     gate = (workspace.get("changes") or {}).get("gate")
@@ -295,7 +292,7 @@ def review_list(config: Config, out: Printer, *, as_json: bool = False) -> None:
         return
     shown = shown_text()
     rows = [[str(run.id), shown(run.name)[:30], shown(run.submitted_by or "-"),
-             age_since(workspace["awaiting_since"]), (workspace["head_commit"] or "-")[:12],
+             age_since(workspace["awaiting_since"]), workspace["head_commit"] or "-",
              change_summary(workspace["changes"]), shown(run.reason or "")]
             for run, workspace in waiting]
     lines = table(["ID", "NAME", "OWNER", "WAITING", "COMMIT", "CHANGES", "NOTE"], rows)

@@ -123,9 +123,7 @@ class RunWorkspace:
         assert self.base is not None
         head = self.git.snapshot(self.path, self.run_id)
         self.git.point_branch(self.path, self.branch, head)
-        changes = self.git.changes(self.path, self.base, head)
-        text, cut = self.git.diff_text(self.path, changes["merge_base"], head)
-        changes["diff_truncated"] = cut
+        changes, text = self.git.changes(self.path, self.base, head)
         row = self.store.workspace(self.run_id)
         if row is not None and row.review:
             # Whether the steps could have gone around the review: shown with the run.
@@ -162,8 +160,7 @@ class RunWorkspace:
             raise LandRefused(f"{repo} is not the repository the run worked on any more "
                               "(it was moved or replaced); nothing was landed")
         self.git.transfer(self.path, row.head_commit, row.base_commit, lander, repo)
-        lander.check_reviewed(repo, row.base_commit, row.head_commit,
-                              read_diff(self.log_dir, self.run_id) or b"", changes)
+        lander.check_reviewed(repo, row.base_commit, row.head_commit, changes)
         if self.spec.land == "branch-only":
             lander.point_branch(repo, self.branch, row.head_commit)
         commit = lander.land(repo, row.head_commit, target, self.spec.land, message,

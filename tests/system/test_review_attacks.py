@@ -251,22 +251,16 @@ HIDERS = {
 
 @pytest.mark.parametrize("hider", sorted(HIDERS))
 def test_checkout_config_cannot_hide_a_text_change(gate: Box, hider: str) -> None:
-    """A step configures its own checkout so that the recorded diff shows a text
-    change as `Binary files differ`, with no warning (attributes_changed stays
-    false). Today the ignored .gitattributes still hides the text from the reviewer
-    (bigFileThreshold is pinned); the lander's check then refuses the landing, so
-    nothing lands unseen: this test asserts that."""
+    """A step configures its own checkout so that the recorded diff would show a text
+    change as `Binary files differ`. Every diff is read as text (--text), so the
+    reviewer sees the line, whatever the checkout's attributes or config say."""
     box = gate
     run_id = box.submit(plan(HIDERS[hider] + "\nprintf 'v2 hidden\\n' > VERSION"))
     run = box.wait_state(run_id, "AWAITING_REVIEW", "FAILED")
     attack_ran(run)
-    if run["state"] != "AWAITING_REVIEW":
-        return
-    changes = run["workspace"]["changes"]
-    before = main_of(box)
+    assert run["state"] == "AWAITING_REVIEW", run["reason"]
     shown, run = review_then_approve(box, run_id)
-    if "+v2 hidden" not in shown and not changes["attributes_changed"]:
-        assert main_of(box) == before, (hider, shown, "landed unseen")
+    assert "+v2 hidden" in shown, (hider, shown)
 
 
 def test_checkout_config_cannot_hide_a_submodule_change(gate: Box) -> None:
