@@ -394,7 +394,10 @@ class Actions:
 
     def op_retry(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         run_id = self.owned_run(peer, request)
-        return {"run": run_id, "attempt": self.store.retry(run_id, by=peer.name)}
+        attempt = self.store.retry(run_id, by=peer.name)
+        workspace = self.store.workspace(run_id)
+        return {"run": run_id, "attempt": attempt,
+                "landed": workspace is not None and workspace.landed_at is not None}
 
     def op_pause(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:
         self.require_admin(peer, "pause the queue")

@@ -388,11 +388,16 @@ def cancel(ctx: Context, run_ids: tuple[int, ...], cancel_all: bool) -> None:
 def retry(ctx: Context, run_id: int) -> None:
     """Queue a run that did not succeed again.
 
-    The run keeps its id and becomes attempt N+1; all its steps run again. You
-    may retry your own runs; root and members of the admin group anyone's.
+    The run keeps its id and becomes attempt N+1; all its steps run again, from a
+    fresh checkout for a run with a [workspace]. A run whose change already landed
+    (its on_approve steps failed or were cut short) runs only its on_approve steps
+    again and lands nothing. You may retry your own runs; root and members of the
+    admin group anyone's.
     """
     reply = ctx.call("retry", run=run_id)
-    click.echo(f"run {run_id}: queued again (attempt {reply['attempt']})")
+    again = ("; its change has landed, so only its on_approve steps run again"
+             if reply.get("landed") else "")
+    click.echo(f"run {run_id}: queued again (attempt {reply['attempt']}){again}")
 
 
 @cli.command()

@@ -25,7 +25,7 @@ import os
 
 from .files import replace_file
 from .plan import Plan, Step
-from .store import Store
+from .store import Store, WorkspaceRow
 from .workspace import (
     TRUST_FOR_READING,
     Git,
@@ -214,8 +214,10 @@ class RunWorkspace:
                            "target in the plan's [workspace]")
         return branch
 
-    def resume(self) -> None:
-        """For a landing pass: the worktree and base recorded by the run's attempt."""
+    def resume(self) -> WorkspaceRow | None:
+        """For a landing pass: the worktree and base recorded by the run's attempt;
+        returns the workspace's row."""
         row = self.store.workspace(self.run_id)
         if row is not None and row.path:
             self.path, self.base = row.path, row.base_commit
+        return row

@@ -170,7 +170,7 @@ class Runner:
                                       self.worktree_dir, self.log_dir)
         self.workspace.git.stop = lambda: self.stop_signal is not None  # a cancel stops git
         row = self.store.workspace(self.run_id)
-        if row is not None and row.approved_by:
+        if row is not None and (row.approved_by or row.landed_at):
             return self.land_and_finish(plan, row.approved_by, row.approved_uid)
         try:
             self.workspace.prepare()
@@ -202,7 +202,14 @@ class Runner:
         """Land the recorded change, then the on_approve steps. A refused landing after a
         review goes back to review (nothing changed); without review the run fails."""
         assert self.workspace is not None and plan.workspace is not None
-        self.workspace.resume()
+        row = self.workspace.resume()
+        if row is not None and row.landed_at:  # a retry: landed in an earlier attempt
+            if row.removed_at:
+                self.finish(RunState.FAILED, None, "the change landed in an earlier attempt "
+                            "and its checkout has been removed since: nothing to run "
+                            "on_approve in; submit the plan again")
+                return 0
+            return self.after_landing(plan, row.landed_commit, again=True)
         try:
             commit = self.workspace.land(approved_by, approved_uid)
         except GitError as exc:
@@ -213,9 +220,17 @@ class Runner:
                 self.store.land_refused(self.run_id, f"approved by {approved_by}, but {exc}",
                                         files=getattr(exc, "files", None))
             return 0
+        return self.after_landing(plan, commit)
+
+    def after_landing(self, plan: Plan, commit: str | None, again: bool = False) -> int:
+        """The on_approve steps, once the change is where it lands; the run ends."""
+        assert self.workspace is not None
         landed = (f"landed on {self.workspace.target()} at {commit[:12]}" if commit
                   else f"kept on branch {self.workspace.branch}")
-        self.sink.write("workspace", 0, "minipipe", f"the change is {landed}")
+        self.sink.write("workspace", 0, "minipipe",
+                        f"the change is {landed}" + (" (in an earlier attempt: its "
+                                                     "on_approve steps run again)"
+                                                     if again else ""))
         state, exit_code, reason = self.run_stage(plan, ("on_approve",))
         if state is not RunState.SUCCEEDED:
             reason = f"{reason} (the change is {landed})"

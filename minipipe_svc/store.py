@@ -190,9 +190,16 @@ ALTER TABLE steps ADD COLUMN usage TEXT;
 ALTER TABLE runs ADD COLUMN usage TEXT;
 """
 
+# v11: when a run's change landed (whatever the land mode; landed_commit is None for
+# branch-only): a retry after that runs only the on_approve steps, never lands again.
+_SCHEMA_V11 = """
+ALTER TABLE workspaces ADD COLUMN landed_at TEXT;
+"""
+
 # Migration N (1-based) brings user_version from N-1 to N. Append, never edit.
 MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3, _SCHEMA_V4, _SCHEMA_V5,
-                               _SCHEMA_V6, _SCHEMA_V7, _SCHEMA_V8, _SCHEMA_V9, _SCHEMA_V10)
+                               _SCHEMA_V6, _SCHEMA_V7, _SCHEMA_V8, _SCHEMA_V9, _SCHEMA_V10,
+                               _SCHEMA_V11)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -401,11 +408,12 @@ StepRow = namedtuple("StepRow", [
 EventRow = namedtuple("EventRow", ["id", "ts", "run_id", "step_id", "kind", "detail"])
 #   WorkspaceRow: run_id int, review bool, path/branch/base_commit/head_commit str|None,
 #     changes dict|None (workspace.Git.changes), disk_bytes int|None, awaiting_since,
-#     approved_by, landed_commit, removed_at str|None
+#     approved_by, landed_commit, removed_at str|None, approved_uid int|None,
+#     landed_at str|None
 WorkspaceRow = namedtuple("WorkspaceRow", [
     "run_id", "review", "path", "branch", "base_commit", "head_commit", "changes",
     "disk_bytes", "awaiting_since", "approved_by", "landed_commit", "removed_at",
-    "approved_uid"])
+    "approved_uid", "landed_at"], defaults=(None,))
 
 
 def _dumps(value: object) -> str:
@@ -1134,7 +1142,12 @@ class Store:
         return [_run_row(row) for row in rows]
 
     def retry(self, run_id: int, *, by: str | None = None) -> int:
-        """A run that did not succeed goes back to PENDING as a new attempt."""
+        """A run that did not succeed goes back to PENDING as a new attempt.
+
+        A run whose change already landed (its on_approve steps failed, or its runner
+        died in them) keeps its workspace and approval: the new attempt runs the
+        on_approve steps again and lands nothing (an approval is used once).
+        """
         with self._write() as conn:
             state = self._run_state(conn, run_id)
             if state not in RUN_RETRYABLE:
@@ -1143,22 +1156,33 @@ class Store:
                 raise ConflictError(f"run {run_id} is {state.value}: {detail}")
             check_run_transition(state, RunState.PENDING)
             now = utc_now()
+            landed = conn.execute("SELECT landed_at FROM workspaces WHERE run_id = ? AND "
+                                  "landed_at IS NOT NULL", (run_id,)).fetchone()
+            again = None
+            if landed:
+                plan = _loads(conn.execute("SELECT plan FROM runs WHERE id = ?",
+                                           (run_id,)).fetchone()[0])
+                steps = plan.get("steps") if isinstance(plan, dict) else None
+                again = {idx for idx, step in enumerate(steps or [])
+                         if isinstance(step, dict) and step.get("stage") == "on_approve"}
             for (idx,) in conn.execute("SELECT idx FROM steps WHERE run_id = ?",
                                        (run_id,)).fetchall():
-                self._step_transition(conn, run_id, idx, StepState.PENDING, now=now)
+                if again is None or idx in again:
+                    self._step_transition(conn, run_id, idx, StepState.PENDING, now=now)
             conn.execute(
                 "UPDATE runs SET state = 'PENDING', attempt = attempt + 1, phase = NULL, "
                 "exit_code = NULL, reason = NULL, started_at = NULL, finished_at = NULL, "
                 "unit = NULL, runner_pid = NULL, runner_start = NULL, cancel_requested = 0 "
                 "WHERE id = ?", (run_id,))
-            conn.execute(
-                "UPDATE workspaces SET head_commit = NULL, changes = NULL, approved_by = NULL, "
-                "approved_uid = NULL, awaiting_since = NULL, landed_commit = NULL "
-                "WHERE run_id = ?", (run_id,))
+            if not landed:
+                conn.execute(
+                    "UPDATE workspaces SET head_commit = NULL, changes = NULL, "
+                    "approved_by = NULL, approved_uid = NULL, awaiting_since = NULL, "
+                    "landed_commit = NULL WHERE run_id = ?", (run_id,))
             attempt = conn.execute("SELECT attempt FROM runs WHERE id = ?",
                                    (run_id,)).fetchone()[0]
             self._event(conn, run_id, "run_retried", attempt=attempt, previous=state.value,
-                        by=by)
+                        by=by, **({"landed_at": landed[0]} if landed else {}))
             return attempt
 
     # ------------------------------------------------------------ workspaces, review
@@ -1261,8 +1285,8 @@ class Store:
     def landed(self, run_id: int, *, commit: str | None, target: str, mode: str,
                as_user: str | None = None) -> None:
         with self._write() as conn:
-            conn.execute("UPDATE workspaces SET landed_commit = ? WHERE run_id = ?",
-                         (commit, run_id))
+            conn.execute("UPDATE workspaces SET landed_commit = ?, landed_at = ? "
+                         "WHERE run_id = ?", (commit, utc_now(), run_id))
             self._event(conn, run_id, "run_landed", commit=commit, target=target, mode=mode,
                         as_user=as_user)
 

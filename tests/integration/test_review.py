@@ -336,6 +336,35 @@ def test_branch_only_keeps_the_branch_and_lands_nothing(reviewing: Instance) -> 
     assert not Path(run["workspace"]["path"]).exists()
 
 
+def test_a_landed_run_whose_on_approve_failed_retries_only_that(
+        reviewing: Instance) -> None:
+    """Without review the change lands at once; its on_approve step fails (a push that
+    did not get through). `retry` runs that step again, in the same checkout, and
+    lands nothing twice."""
+    instance = reviewing
+    repo = make_repo(instance)
+    marker = instance.root / "pushed-once"
+    plan = EDIT.format(repo=repo).replace("review = true", "review = false").replace(
+        'ref = "main"', 'ref = "main"\nland = "merge"').replace(
+        'run = "test -f added.txt && echo approved-step-ran"',
+        f'run = "echo try >> {marker}; test $(wc -l < {marker}) -ge 2"')
+    run_id = instance.submit(plan, name="push")
+    run = instance.wait_state(run_id, "SUCCEEDED", "FAILED")
+    assert run["state"] == "FAILED" and "the change is landed on main" in run["reason"]
+    landed = run["workspace"]["landed_commit"]
+    assert sh(instance, "git rev-parse main", cwd=repo).strip() == landed
+    retried = instance.cli("retry", str(run_id)).stdout
+    assert "only its on_approve steps run again" in retried
+    run = instance.wait_state(run_id, "SUCCEEDED", "FAILED")
+    assert run["state"] == "SUCCEEDED", run["reason"]
+    assert [s["state"] for s in run["steps"]] == ["SUCCEEDED", "SUCCEEDED", "SUCCEEDED"]
+    assert marker.read_text().split() == ["try", "try"]
+    assert sh(instance, "git rev-parse main", cwd=repo).strip() == landed
+    assert run["workspace"]["landed_commit"] == landed
+    events = instance.cli("show", str(run_id), "--json", "--events", "100").stdout
+    assert events.count('"run_landed"') == 1
+
+
 SWAP = """
 name = "swap"
 review = true

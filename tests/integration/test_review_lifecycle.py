@@ -7,7 +7,7 @@ Two promises tests/integration/test_review.py does not cover:
   restarted daemon adopts it (README: "Daemon stop never stops runs"; daemon.py
   `reconcile`), the change lands exactly once and the run ends SUCCEEDED. A runner
   that died with the daemon ends INTERRUPTED at the next start, the change it already
-  landed stays landed once.
+  landed stays landed once, and a retry runs only the on_approve steps again.
 - `worktree_keep_days`: a landed or rejected run's checkout stays that long after the
   run ended, then the daemon removes it (and `minipipe status` stops counting it).
 
@@ -220,6 +220,17 @@ def test_a_runner_killed_with_the_daemon_during_on_approve_ends_interrupted(
     assert instance.run(run_id)["state"] == "INTERRUPTED"
     assert _landed_once(instance, repo, run_id, moved) == landed
     assert "run_adopted" not in _kinds(instance, run_id)
+    # Retried, it runs its on_approve step again, where main is the landed commit,
+    # and lands nothing again (the approval was used).
+    retried = instance.cli("retry", str(run_id)).stdout
+    assert "only its on_approve steps run again" in retried
+    run = instance.wait_state(run_id, "SUCCEEDED", "FAILED", "INTERRUPTED")
+    assert run["state"] == "SUCCEEDED", run["reason"]
+    assert run["attempt"] == 2
+    assert [s["state"] for s in run["steps"]] == ["SUCCEEDED", "SUCCEEDED"]
+    assert (instance.root / "after.log").read_text().split() == ["started", "started",
+                                                                 landed]
+    assert _landed_once(instance, repo, run_id, moved) == landed
 
 
 def _watch_until_gone(path: Path, timeout: float) -> datetime:

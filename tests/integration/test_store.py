@@ -172,13 +172,13 @@ def test_a_version_1_database_is_migrated_in_place(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     with Store.open(str(path)) as store:
-        assert store.schema_version() == SCHEMA_VERSION == 10
+        assert store.schema_version() == SCHEMA_VERSION == 11
         indexes = {row[0] for row in store.conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert {"runs_by_finished", "workspaces_to_remove"} <= indexes
         # v6: who approved a change, by uid (it lands as them).
         columns = {row[1] for row in store.conn.execute("PRAGMA table_info(workspaces)")}
-        assert "approved_uid" in columns
+        assert {"approved_uid", "landed_at"} <= columns  # v6, v11
         # v7: runs that wait for runs, or for a time.
         assert {"run_dependencies_by_after"} <= {row[0] for row in store.conn.execute(
             "SELECT name FROM sqlite_master WHERE type = 'index'")}
