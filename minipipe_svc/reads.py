@@ -356,8 +356,9 @@ def status(config: Config, out: Printer, *, as_json: bool = False) -> None:
         paused = store.is_paused()
         worktrees, worktree_bytes = store.worktree_disk_bytes()
         use = store.pool_use()
-    pools = {name: {"size": size, "running": use.get(name, 0)}
-             for name, size in config.pools.items()}
+    from .render import pool_fill, pool_use
+
+    pools = pool_use(config.pools, use)
     awaiting = counts.get("AWAITING_REVIEW", 0)
     gate_closed = bool(config.max_awaiting_review) and awaiting >= config.max_awaiting_review
     if as_json:
@@ -382,7 +383,7 @@ def status(config: Config, out: Printer, *, as_json: bool = False) -> None:
     if worktrees:
         out.echo(f"worktrees: {worktrees} on disk, {size_text(worktree_bytes)}")
     for name, pool in pools.items():
-        out.echo(f"pool {name}: {pool['running']}/{pool['size']} slots in use")
+        out.echo(f"pool {name}: {pool_fill(pool)} slots in use")
 
 
 def size_text(count: int) -> str:

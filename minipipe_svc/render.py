@@ -178,20 +178,39 @@ def steps_table(steps: list[StepRow], now: datetime | None = None, *,
 
 def usage_text(usage: dict[str, Any]) -> str:
     """`cpu 1.02s · memory peak 205.0 MiB · read 0 B · written 4.0 KiB (cgroup v2)`;
-    what the host could not give says so instead of a zero."""
+    what the host could not give says so instead of a zero. A figure that is not a
+    number in [0, 2**63) (the DB is read as hostile) shows as `?`, never breaks this."""
     from .reads import size_text
+
+    if not isinstance(usage, dict):
+        return "usage of an unknown shape"
 
     def shown(key: str, label: str, kind: str) -> str:
         value = usage.get(key)
         if value is None:
             return f"{label} n/a"
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                0 <= value < 2**63):  # NaN, infinities and the absurd too
+            return f"{label} ?"
         return f"{label} {value:.2f}s" if kind == "s" else (
-            f"{label} {size_text(int(value))}" if kind == "b" else f"{label} {value}")
+            f"{label} {size_text(int(value))}" if kind == "b" else f"{label} {int(value)}")
 
     parts = [shown("cpu_seconds", "cpu", "s"), shown("memory_peak_bytes", "memory peak", "b"),
              shown("io_read_bytes", "read", "b"), shown("io_write_bytes", "written", "b"),
              shown("tasks_peak", "tasks peak", "n")]
     return " · ".join(parts) + f" ({usage.get('source') or '?'})"
+
+
+def pool_use(sizes: dict[str, int], running: dict[str, int]) -> dict[str, dict[str, int]]:
+    """Each configured pool's size and how many of its slots running runs hold
+    (`running`: store.pool_use()); `status` and the monitor's title both show this."""
+    return {name: {"size": size, "running": running.get(name, 0)}
+            for name, size in sizes.items()}
+
+
+def pool_fill(pool: dict[str, int]) -> str:
+    """`1/2`: slots in use of the pool's size."""
+    return f"{pool['running']}/{pool['size']}"
 
 
 def local_time(timestamp: str) -> str:
