@@ -14,6 +14,10 @@ of a hybrid host (`cpuacct.usage`, `memory.max_usage_in_bytes`,
 of CPU). A figure the host cannot give is listed in `unavailable`, never shown as 0.
 Without a scope, the run's figures are its steps' (CPU and I/O summed, peaks the
 largest).
+
+While a run runs, anyone may read the same figures so far from outside its scope
+(`scope_usage`: the monitor, as an unprivileged user; /proc/PID/cgroup and the cgroup
+files are world-readable), so this module stays the one that knows their layout.
 """
 
 from __future__ import annotations
@@ -110,6 +114,21 @@ def from_cgroup(paths: dict[str, str], scope: str, root: str = CGROUP_ROOT
     unavailable = [key for key in FIGURES if key not in figures]
     return {**{key: figures.get(key) for key in FIGURES},
             "source": " + ".join(sorted(sources)) or "none", "unavailable": unavailable}
+
+
+def scope_usage(run_id: int, pid: int, root: str = CGROUP_ROOT, proc: str = "/proc"
+                ) -> dict[str, Any] | None:
+    """A running run's figures so far, read from outside its scope. `pid` (the runner's,
+    as the DB names it) only says where to look: None unless the kernel puts that
+    process in the run's own scope in minipipe.slice (gone, reused, or a user's scope
+    of the same name elsewhere), so no other cgroup's figures pass for the run's."""
+    from .systemd import cgroup_in_unit, unit_name
+
+    unit = unit_name(run_id)
+    text = _read(os.path.join(proc, str(int(pid)), "cgroup"))
+    if text is None or not cgroup_in_unit(text, unit):
+        return None
+    return from_cgroup(own_cgroups(text), unit, root)
 
 
 def run_usage(run_id: int, steps: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,11 +1,11 @@
-"""accounting.from_cgroup's reading of cgroup files (pure logic, on a tree written
-here; the real thing is tests/system/test_accounting_system.py)."""
+"""accounting.from_cgroup's and scope_usage's reading of cgroup files (pure logic, on a
+tree written here; the real thing is tests/system/test_accounting_system.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from minipipe_svc.accounting import from_cgroup, from_steps, own_cgroups
+from minipipe_svc.accounting import from_cgroup, from_steps, own_cgroups, scope_usage
 
 SCOPE = "minipipe-run-7.scope"
 
@@ -53,3 +53,31 @@ def test_without_a_cgroup_the_steps_add_up() -> None:
     assert (usage["cpu_seconds"], usage["memory_peak_bytes"], usage["io_read_bytes"],
             usage["io_write_bytes"]) == (1.5, 30, 4, 6)
     assert usage["tasks_peak"] is None and usage["unavailable"] == ["tasks_peak"]
+
+
+def _proc(root: Path, pid: int, text: str) -> str:
+    _write(root, f"proc/{pid}/cgroup", text)
+    return str(root / "proc")
+
+
+def test_a_running_runs_scope_is_read_from_outside_through_its_runners_pid(
+        tmp_path: Path) -> None:
+    where = f"minipipe.slice/{SCOPE}"
+    _write(tmp_path, f"cg/unified/{where}/cpu.stat", "usage_usec 250000\n")
+    _write(tmp_path, f"cg/cpuacct/{where}/cpuacct.usage", "1\n")
+    proc = _proc(tmp_path, 42, f"2:cpu,cpuacct:/{where}\n1:name=systemd:/{where}\n"
+                               f"0::/{where}\n")
+    usage = scope_usage(7, 42, root=str(tmp_path / "cg"), proc=proc)
+    assert usage is not None and usage["cpu_seconds"] == 0.25
+    assert "memory_peak_bytes" in usage["unavailable"] and usage["memory_peak_bytes"] is None
+
+
+def test_a_pid_outside_the_runs_own_scope_gives_no_figures(tmp_path: Path) -> None:
+    # A user's own scope of the same name, elsewhere: never taken for the run's.
+    elsewhere = f"user.slice/user-1000.slice/user@1000.service/app.slice/{SCOPE}"
+    _write(tmp_path, f"cg/{elsewhere}/cpu.stat", "usage_usec 999000000\n")
+    proc = _proc(tmp_path, 43, f"0::/{elsewhere}\n")
+    assert scope_usage(7, 43, root=str(tmp_path / "cg"), proc=proc) is None
+    assert scope_usage(7, 44, root=str(tmp_path / "cg"), proc=proc) is None  # gone
+    proc = _proc(tmp_path, 45, f"0::/minipipe.slice/{SCOPE}\n")
+    assert scope_usage(8, 45, root=str(tmp_path / "cg"), proc=proc) is None  # another run's
