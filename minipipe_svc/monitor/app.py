@@ -23,10 +23,10 @@ from textual.widgets import DataTable, Footer, Input, Static
 from ..logs import LogLine
 from ..model import RunState
 from ..output import OutputFollower
-from ..render import printable
+from ..render import pool_fill, pool_use, printable
 from ..store import EventRow, StepRow
 from . import diff
-from .data import MonitorData, Update, WorkspaceFacts
+from .data import LiveUsage, MonitorData, Update, WorkspaceFacts
 from .messages import RunChosen
 from .widgets.diff_screen import DiffScreen
 from .widgets.events import MAX_ROWS, EventsTable
@@ -35,6 +35,7 @@ from .widgets.output import OutputLog
 from .widgets.runs import ACTIVE, RunsTable, matches, ordered
 from .widgets.steps import StepsPanel, StepsTable
 from .widgets.style import literal
+from .widgets.usage import UsageDetail
 from .widgets.workspace import WorkspaceDetail
 
 
@@ -52,6 +53,7 @@ class Sync:
     output_note: str | None = None
     workspace: WorkspaceFacts | None = None
     workspace_read: bool = False                # False: unchanged
+    live: LiveUsage | None = None               # the selected running run's, this tick
 
 
 class FilterInput(Input):
@@ -77,9 +79,11 @@ class MonitorApp(App[None]):
     ]
 
     def __init__(self, db_path: str, log_dir: str, *, poll_interval: float = 2.0,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None,
+                 pools: dict[str, int] | None = None) -> None:
         super().__init__()
         self.db_path, self.log_dir, self.poll_interval = db_path, log_dir, poll_interval
+        self.pools = dict(pools or {})  # config `pools`: name -> slots
         self.clock = clock or (lambda: datetime.now(UTC))
         self.data = MonitorData(db_path)
         self.lock = threading.Lock()
@@ -93,7 +97,7 @@ class MonitorApp(App[None]):
         self.filter_text = ""
         self.pending_reselect = False
         self.problem_shown: str | None = ""
-        self.title_shown = ""
+        self.title_shown: Text | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="title")
@@ -135,6 +139,8 @@ class MonitorApp(App[None]):
                 result.workspace_read = True
                 if reselect or update.reloaded:
                     result.run_events = self.data.run_events(selected)
+            if run is not None and run.state is RunState.RUNNING:
+                result.live = self.data.live_usage(run.id)
             if run is None:
                 self.follower = None
             elif self.follower is None or self.follower.run_id != selected or reselect:
@@ -199,6 +205,7 @@ class MonitorApp(App[None]):
                 panel.tick(run, self.steps_cache, now)
             if sync.workspace_read or run is None:
                 self.query_one(WorkspaceDetail).show(sync.workspace, run, now)
+            self.query_one(UsageDetail).show(run, sync.live)
             output = self.query_one(OutputLog)
             if sync.output_reset:
                 title = f"Output · run {self.selected}" if run else "Output"
@@ -214,20 +221,27 @@ class MonitorApp(App[None]):
                  f"{finished} recent finished"]
         if waiting:
             parts.insert(2, f"{waiting} awaiting review")
+        # Pool use as `minipipe status` counts it: configured pools, slots held by runs.
+        pools = pool_use(self.pools, self.data.pool_use)
         flags = ["active only" if self.active_only else "all runs"]
         if self.filter_text:
             flags.append(f"filter: {printable(self.filter_text)}")
         if not self.follow:
             flags.append("follow off")
-        line = f"  {' · '.join(parts)}  [{', '.join(flags)}]"
-        if line == self.title_shown:
-            return
-        self.title_shown = line
         text = Text()
         text.append("minipipe-monitor", style="bold")
-        text.append(line)
+        text.append(f"  {' · '.join(parts)}")
         if waiting:  # runs wait for a person: the count stands out
             text.highlight_words([f"{waiting} awaiting review"], style="bold")
+        for index, (name, pool) in enumerate(pools.items()):
+            text.append(" · pools " if index == 0 else ", ")
+            # A full pool keeps its runs waiting: it stands out too.
+            text.append(f"{printable(name)} {pool_fill(pool)}",
+                        style="bold yellow" if pool["running"] >= pool["size"] else "")
+        text.append(f"  [{', '.join(flags)}]")
+        if text == self.title_shown:
+            return
+        self.title_shown = text
         self.query_one("#title", Static).update(text, layout=False)  # always one line
 
     # ------------------------------------------------------------ events from widgets

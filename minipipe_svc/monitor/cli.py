@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     db_path = args.db_path or (config.db_path if config else "")
     log_dir = args.log_dir or (config.log_dir if config and not args.db_path else
                                os.path.join(os.path.dirname(os.path.abspath(db_path)), "logs"))
+    # The pools' sizes are the config's, if it is this DB's (`status` shows the same).
+    same_db = config is not None and os.path.abspath(config.db_path) == os.path.abspath(db_path)
     from . import run_tui_monitor
 
-    run_tui_monitor(db_path, args.poll_interval, log_dir=log_dir)
+    run_tui_monitor(db_path, args.poll_interval, log_dir=log_dir,
+                    pools=config.pools if config is not None and same_db else {})

@@ -15,6 +15,7 @@ import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..accounting import scope_usage
 from ..model import RunState
 from ..store import (
     EventRow,
@@ -44,6 +45,15 @@ class Update:
 
 
 @dataclass(frozen=True)
+class LiveUsage:
+    """A running run's figures so far, read from its scope's cgroup at this tick, or
+    why there are none (`note`): never zeros for what cannot be known."""
+
+    figures: dict[str, Any] | None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
 class WorkspaceFacts:
     """A run's workspace: what its plan asked for and, once made, what happened."""
 
@@ -60,6 +70,7 @@ class MonitorData:
         self.problem: str | None = "opening the state DB…"
         # A plan never changes: its [workspace] is read once per run (None: it has none).
         self.specs: dict[int, dict[str, Any] | None] = {}
+        self.pool_use: dict[str, int] = {}  # running runs per pool (store.pool_use)
 
     def refresh(self) -> Update:
         try:
@@ -81,6 +92,7 @@ class MonitorData:
         # finished ones (they are few; events keep them current from here on).
         self.runs.update((run.id, run) for run in self.store.list_runs(
             limit=None, states=(RunState.AWAITING_REVIEW,)))
+        self.pool_use = self.store.pool_use()
         backlog = self.store.events(after_id=max(0, self.last_event_id - EVENT_BACKLOG),
                                     limit=EVENT_BACKLOG)
         self.problem = None
@@ -97,6 +109,7 @@ class MonitorData:
         deleted = {i for e in events if e.kind == "runs_deleted"
                    for i in e.detail.get("ids") or [] if isinstance(i, int)}
         fresh = {run.id: run for run in self.store.runs_by_ids(sorted(touched))}
+        self.pool_use = self.store.pool_use()  # runs take and free slots only with events
         self.runs.update(fresh)
         removed = (touched - set(fresh)) | (deleted & set(self.runs))
         for run_id in removed:
@@ -136,6 +149,30 @@ class MonitorData:
             return WorkspaceFacts(spec, self.store.workspace(run_id))
         except (StoreError, sqlite3.Error):
             return None
+
+    def live_usage(self, run_id: int) -> LiveUsage:
+        """What the running run `run_id` has consumed so far, from its scope's cgroup
+        files (accounting.scope_usage): located through its runner's pid, read fresh
+        from the DB each time (the daemon records the pid after the run's start event,
+        with no event of its own). Only the run id names the scope, never the DB."""
+        if self.store is None:
+            return LiveUsage(None, "live figures: the state DB is not readable")
+        try:
+            found = self.store.runs_by_ids([run_id])
+        except (StoreError, sqlite3.Error):
+            return LiveUsage(None, "live figures: the state DB is not readable")
+        run = found[0] if found else None
+        if run is None or run.state is not RunState.RUNNING:
+            return LiveUsage(None, None)
+        if not run.unit:
+            return LiveUsage(None, "live figures need a scope (isolation none)")
+        if not isinstance(run.runner_pid, int) or run.runner_pid <= 0:
+            return LiveUsage(None, "live figures: waiting for the run's runner")
+        figures = scope_usage(run.id, run.runner_pid)
+        if figures is None:
+            return LiveUsage(None, "live figures: the run's runner is not in its scope "
+                                   "(starting or ending)")
+        return LiveUsage(figures)
 
     def counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

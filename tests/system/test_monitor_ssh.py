@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 from tests.integration.conftest import wait_for
@@ -67,5 +68,38 @@ def test_operator_watches_a_run_over_ssh_in_tmux(service: Box) -> None:
         service.sh(f"{SSH} tmux send-keys -t mon q")
         wait_for(lambda: service.sh(f"{SSH} tmux has-session -t mon",
                                     check=False).returncode != 0, 15, "q to quit the monitor")
+    finally:
+        service.sh(f"{SSH} tmux kill-server", check=False)
+
+
+def test_the_monitor_shows_a_running_runs_live_usage_from_its_scope(service: Box) -> None:
+    """As the operator over SSH: the selected running run's CPU so far, read from its
+    scope's cgroup at each tick (marked live), growing while a step burns CPU; after
+    the run, what its runner recorded."""
+    enable_ssh(service)
+    service.sh(f"mkdir -p {GATE} && chmod 1777 {GATE} && rm -f {GATE}/*")
+    burn = f"import os\nwhile not os.path.exists('{GATE}/stop'): pass"
+    run_id = service.submit(f'name = "burner"\n[[steps]]\nid = "burn"\n'
+                            f'run = {json.dumps(["python3", "-c", burn])}\n')
+    service.wait_state(run_id, "RUNNING")
+    service.sh(f"{SSH} tmux new-session -d -s live -x 160 -y 40 "
+               "minipipe-monitor --poll-interval 0.5")
+    try:
+        def screen() -> str:
+            return service.sh(f"{SSH} tmux capture-pane -p -t live", check=False).stdout
+
+        def live_cpu() -> float | None:
+            found = re.search(r"live cpu (\d+\.\d\d)s", screen())
+            return float(found.group(1)) if found else None
+
+        # CPU of a step still running: only its scope's cgroup knows it (a step's
+        # rusage comes with its end), so a figure here was read from the scope.
+        first = wait_for(live_cpu, 30, "the live figures of the running run")
+        wait_for(lambda: (live_cpu() or 0) >= first + 1.0, 30, "the live CPU to grow")
+        service.sh(f"touch {GATE}/stop")
+        wait_for(lambda: "used cpu " in screen(), 30, "the recorded figures after the run")
+        recorded = service.run(run_id)["usage"]
+        assert f"used cpu {recorded['cpu_seconds']:.2f}s" in screen()
+        assert recorded["cpu_seconds"] >= first + 1.0
     finally:
         service.sh(f"{SSH} tmux kill-server", check=False)

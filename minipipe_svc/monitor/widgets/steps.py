@@ -1,4 +1,5 @@
-"""The selected run: its current step in detail, its workspace, and all its steps."""
+"""The selected run: its current step in detail, its usage, its workspace, and all its
+steps."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from ...render import elapsed, printable
 from ...store import RunRow, StepRow
 from .style import literal, state_badge
 from .table import PaneTable
+from .usage import UsageDetail
 from .workspace import WorkspaceDetail
 
 
@@ -29,6 +31,7 @@ def current_step(steps: list[StepRow]) -> StepRow | None:
 class StepsPanel(Vertical):
     def compose(self) -> ComposeResult:
         yield Static(id="step-detail")
+        yield UsageDetail(id="usage-detail")
         yield WorkspaceDetail(id="workspace-detail")
         yield StepsTable(id="steps-table")
 
