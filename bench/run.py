@@ -102,7 +102,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (harness check)")
     parser.add_argument("--only", help="comma-separated figures: submit,latency,throughput,"
-                                       "idle,logs,monitor,store,cli,api,worktree")
+                                       "idle,logs,monitor,store,cli,api,worktree,"
+                                       "accounting")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "RESULTS.md")
     args = parser.parse_args()
     print("building the .deb ...", flush=True)

@@ -404,20 +404,7 @@ def throughput(quick: bool) -> Figure:
                          ("exec'd runners (minipipe_command, the old way)",
                           {"minipipe_command": ["/usr/bin/python3", "-m",
                                                 "minipipe_svc.runner"]})):
-        reset(max_concurrent_runs=8, **extra)
-        sh("minipipe pause")
-        queue(n, ["/bin/true"], operator())
-        with cpu_meter() as cpu:
-            start = time.perf_counter()
-            sh("minipipe resume")
-            wait_until(lambda: counts()["PENDING"] + counts()["RUNNING"] == 0, 600,
-                       f"{n} runs to finish")
-            elapsed = time.perf_counter() - start
-        if counts()["SUCCEEDED"] != n:
-            raise RuntimeError(f"not all runs succeeded: {counts()}\n" + sh(
-                "journalctl -u minipipe --no-pager | grep -v 'started: runner\\|ended SUCC' "
-                "| tail -30").stdout)
-        results[label] = (elapsed, dict(cpu))
+        results[label] = throughput_pass(n, **extra)
     ours = results["forked runners (default)"][0]
     old = results["exec'd runners (minipipe_command, the old way)"][0]
     base_scope = scope_parallel(n)
@@ -438,6 +425,25 @@ def throughput(quick: bool) -> Figure:
                 "first checks the step's cwd as that user (setfsuid); see the table below")
     figure.extra = {"micro": micro_costs(quick)}  # type: ignore[attr-defined]
     return figure
+
+
+def throughput_pass(n: int, **config: object) -> tuple[float, dict[str, float]]:
+    """Figure 2's measure: `n` one-step /bin/true runs of the operator's, 8 at once,
+    from resume to all SUCCEEDED; the wall seconds and the CPU seconds meanwhile."""
+    reset(max_concurrent_runs=8, **config)
+    sh("minipipe pause")
+    queue(n, ["/bin/true"], operator())
+    with cpu_meter() as cpu:
+        start = time.perf_counter()
+        sh("minipipe resume")
+        wait_until(lambda: counts()["PENDING"] + counts()["RUNNING"] == 0, 600,
+                   f"{n} runs to finish")
+        elapsed = time.perf_counter() - start
+    if counts()["SUCCEEDED"] != n:
+        raise RuntimeError(f"not all runs succeeded: {counts()}\n" + sh(
+            "journalctl -u minipipe --no-pager | grep -v 'started: runner\\|ended SUCC' "
+            "| tail -30").stdout)
+    return elapsed, dict(cpu)
 
 
 def scope_parallel(n: int) -> float:
@@ -1035,10 +1041,142 @@ def checkout_repo(repo: Path, files: int) -> str:
            f"git -C {repo} gc -q && touch {repo}/.git/bench-built")
     return sh(f"git -C {repo} rev-parse HEAD").stdout.strip()
 
+def accounting_cost(quick: bool) -> Figure:
+    """Issue 13's target: accounting adds <= 5 % to figure 2's per-run cost. There is
+    no switch that turns accounting off (it is always on), so its calls are timed on
+    their own, as a runner makes them, against figure 2 measured in the same run."""
+    figure = Figure("10. Accounting: its cost per run against figure 2 (one-step /bin/true "
+                    "runs, 8 at once)")
+    n, calls = (100, 100) if quick else (1000, 500)
+    elapsed, cpu = throughput_pass(n)
+    with store() as db:
+        sources = {str((run.usage or {}).get("source")) for run in db.list_runs(limit=None)}
+    per_run_cpu = sum(cpu.values()) / n
+    parts = accounting_calls(calls)
+    # A runner calls step_usage and run_usage once, cold: the cold figure counts, or the
+    # warm ones if they are larger (they never should be).
+    counted = [what for what in parts if what not in HOT] if sum(
+        parts[what]["cpu"] for what in HOT) <= parts[COLD]["cpu"] else [
+        what for what in parts if what != COLD]
+    ours_cpu = sum(parts[what]["cpu"] for what in counted)
+    warm_cpu = sum(parts[what]["cpu"] for what in parts if what != COLD)
+    added = ours_cpu / (per_run_cpu - ours_cpu)
+    figure.add("CPU per run: the accounting's calls (p50 each, summed)", ms(ours_cpu),
+               f"{ms(per_run_cpu - ours_cpu)} the rest of figure 2's run",
+               f"+{added:.1%}", "<= +5 %")
+    figure.add("  lower bound: the same calls warm", ms(warm_cpu),
+               f"{ms(per_run_cpu - warm_cpu)} the rest of figure 2's run",
+               f"+{warm_cpu / (per_run_cpu - warm_cpu):.1%}")
+    for what, part in parts.items():
+        figure.add(f"  {what}{'' if what in counted else ' (warm, not counted)'}",
+                   f"{ms(part['cpu'])} CPU", f"{ms(part['wall'])} wall")
+    figure.note(f"target (issue 13): the accounting adds <= 5 % to figure 2's per-run CPU: "
+                f"{'met' if added <= 0.05 else 'NOT met'} (+{added:.1%})")
+    figure.note(f"figure 2 re-run here: {n} runs in {elapsed:.2f} s ({n / elapsed:.0f}/s), "
+                f"{per_run_cpu * 1000:.1f} ms of CPU per run (daemon, runners and steps, PID 1, "
+                "journald: the throughput of 8 at once on 2 CPUs is bound by it), accounting "
+                f"on (the runs' recorded sources: {', '.join(sorted(sources))})")
+    figure.note("how: there is no switch to skip accounting, so each call a runner makes for "
+                f"it was timed alone, {calls} times, as root in a scope "
+                "minipipe-run-N.scope in minipipe.slice (the cgroup files it reads are a "
+                "real scope's) against the installed DB, and its p50 CPU (process_time) "
+                "summed; the calls a runner makes once per run, cold, were also timed "
+                "once each in 200 freshly forked children, and that figure counts: an upper "
+                "bound, since a fresh child pays copy-on-write faults for pages a runner has "
+                "mostly copied already by the time its run ends (the warm calls are the lower "
+                "bound); `+x %` is that sum over the rest of figure 2's CPU per run. The "
+                "extra UPDATE of a step's usage is finish_step with usage minus without "
+                "(alternated); wait4 instead of waitpid costs nothing measurable and is not "
+                "counted. Not counted either: the kernel's own cgroup accounting, which "
+                "systemd keeps on for every unit whatever minipipe does")
+    return figure
+
+
+def accounting_calls(count: int) -> dict[str, dict[str, float]]:
+    """p50 CPU and wall seconds of each accounting call, from a process in a scope of
+    minipipe.slice (argv of ACCOUNTING_TIMES: the fake run id its scope is named
+    after, the count, the DB), the service stopped so that nothing else writes."""
+    reset()
+    sh("minipipe pause")
+    queue(2 * count + 1, ["/bin/true"])
+    sh("systemctl stop minipipe")
+    scope_run = 990000 + os.getpid() % 9999
+    done = subprocess.run(["systemd-run", "--scope", "--quiet", "--collect",
+                           "--slice=minipipe.slice", f"--unit=minipipe-run-{scope_run}.scope",
+                           "python3", "-c", ACCOUNTING_TIMES, str(scope_run), str(count), DB,
+                           COLD],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"timing the accounting failed: {done.stderr}")
+    return json.loads(done.stdout)
+
+
+COLD = "step_usage + run_usage, once in a freshly forked process (as a runner does)"
+HOT = ("step_usage: a step's figures from wait4's rusage",
+       "run_usage: the scope's cgroup files (+ the steps')")
+# As a runner does it, for each call: p50 process_time and perf_counter seconds.
+ACCOUNTING_TIMES = """
+import json, os, resource, sys, time
+from minipipe_svc.accounting import run_usage, step_usage
+from minipipe_svc.model import RunState, StepState
+from minipipe_svc.store import Store
+scope_run, count, db = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+COLD = sys.argv[4]
+db = Store.open(db)
+runs = [r.id for r in db.list_runs(limit=None)]
+times = {}
+def timed(what, call):
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = call()
+    times.setdefault(what, []).append((time.process_time() - cpu, time.perf_counter() - wall))
+    return result
+rusage = resource.getrusage(resource.RUSAGE_SELF)
+usage = step_usage(rusage)
+if "cgroup" not in run_usage(scope_run, [usage])["source"]:
+    sys.exit("not in the scope: " + open("/proc/self/cgroup").read())
+for i in range(count):
+    steps = [timed("step_usage: a step's figures from wait4's rusage",
+                   lambda: step_usage(rusage))]
+    for run_id, with_usage in ((runs[2 * i], i % 2 == 0), (runs[2 * i + 1], i % 2 == 1)):
+        db.start_run(run_id)
+        db.start_step(run_id, 0, "main")
+        timed("finish_step with usage" if with_usage else "finish_step without",
+              lambda: db.finish_step(run_id, 0, StepState.SUCCEEDED, exit_code=0,
+                                     usage=usage if with_usage else None))
+        db.finish_run(run_id, RunState.SUCCEEDED, exit_code=0)
+    figures = timed("run_usage: the scope's cgroup files (+ the steps')",
+                    lambda: run_usage(scope_run, steps))
+    timed("record_usage: the run's figures written (one commit)",
+          lambda: db.record_usage(runs[-1], figures))
+def p50(values):
+    return sorted(values)[len(values) // 2]
+# Cold, as a runner makes them: once, in a process just forked (copy-on-write faults).
+for _ in range(min(count, 200)):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        cpu, wall = time.process_time(), time.perf_counter()
+        run_usage(scope_run, [step_usage(rusage)])
+        os.write(write, json.dumps([time.process_time() - cpu,
+                                    time.perf_counter() - wall]).encode())
+        os._exit(0)
+    os.close(write)
+    times.setdefault(COLD, []).append(tuple(json.loads(os.read(read, 200))))
+    os.close(read)
+    os.waitpid(pid, 0)
+result = {what: {"cpu": p50([c for c, _ in pairs]), "wall": p50([w for _, w in pairs])}
+          for what, pairs in times.items()}
+with_usage, without = result.pop("finish_step with usage"), result.pop("finish_step without")
+result["finish_step: the step's usage stored (with minus without)"] = {
+    key: with_usage[key] - without[key] for key in ("cpu", "wall")}
+print(json.dumps(result))
+"""
+
+
 FIGURES: dict[str, Callable[[bool], Figure]] = {
     "submit": submit_cli, "latency": submit_to_start, "throughput": throughput,
     "idle": idle, "logs": log_path, "monitor": monitor, "store": store_scale, "cli": read_cli,
-    "api": api_rate, "worktree": checkout}
+    "api": api_rate, "worktree": checkout, "accounting": accounting_cost}
 
 
 def main() -> int:

@@ -28,9 +28,9 @@ def check_quick_suite(service: Box) -> None:
     figures = {figure["name"]: figure for figure in
                json.loads(service.sh("cat /root/results.json").stdout)}
     assert list(figures) == ["submit", "latency", "throughput", "idle", "logs", "monitor",
-                             "store", "cli", "api", "worktree"]
+                             "store", "cli", "api", "worktree", "accounting"]
     for name in ("submit", "latency", "throughput", "idle", "logs", "store", "cli", "api",
-                 "worktree"):
+                 "worktree", "accounting"):
         rows = figures[name]["rows"]
         assert rows and all(row["ours"] for row in rows), figures[name]
         assert any(row["baseline"] for row in rows), f"{name} has no baseline"
@@ -38,5 +38,6 @@ def check_quick_suite(service: Box) -> None:
         "fork (python, no exec)", "join a scope over D-Bus (fork + join)",
         "systemd-run --scope /bin/true", "python3 start + runner imports"}
     assert any("first paint" in note for note in figures["monitor"]["notes"])
+    assert any("cgroup" in note for note in figures["accounting"]["notes"])  # it was on
     # The suite leaves the service as it found it: stock config, empty queue, running.
     assert service.sh("systemctl is-active minipipe").stdout.strip() == "active"
