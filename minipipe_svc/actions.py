@@ -211,8 +211,11 @@ class Actions:
             line = (key_line(text, plan_format, "workspace", key)
                     or key_line(text, plan_format, "workspace"))
             hint = ("name a branch, tag or commit that exists in the repository"
-                    if key == "ref" else "give the path of a git repository that user "
-                    "may read (a clone or a bare repository)")
+                    if key == "ref" else
+                    "let that user read it (or use review_gate = \"advisory\")"
+                    if message.startswith("cannot tell") else
+                    "give the path of a git repository that user may read (a clone or a "
+                    "bare repository)")
             return self.refusal(PlanError(label, message, line=line, where="[workspace]",
                                           hint=hint))
 

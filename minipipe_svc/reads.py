@@ -317,11 +317,14 @@ def diff(config: Config, out: Printer, run_id: int, *, stat: bool = False,
         raise ReadError(f"run {run_id} has not recorded its change yet (its steps have "
                         "not ended)", EXIT_BAD_INPUT)
     shown = shown_text()
-    if name_only:
+    if name_only:  # for scripts: the names alone, the commit only for a person
+        if sys.stdout.isatty():
+            out.echo(f"commit {shown(row.head_commit or '-')}")
         for entry in row.changes["files"]:
             out.echo(shown(entry["path"]))
         return
     if stat:
+        out.echo(f"commit {shown(row.head_commit or '-')}")
         for line in diffstat(row.changes):
             out.echo(shown(line))
         return

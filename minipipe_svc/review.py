@@ -134,7 +134,9 @@ class RunWorkspace:
         common = self.git.common_dir(self.spec.repo)
         changes["repository"] = common
         changes["repository_id"] = _identity(common)
-        write_diff(self.log_dir, self.run_id, text)
+        # The commit first, as `git show` does: the id to approve is the one of the
+        # diff the reviewer read (`show` may already name a retried attempt's).
+        write_diff(self.log_dir, self.run_id, f"commit {head}\n".encode() + text)
         self.store.workspace_changed(self.run_id, head_commit=head, changes=changes,
                                      disk_bytes=self.git.disk_usage(self.path))
         return changes

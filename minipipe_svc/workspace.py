@@ -133,12 +133,31 @@ TRUST_FOR_READING = ("-c", "safe.directory=*", "-c", "protocol.allow=never")
 # parent of the repository's path could put a repository of theirs in its place; git's
 # ownership check then refuses it), and no hooks or fsmonitor (a hooks directory the
 # repository's config names may be one the submitter can write).
+# And nothing that would run a program a config file names, should one the gate
+# cannot see name one: no signature checks or signing (gpg.program), no automatic
+# gc or maintenance, no submodule updates.
 OWN_REPOSITORIES_ONLY = ("-c", "safe.directory=", "-c", "core.hooksPath=/dev/null",
                          "-c", "core.fsmonitor=false", "-c", "protocol.allow=never",
-                         "-c", "core.attributesFile=/dev/null")
+                         "-c", "core.attributesFile=/dev/null",
+                         "-c", "merge.verifySignatures=false", "-c", "commit.gpgSign=false",
+                         "-c", "gc.auto=0", "-c", "maintenance.auto=false",
+                         "-c", "submodule.recurse=false")
 # For git in the checkout (the steps' repository): no commit-graph, whose recorded
 # parents a step may forge (and GIT_GRAFT_FILE=/dev/null: no grafts, see environment).
 CHECKOUT_OPTIONS = ("-c", "core.commitGraph=false")
+
+def gate_answer(output: str, user: str, repo: str) -> str | None:
+    """What gate.py said: the part `user` may change, or None; GitError where the
+    user may not look (the gate cannot tell, so it does not hold)."""
+    for line in output.splitlines():
+        if line.startswith("writable: "):
+            return line.removeprefix("writable: ")
+        if line.startswith("unreadable: "):
+            raise GitError(f"cannot tell whether user {user} may change {repo}: they "
+                           f"may not read {line.removeprefix('unreadable: ')}, which git "
+                           "reads for it")
+    return None
+
 
 def _gate_command(repo: str) -> list[str]:
     """The review gate's question (gate.py) as a command line for the user to run:
@@ -239,13 +258,10 @@ class Git:
         """A part of the repository this user may write (or owns), or None: then no
         step of theirs can move its branches, add objects, or set its config and
         hooks (see gate.py). Unreadable corners are not searched."""
-        result = self._as_user(_gate_command(repo))
+        result = self._as_user(_gate_command(repo), all_groups=True)
         if result is None or result.returncode != 0:
             raise GitError(f"cannot tell whether user {self.user} may write {repo}")
-        for line in result.stdout.decode("utf-8", "replace").splitlines():
-            if line.startswith("writable: "):
-                return line.removeprefix("writable: ")
-        return None
+        return gate_answer(result.stdout.decode("utf-8", "replace"), self.user, repo)
 
     @property
     def user(self) -> str:
@@ -486,6 +502,8 @@ class Git:
             status = _wait(proc)
         if status != 0:
             raise GitError(f"{what}: exit status {status}")
+        if diff:  # what a reviewer reads is what was hashed: no function names
+            text = bytearray(_Digest.HUNK.sub(rb"\1", bytes(text)))
         return _Reading(bytes(text), total > keep, digest.hexdigest(),
                         digest.counts if diff else None)
 
@@ -594,14 +612,26 @@ class Git:
                 self.run("-C", repo, "branch", "-D", "--quiet", branch, check=False)
         self._as_user(["rm", "-rf", "--one-file-system", "--", path])
 
-    def _as_user(self, argv: list[str]) -> subprocess.CompletedProcess[bytes] | None:
-        options = self.user_options()
+    def _as_user(self, argv: list[str], *, all_groups: bool = False
+                 ) -> subprocess.CompletedProcess[bytes] | None:
+        """`argv` as the user (`all_groups`: with every group they have at a shell,
+        the one that reads state too, which steps do not get)."""
+        options = self.gate_options() if all_groups else self.user_options()
         try:
             return subprocess.run(argv, capture_output=True, timeout=WORK_TIMEOUT_SECONDS,
                                   cwd="/", check=False, stdin=subprocess.DEVNULL,
-                                  env={"PATH": "/usr/bin:/bin", "LC_ALL": "C"}, **options)
+                                  env=self.environment(), **options)
         except (OSError, subprocess.TimeoutExpired):
             return None
+
+    def gate_options(self) -> dict[str, Any]:
+        """user_options with all the user's groups: the gate asks what the user could
+        change at their shell, not only what their steps could."""
+        options = self.user_options()
+        if "user" in options and self.identity is not None:
+            options["extra_groups"] = sorted(set(os.getgrouplist(self.identity.user,
+                                                                 self.identity.gid)))
+        return options
 
 
 # The submit-time check, as the run's user, in one child: the ref's commit, then (for a
@@ -630,7 +660,7 @@ class RefCheck:
         self.repo, self.ref = repo, ref
         self.deadline = time.monotonic() + timeout
         self.writable: str | None = None
-        options = git.user_options()
+        options = git.gate_options() if gate else git.user_options()
         self.user = git.user
         try:
             self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
@@ -664,8 +694,7 @@ class RefCheck:
         said = self.output.decode("utf-8", "replace")
         if status == 0:
             lines = said.strip().splitlines()
-            found = [line for line in lines if line.startswith("writable: ")]
-            self.writable = found[0].removeprefix("writable: ") if found else None
+            self.writable = gate_answer(said, self.user, self.repo)
             commits = [line for line in lines if len(line) >= 40 and line.isalnum()]
             if commits:
                 return commits[-1]

@@ -378,7 +378,7 @@ def test_what_the_runs_user_may_write_of_a_repository(repos: Repos, tmp_path: Pa
 # the test user owns; `{repo}`: the repository, root's), and what the gate then names.
 GATE_REACH = {
     "an include not created yet, in the user's directory": (
-        "git -C {repo} config include.path {mine}/app.gitconfig", "{mine}"),
+        "git -C {repo} config include.path {mine}/app.gitconfig", "{home}"),
     "a relative include inside an included file": (
         "mkdir {outside}/conf && printf '[include]\\n\\tpath = local.gitconfig\\n' "
         "> {outside}/conf/app.gitconfig && install -o {user} -m 644 /dev/null "
@@ -392,15 +392,27 @@ GATE_REACH = {
         "{outside}/hooks/post-merge"),
     "objects through a link to a directory the user may write": (
         "mv {repo}/objects {mine}/objects && ln -s {mine}/objects {repo}/objects",
-        "{mine}"),
+        "{home}"),
     "an alternate's alternate": (
         "git init -q --bare {outside}/mirror.git && echo {mine} > "
         "{outside}/mirror.git/objects/info/alternates && "
         "echo {outside}/mirror.git/objects > {repo}/objects/info/alternates",
         "{mine}"),
     "a filter program in the user's directory": (
-        "git -C {repo} config filter.x.smudge '{mine}/smudge %f'", "{mine}"),
+        "git -C {repo} config filter.x.smudge '{mine}/smudge %f'", "{home}"),
     "a parent of the repository": ("chown {user} {outside}", "{outside}"),
+    "an include in config.worktree": (
+        "git -C {repo} config extensions.worktreeConfig true && "
+        "git -C {repo} config --worktree include.path {mine}/wt.gitconfig", "{home}"),
+    "a link on the way that lives in the user's directory": (
+        "mkdir {outside}/conf && printf '[user]\\n\\tx = 1\\n' > {outside}/conf/team && "
+        "ln -s {outside}/conf/team {mine}/team && ln -s {mine}/team {outside}/conf/app && "
+        "git -C {repo} config include.path {outside}/conf/app", "{home}"),
+    "an include inside an includeIf false here": (
+        "printf '[include]\\n\\tpath = {mine}/release.gitconfig\\n' > {outside}/release && "
+        "git -C {repo} config includeIf.onbranch:release.path {outside}/release", "{home}"),
+    "a quoted alternate": (
+        "printf '\"{mine}\"\\n' > {repo}/objects/info/alternates", "{mine}"),
 }
 
 
@@ -420,11 +432,43 @@ def test_the_gate_sees_what_the_repository_takes_from_the_user(
     repos.sh(f"mkdir -m 755 {mine}")
     assert repos.git.writable_part(str(repo)) is None
     setup, named = GATE_REACH[reach]
-    fields = {"repo": repo, "mine": mine, "outside": outside, "root": tmp_path,
-              "user": repos.user.pw_name}
+    fields = {"repo": repo, "mine": mine, "home": repos.root, "outside": outside,
+              "root": tmp_path, "user": repos.user.pw_name}
     subprocess.run(["sh", "-ec", setup.format(**fields)], check=True)
     subprocess.run(["chmod", "-R", "a+rX", str(outside)], check=True)
     assert repos.git.writable_part(str(repo)) == named.format(**fields)
+
+
+def test_the_gate_cannot_tell_where_the_user_may_not_look(repos: Repos,
+                                                         tmp_path: Path) -> None:
+    """A hooks directory the user may not list may hold a link to a file they could
+    create: the gate cannot tell, so it does not hold (fails closed)."""
+    if repos.user is None:
+        pytest.skip("LOUD SKIP: needs root, to make a repository the test user may only read")
+    tmp_path.chmod(0o755)
+    repo = tmp_path / "app.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(repo)], check=True)
+    (repo / "hooks").chmod(0o700)
+    with pytest.raises(GitError, match=r"may not read .*/hooks"):
+        repos.git.writable_part(str(repo))
+
+
+def test_the_gate_sees_a_work_tree_directory_the_user_may_write(
+        repos: Repos, tmp_path: Path) -> None:
+    """Landing updates a checked-out target in its work tree, where git reads any
+    `.gitattributes` it finds: a directory there the user may write counts."""
+    if repos.user is None:
+        pytest.skip("LOUD SKIP: needs root, to make a repository the test user may only read")
+    tmp_path.chmod(0o755)
+    repo = tmp_path / "app"
+    subprocess.run(["sh", "-ec", f"git init -q {repo} && mkdir -p {repo}/src/deep && "
+                    f"echo x > {repo}/src/deep/x && git -C {repo} add . && "
+                    f"git -C {repo} -c user.name=t -c user.email=t@x commit -qm x && "
+                    f"chmod -R a+rX {repo}"], check=True)
+    assert repos.git.writable_part(str(repo)) is None
+    (repo / "src" / "deep").chmod(0o777)
+    assert repos.git.writable_part(str(repo)) == str(repo / "src" / "deep")
 
 
 def test_a_sticky_directory_protects_a_repository_the_user_does_not_own(
