@@ -90,9 +90,6 @@ def _add_header(document: DiffDocument, changes: dict[str, Any]) -> None:
     if changes.get("gate") == "advisory":
         document.add("warning: the run's user may write the repository, so its steps could "
                      "have changed it without review", NOTE)
-    if changes.get("attributes_changed"):
-        document.add("warning: this run changes .gitattributes, which decides what its diff "
-                     "shows as binary", NOTE)
     commits = changes.get("commits") or []
     if commits:
         document.add("", PLAIN)

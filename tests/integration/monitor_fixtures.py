@@ -166,7 +166,7 @@ CHANGES = {
     "files_truncated": False,
     "commit_count": 1,
     "commits": [{"sha": "c" * 40, "author": "bob", "subject": "greet the world"}],
-    "attributes_changed": False, "diff_truncated": False,
+    "diff_truncated": False,
 }
 
 

@@ -451,22 +451,6 @@ def test_the_selected_runs_workspace_and_review_are_shown(tmp_path: Path) -> Non
     run_app(app, scenario, size=(160, 48))
 
 
-def test_a_gitattributes_change_is_warned_about(tmp_path: Path) -> None:
-    db = tmp_path / "state.db"
-    with Store.open(str(db)) as store:
-        run_id = store.submit(workspace_plan("attrs"), source=None, submitted_by="bob")
-        add_change(store, tmp_path / "logs", run_id, {**CHANGES, "attributes_changed": True},
-                   DIFF)
-    app = monitor(db)
-
-    async def scenario(pilot) -> None:
-        assert "⚠ this run changes .gitattributes" in detail(app).splitlines()[1]
-        screen = await open_diff(app, pilot, run_id)
-        assert any(".gitattributes" in line for line in view_lines(screen))
-
-    run_app(app, scenario, size=(160, 48))
-
-
 def test_an_advisory_review_is_warned_about(tmp_path: Path) -> None:
     """A run whose user may write the repository: its review is advisory, and the
     reviewer is told so next to the change and in the diff view."""

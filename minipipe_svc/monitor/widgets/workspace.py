@@ -68,9 +68,6 @@ def workspace_text(facts: WorkspaceFacts, run: RunRow, now: datetime) -> Text:
     if changes and changes.get("gate") == "advisory":
         text.append("\n⚠ advisory review: the run's user may write the repository, so its "
                     "steps could have changed it without review", style="bold yellow")
-    if changes and changes.get("attributes_changed"):
-        text.append("\n⚠ this run changes .gitattributes, which decides what its diff shows "
-                    "as binary", style="bold yellow")
     text.append("\nrepo ", style="dim")
     text.append(printable(f"{spec.get('repo')} @ {spec.get('ref')}"))
     if row is not None and row.base_commit:
