@@ -3,9 +3,15 @@ daemon (as its own user: only a root daemon switches to on_finish_user)."""
 
 from __future__ import annotations
 
+import http.server
+import threading
 import time
+import urllib.parse
+from pathlib import Path
 
 from .conftest import Instance, wait_for
+
+NOTIFY = Path(__file__).parents[2] / "examples" / "on-finish-notify.sh"
 
 RECORD = ["/bin/sh", "-c", 'printf "%s" "$MINIPIPE_RUN_OUTPUT_TAIL" > "$0/tail-$MINIPIPE_RUN_ID"'
            '; env | grep ^MINIPIPE_RUN_ > "$0/hook-$MINIPIPE_RUN_ID"']
@@ -64,3 +70,35 @@ def test_a_hanging_or_failing_hook_never_blocks_the_scheduler(instance: Instance
     instance.wait_state(run_id, "SUCCEEDED")
     wait_for(lambda: f"on_finish for run {run_id} exited with status 3" in
              instance.daemon_log.read_text(), 30, "the failed hook to be logged")
+
+
+def test_the_example_hook_posts_each_end_to_a_webhook(instance: Instance) -> None:
+    """examples/on-finish-notify.sh, configured as the README says, against a real
+    HTTP server: a failed run's message carries its reason and last output."""
+    posted: list[str] = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+            posted.append(urllib.parse.parse_qs(body)["text"][0])
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        instance.write_config(on_finish=["/bin/sh", str(NOTIFY),
+                                         f"http://127.0.0.1:{server.server_port}/hook"])
+        instance.start_daemon()
+        run_id = instance.submit('[[steps]]\nid = "boom"\nrun = "echo oops >&2; exit 4"\n',
+                                 name="nightly")
+        wait_for(lambda: posted, 30, "the webhook's message")
+    finally:
+        server.shutdown()
+    first, *rest = posted[0].splitlines()
+    assert first.startswith(f"!! run {run_id} (nightly, by ")
+    assert first.endswith(": step boom: exited with status 4") and " FAILED after " in first
+    assert rest == ["boom | oops"]
