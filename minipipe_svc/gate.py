@@ -63,16 +63,22 @@ def mine(path: str) -> bool:
     return owner == os.geteuid() or os.access(path, os.W_OK)
 
 
-def protected(parent: str, child: str) -> bool:
-    """`parent` is sticky and not the user's, and `child` exists and is another's:
-    then writing `parent` does not let the user rename or replace `child`."""
+def through(parent: str, child: str) -> str | None:
+    """What the user could change on the way from `parent` to `child`: `parent`
+    if they may write it, except a sticky directory not theirs, where they may only
+    rename or replace `child` if it is theirs (then `child`) or create it if absent."""
+    if not mine(parent):
+        return None
     try:
         info = os.stat(parent)
         if not info.st_mode & stat.S_ISVTX or info.st_uid == os.geteuid():
-            return False
-        return os.lstat(child).st_uid != os.geteuid()
+            return parent
+        owner = os.lstat(child).st_uid
+    except FileNotFoundError:
+        return parent
     except OSError:
-        return False
+        return parent  # cannot tell: counted
+    return child if owner == os.geteuid() else None
 
 
 def exposed(path: str, hops: int = 0) -> str | None:
@@ -90,8 +96,8 @@ def exposed(path: str, hops: int = 0) -> str | None:
             current = os.path.dirname(current)
             continue
         child = os.path.join(current, name)
-        if mine(current) and not protected(current, child):
-            return current
+        if found := through(current, child):
+            return found
         if os.path.islink(child):
             target = os.path.join(current, os.readlink(child))  # relative to the link
             return exposed("/".join([target, *parts[index + 1:]]), hops + 1)
