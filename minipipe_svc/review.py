@@ -150,23 +150,24 @@ class RunWorkspace:
         changes = row.changes or {}
         lander = self.lander(approved_uid)
         lander.stop = self.git.stop
-        target = self.target()
+        target = self.target(lander)
         by = f"\n\nApproved-by: {approved_by}" if approved_by else ""
         message = f"Merge minipipe run {self.run_id} ({self.plan.name}) into {target}{by}"
-        # The lander works in the git directory that was recorded, by its own path,
-        # and only if it is still the same directory (a link or a parent its path
-        # goes through may have been pointed elsewhere since).
-        repo = changes.get("repository") or self.spec.repo
-        lander.check_repository(repo)
-        if changes.get("repository_id") and _identity(repo) != changes["repository_id"]:
-            raise LandRefused(f"{repo} is not the repository the run worked on any more "
-                              "(it was moved or replaced); nothing was landed")
+        # Which repository the plan's path is, the lander's own git says (what the run
+        # user's git reported is theirs to tamper with: they may ptrace their own
+        # processes), and only if it is the one recorded when the steps ended (a link
+        # or a parent the path goes through may have been pointed elsewhere since).
+        repo = lander.own_common_dir(self.spec.repo)
+        if repo != changes.get("repository") or (
+                changes.get("repository_id") and _identity(repo) != changes["repository_id"]):
+            raise LandRefused(f"{self.spec.repo} is not the repository the run worked on "
+                              "any more (it was moved or replaced); nothing was landed")
         self.git.transfer(self.path, row.head_commit, row.base_commit, lander, repo)
         lander.check_reviewed(repo, row.base_commit, row.head_commit, changes)
         if self.spec.land == "branch-only":
             lander.point_branch(repo, self.branch, row.head_commit)
         commit = lander.land(repo, row.head_commit, target, self.spec.land, message,
-                             self.run_id)
+                             self.run_id, reviewed_from=changes["merge_base"])
         self.store.landed(self.run_id, commit=commit, target=target, mode=self.spec.land,
                           as_user=lander.user)
         if commit:  # steps after approval see the target as it landed
@@ -201,16 +202,18 @@ class RunWorkspace:
             raise LandRefused(f"the approver (uid {uid}) no longer exists") from None
         return Git(identity, umask=LANDING_UMASK, lander=True)
 
-    def target(self) -> str:
+    def target(self, lander: Git | None = None) -> str:
         """The branch a landing updates: the plan's `target`, else the branch `ref`
-        names (for HEAD: the branch the repository has checked out)."""
+        names (for HEAD: the branch the repository has checked out, as the lander's
+        git says when landing)."""
         if self.spec.target:
             return self.spec.target
         if self.spec.ref != "HEAD":
             return self.spec.ref
-        branch = self.git.run(*TRUST_FOR_READING, "-C", self.spec.repo, "symbolic-ref",
-                              "--quiet", "--short", "HEAD", check=False
-                              ).stdout.decode().strip()
+        reading = () if lander is not None else TRUST_FOR_READING
+        branch = (lander or self.git).run(*reading, "-C", self.spec.repo, "symbolic-ref",
+                                          "--quiet", "--short", "HEAD", check=False
+                                          ).stdout.decode().strip()
         if not branch:
             raise GitError(f"{self.spec.repo} has no branch checked out to land on; set "
                            "target in the plan's [workspace]")

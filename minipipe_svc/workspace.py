@@ -315,12 +315,15 @@ class Git:
         """The run's branch names the reviewed commit (a step may have switched HEAD)."""
         self.run("-C", path, "update-ref", "-m", "minipipe", f"refs/heads/{branch}", commit)
 
-    def check_repository(self, repo: str) -> None:
-        """LandRefused unless this user's git takes `repo` as a repository to work in
-        (for a lander: one they own)."""
-        result = self.run("-C", repo, "rev-parse", "--git-dir", check=False)
-        if result.returncode != 0:
+    def own_common_dir(self, repo: str) -> str:
+        """`repo`'s git directory as this user's git takes it, to work in (for a
+        lander: only a repository they own); LandRefused otherwise."""
+        result = self.run("-C", repo, "rev-parse", "--path-format=absolute",
+                          "--git-common-dir", check=False)
+        path = result.stdout.decode("utf-8", "replace").strip()
+        if result.returncode != 0 or not path.startswith("/"):
             raise _refusal(repo, self.user, _said(result))
+        return path
 
     def transfer(self, path: str, head: str, base: str, lander: Git, repo: str) -> None:
         """Carry the objects of `head` (those `base` lacks) from this user's checkout
@@ -516,12 +519,16 @@ class Git:
             return None
 
     def land(self, repo: str, head: str, target: str, mode: str, message: str,
-             run_id: int) -> str | None:
+             run_id: int, reviewed_from: str | None = None) -> str | None:
         """Bring `head` into branch `target` (`merge`: fast-forward when possible, else
         a merge commit; `ff-only`; `branch-only`: nothing). Returns the target's new
         commit (None for branch-only). All or nothing: the branch moves by one
         compare-and-swap, or, where it is checked out, by `merge --ff-only` in that
         worktree (which refuses rather than overwrite local changes).
+
+        `reviewed_from`, the merge-base the reviewed diff starts from, must be on the
+        target: then the commits that land are the reviewed ones and no others (a
+        base off the target would bring its own commits along, unseen).
         """
         if mode == "branch-only":
             return None
@@ -533,6 +540,10 @@ class Git:
                 raise _refusal(repo, self.user, _said(old))
             raise LandRefused(f"{repo} has no branch {target!r} to land on")
         current = old.stdout.decode().strip()
+        if reviewed_from is not None and not self._is_ancestor(repo, reviewed_from, current):
+            raise LandRefused(f"the reviewed change starts from {reviewed_from[:12]}, which "
+                              f"is not on {target}: landing would bring in commits nobody "
+                              "reviewed; nothing was landed (the run's ref and target differ?)")
         if self._is_ancestor(repo, head, current):
             return current  # already there
         if self._is_ancestor(repo, current, head):

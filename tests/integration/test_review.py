@@ -365,6 +365,30 @@ def test_a_landed_run_whose_on_approve_failed_retries_only_that(
     assert events.count('"run_landed"') == 1
 
 
+def test_a_base_off_the_target_does_not_bring_unreviewed_commits(
+        reviewing: Instance) -> None:
+    """The plan's ref is a branch main does not have (here: work in progress) and its
+    target is main: the review shows the run's own change only, so landing it, which
+    would bring the branch's other commits along, is refused."""
+    instance = reviewing
+    repo = make_repo(instance)
+    sh(instance, "git checkout -qb wip && printf 'unreviewed\\n' > wip.txt && "
+       "git add wip.txt && git commit -qm wip && git checkout -q main", cwd=repo)
+    main = sh(instance, "git rev-parse main", cwd=repo)
+    plan = EDIT.format(repo=repo).replace('ref = "main"', 'ref = "wip"\ntarget = "main"')
+    run_id = instance.submit(plan, name="off-target")
+    assert instance.wait_state(run_id, "AWAITING_REVIEW", "FAILED")["state"] == \
+        "AWAITING_REVIEW"
+    assert "wip.txt" not in instance.cli("diff", "--name-only", str(run_id)).stdout
+    instance.approve(run_id)
+    wait_for(lambda: instance.run(run_id)["reason"], 60, "the landing's refusal")
+    run = instance.run(run_id)
+    assert run["state"] == "AWAITING_REVIEW"
+    assert "which is not on main: landing would bring in commits nobody reviewed" in \
+        run["reason"]
+    assert sh(instance, "git rev-parse main", cwd=repo) == main
+
+
 SWAP = """
 name = "swap"
 review = true
