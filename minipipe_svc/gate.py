@@ -12,17 +12,18 @@ The parts: the repository's path and `.git`; its git directory, every file and
 directory under it with links followed; every config file git may read for it (the
 repository's `config`, each worktree's `config.worktree`, and every file they
 include, whatever the condition, found or not yet created, relative includes from
-the file that names them, `~user/` from that user's home); the hooks, attributes,
-programs and filters that config names; its object store's alternates, and theirs;
-every directory of its checked-out work trees (landing updates a checked-out
-target there, and git reads `.gitattributes` it finds in them). Where the user may
-not look (a directory they cannot list, a config file they cannot read), the answer
-is "cannot tell", never "no".
+the file that names them, `~/` from the repository owner's home (the lander owns
+it), `~user/` from that user's); the hooks, attributes, programs and filters that
+config names; its object store's alternates, and theirs; every directory of its
+work trees (landing updates a checked-out target there, and git reads any
+`.gitattributes` it finds in them). Where the user may not look (a directory they
+cannot list or search, a config file they cannot read), the answer is "cannot tell",
+never "no".
 
-This file runs as a script of its own (`python3 -I gate.py REPO`), as the user, with
-all their groups: it prints `writable: PATH` for the first part found, or
-`unreadable: PATH`, or nothing; status 1 if the repository cannot be read. Standard
-library only.
+Asked in a child forked from root that became the user (all their groups, so
+groups and ACLs count) and never executes anything: a process the user could
+ptrace (anything they exec) could be made to answer "no". So this module finds the
+git directory, the work trees and the config itself, without git.
 """
 
 from __future__ import annotations
@@ -31,10 +32,8 @@ import os
 import pwd
 import re
 import stat
-import subprocess
-import sys
+from typing import NamedTuple
 
-GIT = ("git", "-c", "safe.directory=*", "-c", "protocol.allow=never")
 MAX_ALTERNATE_DEPTH = 5  # as git's own limit
 MAX_LINK_HOPS = 40       # as the kernel's
 MAX_CONFIG_FILES = 200
@@ -122,7 +121,7 @@ def _walk_error_reachable(error: OSError) -> None:
 def tree(path: str) -> str | None:
     """Like `exposed`, for `path` and everything under it, links followed."""
     found = exposed(path)
-    if found or not os.path.isdir(path):
+    if found or not _is_dir(path):
         return found
     seen: set[str] = set()
     for root, dirs, files in os.walk(path, followlinks=True, onerror=_walk_error):
@@ -140,11 +139,34 @@ def tree(path: str) -> str | None:
     return None
 
 
+def _is_dir(path: str) -> bool:
+    """Whether `path` is a directory (links followed); Unreadable if the user may
+    not tell (a directory on the way they may not search)."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        raise Unreadable(path) from exc
+
+
+def _read(path: str) -> str | None:
+    """A file's text, None if it does not exist; Unreadable if the user may not read
+    it (or not tell whether it exists)."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(1 << 20).decode("utf-8", "surrogateescape")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise Unreadable(path) from exc
+
+
 def directories(path: str) -> str | None:
     """`path` and every directory under it (not following links): a work tree,
     where the user must not be able to create files."""
     found = exposed(path)
-    if found or not os.path.isdir(path):
+    if found or not _is_dir(path):
         return found
     for root, dirs, _files in os.walk(path, onerror=_walk_error_reachable):
         for name in dirs:
@@ -153,52 +175,92 @@ def directories(path: str) -> str | None:
     return None
 
 
-def git(repo: str, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([*GIT, "-C", repo, *args], capture_output=True, check=False,
-                          stdin=subprocess.DEVNULL)
-
-
-def expand(value: str, base: str) -> str | None:
-    """A path as git reads it from config: `~user/` from that user's home, relative
-    to `base`. None for `~/`: the home of whoever runs git (the lander's own)."""
-    if value.startswith("~/") or value == "~":
-        return None
+def expand(value: str, base: str, home: str | None) -> str | None:
+    """A path as git reads it from config: `~/` from `home` (the lander's: the
+    repository's owner), `~user/` from that user's home, relative to `base`. None
+    where git itself could not expand it."""
+    if value == "~" or value.startswith("~/"):
+        return None if home is None else os.path.join(home, value[2:])
     if value.startswith("~"):
         user, _, rest = value[1:].partition("/")
         try:
             return os.path.join(pwd.getpwnam(user).pw_dir, rest)
         except KeyError:
-            return None  # git refuses such a path
+            return None
     if value.startswith("%(prefix)/"):
         return "/usr/" + value.removeprefix("%(prefix)/")
     return os.path.join(base, value)
 
 
+PATH_WORDS = re.compile(r"""(?:^|[\s=:'"!,]|(?<=\s-\w)|(?<=^-\w))([/~][^\s'";]*)""")
+
+
 def named_paths(value: str) -> list[str]:
-    """The paths in a config value that is a command line (or a path)."""
-    words = value.replace("'", " ").replace('"', " ").lstrip("!").split()
-    return [word for word in words if word.startswith(("/", "~"))]
+    """The paths in a config value that is a command line (or a path): words that
+    are paths, and paths after `=`, `:` or a short option (`--rcfile=/p`, `-F/p`)."""
+    return PATH_WORDS.findall(value)
 
 
-def config_entries(repo: str, path: str) -> list[tuple[str, str]]:
-    """(key, value) of one config file, its includes not followed."""
-    result = git(repo, "config", "--file", path, "--no-includes", "-z", "--list")
-    if result.returncode != 0:
-        raise Unreadable(path)
-    entries = []
-    for entry in result.stdout.split(b"\0"):
-        if entry:
-            key, _, value = os.fsdecode(entry).partition("\n")
-            entries.append((key, value))
+def parse_config(text: str) -> list[tuple[str, str]]:
+    """(key, value) of a git config file, as git reads them: `section.sub.key` (the
+    section and key lowercased, the subsection as written), values unquoted, with
+    escapes, continuation lines and comments. Includes are not followed here."""
+    entries: list[tuple[str, str]] = []
+    section = ""
+    lines = text.split("\n")
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        i += 1
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            header = line[1:line.find("]")] if "]" in line else line[1:]
+            name, _, sub = header.partition(" ")
+            if sub.strip().startswith('"'):
+                sub = sub.strip()[1:].rsplit('"', 1)[0].replace('\\"', '"').replace(
+                    "\\\\", "\\")
+                section = f"{name.lower()}.{sub}"
+            else:  # [section], or the old [section.sub]: lowercased whole
+                section = name.lower()
+            rest = line[line.find("]") + 1:].strip() if "]" in line else ""
+            if not rest or rest[0] in "#;":
+                continue
+            line = rest
+        key, eq, raw = line.partition("=")
+        while raw.endswith("\\") and not raw.endswith("\\\\") and i < len(lines):
+            raw = raw[:-1] + lines[i]
+            i += 1
+        entries.append((f"{section}.{key.strip().lower()}",
+                        _config_value(raw) if eq else "true"))
     return entries
 
 
-def config_parts(repo: str, common: str) -> str | None:
+def _config_value(raw: str) -> str:
+    out, quoted, i = [], False, 0
+    raw = raw.strip()
+    while i < len(raw):
+        char = raw[i]
+        if char == '"':
+            quoted = not quoted
+        elif char == "\\" and i + 1 < len(raw):
+            i += 1
+            out.append({"n": "\n", "t": "\t", "b": "\b"}.get(raw[i], raw[i]))
+        elif char in "#;" and not quoted:
+            break
+        else:
+            out.append(char)
+        i += 1
+    return "".join(out).strip() if not quoted else "".join(out)
+
+
+def config_parts(layout: Layout) -> str | None:
     """Every config file git may read for the repository, followed through every
     include whatever its condition, and what their values name."""
-    queue = [os.path.join(common, "config"), os.path.join(common, "config.worktree")]
-    worktrees = os.path.join(common, "worktrees")
-    if os.path.isdir(worktrees):
+    queue = [os.path.join(layout.common, "config"),
+             os.path.join(layout.common, "config.worktree")]
+    worktrees = os.path.join(layout.common, "worktrees")
+    if _is_dir(worktrees):
         queue += [os.path.join(worktrees, name, "config.worktree")
                   for name in sorted(os.listdir(worktrees))]
     seen: set[str] = set()
@@ -211,18 +273,22 @@ def config_parts(repo: str, common: str) -> str | None:
             raise Unreadable(path)
         if found := exposed(path):
             return found
-        if not os.path.exists(path):
+        text = _read(path)
+        if text is None:
             continue
-        for key, value in config_entries(repo, path):
+        for key, value in parse_config(text):
             if INCLUDE_KEYS.fullmatch(key):
-                if (target := expand(value, os.path.dirname(path))) is not None:
+                if (target := expand(value, os.path.dirname(path), layout.home)) is not None:
                     queue.append(target)
-            elif key.lower() == "core.hookspath":
-                if (target := expand(value, repo)) is not None and (found := tree(target)):
+            elif key == "core.hookspath":
+                target = expand(value, layout.work_trees[0] if layout.work_trees
+                                else layout.common, layout.home)
+                if target is not None and (found := tree(target)):
                     return found
             elif PROGRAM_KEYS.fullmatch(key):
                 for word in named_paths(value):
-                    if (target := expand(word, "/")) is not None and (found := exposed(target)):
+                    target = expand(word, "/", layout.home)
+                    if target is not None and (found := exposed(target)):
                         return found
     return None
 
@@ -253,15 +319,8 @@ def unquote(line: str) -> str:
 
 def alternates(objects: str, depth: int = 0) -> str | None:
     """Every object store `objects` borrows from, and theirs, as git follows them."""
-    try:
-        with open(os.path.join(objects, "info", "alternates"), encoding="utf-8",
-                  errors="surrogateescape") as handle:
-            lines = handle.read().splitlines()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise Unreadable(os.path.join(objects, "info", "alternates")) from exc
-    for line in lines:
+    text = _read(os.path.join(objects, "info", "alternates"))
+    for line in (text or "").splitlines():
         if not line.strip() or line.startswith("#"):
             continue
         path = os.path.normpath(os.path.join(objects, unquote(line)))
@@ -271,50 +330,71 @@ def alternates(objects: str, depth: int = 0) -> str | None:
     return None
 
 
-def work_trees(repo: str) -> list[str]:
-    """The repository's checked-out work trees (none for a bare one)."""
-    listing = git(repo, "worktree", "list", "--porcelain", "-z").stdout
-    paths, path = [], None
-    for field in [*listing.split(b"\0"), b""]:
-        text = os.fsdecode(field)
-        if not text:
-            path = None
-        elif text.startswith("worktree "):
-            path = text.removeprefix("worktree ")
-            paths.append(path)
-        elif text == "bare" and path in paths:
-            paths.remove(path)
-    return paths
+class Layout(NamedTuple):
+    """Where a repository's parts are, found as git finds them (not asked of git)."""
+
+    common: str               # its own git directory: objects, refs, config, hooks
+    work_trees: list[str]     # the main one first, if any, then the linked ones
+    home: str | None          # its owner's home: what `~/` in its config means to a lander
+
+
+def layout(repo: str) -> Layout:
+    """OSError if `repo` is not a repository's top (a work tree or a git directory)."""
+    dotgit = os.path.join(repo, ".git")
+    main: str | None = repo
+    if _is_dir(dotgit):
+        git_dir = dotgit
+    elif (text := _read(dotgit)) is not None:
+        if not text.startswith("gitdir: "):
+            raise OSError(f"{dotgit} is not a git file")
+        git_dir = os.path.join(repo, text.removeprefix("gitdir: ").strip())
+    elif _read(os.path.join(repo, "HEAD")) is not None and _is_dir(
+            os.path.join(repo, "objects")):
+        git_dir, main = repo, None  # bare, unless core.worktree says otherwise
+    else:
+        raise OSError(f"{repo} is not the top of a git repository")
+    common = git_dir
+    if (text := _read(os.path.join(git_dir, "commondir"))) is not None:
+        common = os.path.normpath(os.path.join(git_dir, text.strip()))
+    config = _read(os.path.join(common, "config")) or ""
+    for key, value in parse_config(config):
+        if key == "core.worktree":
+            main = os.path.normpath(os.path.join(common, value))
+        elif key == "core.bare" and value.lower() in ("true", "yes", "on", "1"):
+            main = None
+    trees = [main] if main else []
+    linked = os.path.join(common, "worktrees")
+    if _is_dir(linked):
+        for name in sorted(os.listdir(linked)):
+            pointer = _read(os.path.join(linked, name, "gitdir"))
+            if pointer:
+                trees.append(os.path.dirname(os.path.normpath(pointer.strip())))
+    try:
+        home: str | None = pwd.getpwuid(os.stat(common).st_uid).pw_dir
+    except (KeyError, OSError):
+        home = None
+    return Layout(os.path.abspath(common), trees, home)
 
 
 def writable_part(repo: str) -> str | None:
-    """The first part of `repo` this user may change, or None. OSError if the
-    repository cannot be read; Unreadable where the user may not look."""
+    """The first part of `repo` this user may change, or None. OSError if `repo` is
+    not a repository; Unreadable where the user may not look."""
     for part in (repo, os.path.join(repo, ".git")):
         if found := exposed(part):
             return found
-    common = os.fsdecode(git(repo, "rev-parse", "--path-format=absolute",
-                             "--git-common-dir").stdout).strip()
-    if not common.startswith("/"):
-        raise OSError(f"{repo} is not a git repository this user may read")
-    return (tree(common) or config_parts(repo, common)
-            or alternates(os.path.join(common, "objects"))
-            or next(filter(None, (directories(path) for path in work_trees(repo))), None))
+    parts = layout(repo)
+    return (tree(parts.common) or config_parts(parts)
+            or alternates(os.path.join(parts.common, "objects"))
+            or next(filter(None, map(directories, parts.work_trees)), None))
 
 
-def main(argv: list[str]) -> int:
+def answer(repo: str) -> str:
+    """The gate's answer as one line: `writable: PATH`, `unreadable: PATH`,
+    `error: WHY` or `none`."""
     try:
-        found = writable_part(argv[1])
+        found = writable_part(repo)
     except Unreadable as exc:
-        print(f"unreadable: {exc}")
-        return 0
+        return f"unreadable: {exc}"
     except OSError as exc:
-        print(exc, file=sys.stderr)
-        return 1
-    if found:
-        print(f"writable: {found}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+        return f"error: {exc}"
+    return f"writable: {found}" if found else "none"

@@ -25,7 +25,7 @@ import socket
 import stat
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, NoReturn
 
 from .config import Config
@@ -477,23 +477,66 @@ def _probe_in_child(identity: RunIdentity | None, paths: list[str], answers: int
     """In a freshly forked child: become the user entirely, stat, report, exit."""
     status = 70
     try:
-        gc.disable()  # the daemon's objects are never finalized here
-        signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_DFL)
-        # Killable in its wait, and killed with the daemon: never left behind.
-        _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:
-            return
-        # The lock, the sockets and the DB stay the daemon's alone.
-        os.closerange(3, answers)
-        os.closerange(answers + 1, os.sysconf("SC_OPEN_MAX"))
-        if identity is not None and os.geteuid() == 0:
-            os.setgroups(list(identity.groups))
-            os.setgid(identity.gid)
-            os.setuid(identity.uid)
+        _child_of(parent, answers)
+        _become(identity, None)
         for path in paths:
             os.write(answers, f"{_probe(path)}\n".encode())
         status = 0
     finally:
         os._exit(status)
+
+
+def fork_as(identity: RunIdentity | None, groups: list[int] | None,
+            work: Callable[[], bytes]) -> tuple[int, int]:
+    """Fork a child that becomes the user (with `groups`, else the steps' groups),
+    runs `work` and writes what it returns to a pipe; returns (its pid, the pipe's
+    read end, non-blocking). Reap it with os.waitpid.
+
+    The child never executes a program itself, so it stays undumpable: the user can
+    neither ptrace it nor take its pipe (pidfd_getfd) to change its answer, only kill
+    it (then there is no answer). A program `work` runs is the user's to tamper with.
+    """
+    read_end, write_end = os.pipe()
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        status = 70
+        try:
+            _child_of(parent, write_end)
+            _become(identity, groups)
+            view = memoryview(work())
+            while view:
+                view = view[os.write(write_end, view):]
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    os.set_blocking(read_end, False)
+    return pid, read_end
+
+
+def _child_of(parent: int, keep: int) -> None:
+    """In a child forked from the daemon or a runner: killed with its parent, the
+    parent's signal handlers and files (its lock, sockets, DB) not its own."""
+    gc.disable()  # the parent's objects are never finalized here
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        raise SystemExit(70)
+    os.closerange(3, keep)
+    os.closerange(keep + 1, os.sysconf("SC_OPEN_MAX"))
+
+
+def _become(identity: RunIdentity | None, groups: list[int] | None) -> None:
+    """Become the user entirely (as root; otherwise stay who we are)."""
+    if identity is not None and os.geteuid() == 0:
+        os.setgroups(list(identity.groups) if groups is None else groups)
+        os.setgid(identity.gid)
+        os.setuid(identity.uid)
+
+
+def all_groups(identity: RunIdentity) -> list[int]:
+    """Every group the user has at a shell (steps drop the one that reads state)."""
+    return sorted(set(os.getgrouplist(identity.user, identity.gid)))

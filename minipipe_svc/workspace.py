@@ -29,8 +29,8 @@ checkout's config, and must not be able to make the recorded diff lie.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
+import json
 import os
 import re
 import select
@@ -40,6 +40,8 @@ import sys
 import threading
 import time
 from typing import NamedTuple
+
+from .gate import answer as gate_says
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -146,31 +148,43 @@ OWN_REPOSITORIES_ONLY = ("-c", "safe.directory=", "-c", "core.hooksPath=/dev/nul
 # parents a step may forge (and GIT_GRAFT_FILE=/dev/null: no grafts, see environment).
 CHECKOUT_OPTIONS = ("-c", "core.commitGraph=false")
 
-def gate_answer(output: str, user: str, repo: str) -> str | None:
-    """What gate.py said: the part `user` may change, or None; GitError where the
-    user may not look (the gate cannot tell, so it does not hold)."""
-    for line in output.splitlines():
-        if line.startswith("writable: "):
-            return line.removeprefix("writable: ")
-        if line.startswith("unreadable: "):
-            raise GitError(f"cannot tell whether user {user} may change {repo}: they "
-                           f"may not read {line.removeprefix('unreadable: ')}, which git "
-                           "reads for it")
-    return None
+def gate_answer(line: str, user: str, repo: str) -> str | None:
+    """What gate.answer said: the part `user` may change, or None; GitError where it
+    cannot tell (the user may not look somewhere git reads, or it gave no answer), so
+    the gate does not hold."""
+    line = line.strip()
+    if line == "none":
+        return None
+    if line.startswith("writable: "):
+        return line.removeprefix("writable: ")
+    why = (f"they may not read {line.removeprefix('unreadable: ')}, which git reads for it"
+           if line.startswith("unreadable: ") else line.removeprefix("error: ")
+           if line.startswith("error: ") else "the check gave no answer")
+    raise GitError(f"cannot tell whether user {user} may change {repo}: {why}")
 
 
-def _gate_command(repo: str) -> list[str]:
-    """The review gate's question (gate.py) as a command line for the user to run:
-    the script's text on the command line, so no file of ours need be theirs to read."""
-    return [sys.executable, "-I", "-c", _gate_source(), repo]
+def ask_gate(identity: RunIdentity | None, repo: str,
+             timeout: float = WORK_TIMEOUT_SECONDS) -> str | None:
+    """gate.py's answer for `repo`, asked in a child that became the user with all
+    their groups (identity.fork_as), waited for: see gate_answer."""
+    from .identity import all_groups, fork_as
 
-
-@functools.cache
-def _gate_source() -> str:
-    from . import gate
-
-    with open(gate.__file__, encoding="utf-8") as handle:
-        return handle.read()
+    user = identity.user if identity is not None else "(this user)"
+    pid, fd = fork_as(identity, all_groups(identity) if identity else None,
+                      lambda: gate_says(repo).encode())
+    said = b""
+    try:
+        for chunk in _chunks(os.fdopen(fd, "rb", buffering=0, closefd=False),
+                             time.monotonic() + timeout, lambda: False, "the review gate"):
+            said = (said + chunk)[:65536]
+    except GitError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+        said = b""
+    finally:
+        os.close(fd)
+        os.waitpid(pid, 0)
+    return gate_answer(said.decode("utf-8", "replace"), user, repo)
 
 
 class Git:
@@ -255,13 +269,10 @@ class Git:
         return path
 
     def writable_part(self, repo: str) -> str | None:
-        """A part of the repository this user may write (or owns), or None: then no
+        """A part of the repository this user may change (or owns), or None: then no
         step of theirs can move its branches, add objects, or set its config and
-        hooks (see gate.py). Unreadable corners are not searched."""
-        result = self._as_user(_gate_command(repo), all_groups=True)
-        if result is None or result.returncode != 0:
-            raise GitError(f"cannot tell whether user {self.user} may write {repo}")
-        return gate_answer(result.stdout.decode("utf-8", "replace"), self.user, repo)
+        hooks (see gate.py); GitError where the gate cannot tell."""
+        return ask_gate(self.identity, repo)
 
     @property
     def user(self) -> str:
@@ -623,11 +634,8 @@ class Git:
                 self.run("-C", repo, "branch", "-D", "--quiet", branch, check=False)
         self._as_user(["rm", "-rf", "--one-file-system", "--", path])
 
-    def _as_user(self, argv: list[str], *, all_groups: bool = False
-                 ) -> subprocess.CompletedProcess[bytes] | None:
-        """`argv` as the user (`all_groups`: with every group they have at a shell,
-        the one that reads state too, which steps do not get)."""
-        options = self.gate_options() if all_groups else self.user_options()
+    def _as_user(self, argv: list[str]) -> subprocess.CompletedProcess[bytes] | None:
+        options = self.user_options()
         try:
             return subprocess.run(argv, capture_output=True, timeout=WORK_TIMEOUT_SECONDS,
                                   cwd="/", check=False, stdin=subprocess.DEVNULL,
@@ -635,59 +643,52 @@ class Git:
         except (OSError, subprocess.TimeoutExpired):
             return None
 
-    def gate_options(self) -> dict[str, Any]:
-        """user_options with all the user's groups: the gate asks what the user could
-        change at their shell, not only what their steps could."""
-        options = self.user_options()
-        if "user" in options and self.identity is not None:
-            options["extra_groups"] = sorted(set(os.getgrouplist(self.identity.user,
-                                                                 self.identity.gid)))
-        return options
-
-
-# The submit-time check, as the run's user, in one child: the ref's commit, then (for a
-# run that needs review under an enforced gate) the first part of the repository the
-# user may write, if any (gate.py). Arguments, never interpolated: $1 repo, $2 ref,
-# then the gate's command line, if asked.
-_CHECK_SCRIPT = r"""
-git -c safe.directory='*' -c protocol.allow=never -C "$1" rev-parse --verify \
-    --end-of-options "$2^{commit}" || exit
-[ $# -gt 2 ] || exit 0
-shift 2
-exec "$@"
-"""
-
 
 class RefCheck:
     """A plan's repo and ref checked as the run's user, started without waiting: the
     daemon's loop waits on `fd` (a repository on a hung filesystem must not stall
     it) and asks `result()` once `read()` says the check is done. With `gate`, also
-    whether the user may write any part of the repository (`writable`)."""
+    whether the user may change any part of the repository (`writable`).
+
+    One child forked as the user (identity.fork_as) runs `git rev-parse` and then
+    asks the gate itself: the user could tamper with git (theirs), not with the
+    child's answer. The commit is only where the run starts; landing checks what it
+    lands against the target, whatever the user's git said here.
+    """
 
     def __init__(self, git: Git, repo: str, ref: str, timeout: float, *,
                  gate: bool = False) -> None:
-        import time
+        from .identity import all_groups, fork_as
 
         self.repo, self.ref = repo, ref
         self.deadline = time.monotonic() + timeout
         self.writable: str | None = None
-        options = git.gate_options() if gate else git.user_options()
         self.user = git.user
-        try:
-            self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-                ["sh", "-c", _CHECK_SCRIPT, "minipipe-check", repo, ref,
-                 *(_gate_command(repo) if gate else [])],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env=git.environment(), cwd="/", **options)
-        except OSError as exc:
-            raise GitError(f"cannot run git: {exc.strerror}; install git") from None
-        assert self.proc.stdout is not None
-        self.fd = self.proc.stdout.fileno()
-        os.set_blocking(self.fd, False)
+        env, asked = git.environment(), gate
+        command = [GIT, *TRUST_FOR_READING, "-C", repo, "rev-parse", "--verify",
+                   "--end-of-options", f"{ref}^{{commit}}"]
+
+        def check() -> bytes:
+            try:
+                found = subprocess.run(command, capture_output=True, env=env, cwd="/",
+                                       stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+                status, out, err = found.returncode, found.stdout, found.stderr
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                status, out, err = 127, b"", str(exc).encode()
+            return json.dumps({
+                "status": status, "out": out[:4096].decode("utf-8", "replace"),
+                "err": err[-4096:].decode("utf-8", "replace"),
+                "gate": gate_says(repo) if asked and status == 0 else None,
+            }).encode()
+
+        identity = git.identity if os.geteuid() == 0 else None
+        groups = all_groups(identity) if gate and identity is not None else None
+        self.pid: int | None
+        self.pid, self.fd = fork_as(identity, groups, check)
         self.output = b""
 
     def read(self) -> bool:
-        """Take what git wrote; True once it is done (its output closed)."""
+        """Take what the child wrote; True once it is done (its output closed)."""
         while True:
             try:
                 chunk = os.read(self.fd, 65536)
@@ -695,46 +696,58 @@ class RefCheck:
                 return False
             if not chunk:
                 return True
-            self.output += chunk[: 65536 - len(self.output)]
+            self.output += chunk[: 1 << 20]
 
     def result(self) -> str:
         """The commit; GitError naming the repository or the ref otherwise."""
-        assert self.proc is not None
-        status = self.proc.wait(timeout=5)
         self.finish()
-        said = self.output.decode("utf-8", "replace")
+        try:
+            said = json.loads(self.output)
+            status, out, err = int(said["status"]), str(said["out"]), str(said["err"])
+        except (ValueError, KeyError, TypeError):
+            raise GitError(f"cannot tell whether {self.repo} has {self.ref!r}: the check "
+                           "gave no answer") from None
         if status == 0:
-            lines = said.strip().splitlines()
-            self.writable = gate_answer(said, self.user, self.repo)
-            commits = [line for line in lines if len(line) >= 40 and line.isalnum()]
+            if said.get("gate") is not None:
+                self.writable = gate_answer(str(said["gate"]), self.user, self.repo)
+            commits = [line for line in out.split() if len(line) >= 40 and line.isalnum()]
             if commits:
                 return commits[-1]
             raise GitError(f"git said nothing about {self.ref!r} in {self.repo}")
-        if "dubious ownership" in said:
+        if "dubious ownership" in err:
             raise GitError(f"git refuses {self.repo} for user {self.user}: it belongs to "
                            "another user (add it to that user's git safe.directory)")
-        if "not a git repository" in said or "cannot change to" in said:
+        if "not a git repository" in err or "cannot change to" in err:
             raise GitError(f"{self.repo} is not a git repository user {self.user} may read")
         raise GitError(f"{self.repo} has no branch, tag or commit {self.ref!r}")
 
     def abandon(self) -> None:
-        """Stop waiting: kill git (reaped later, it may be stuck in the kernel)."""
-        if self.proc is not None:
+        """Stop waiting: kill the child (reaped later, it may be stuck in the kernel)."""
+        if self.pid is not None:
             with contextlib.suppress(OSError):
-                self.proc.kill()
-            _UNREAPED.append(self.proc)
-        self.finish()
+                os.kill(self.pid, 9)
+        self.finish(wait=False)
 
-    def finish(self) -> None:
-        if self.proc is not None and self.proc.stdout is not None:
-            self.proc.stdout.close()
-        self.proc = None
-        for proc in list(_UNREAPED):
-            if proc.poll() is not None:
-                _UNREAPED.remove(proc)
+    def finish(self, wait: bool = True) -> None:
+        """Close the pipe; reap the child (one that ended, or later: see abandon)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        if self.pid is not None:
+            if wait:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(self.pid, 0)  # it closed its pipe: it is exiting
+            else:
+                _UNREAPED.append(self.pid)
+            self.pid = None
+        for pid in list(_UNREAPED):
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            _UNREAPED.remove(pid)
 
 
-_UNREAPED: list[subprocess.Popen[bytes]] = []
+_UNREAPED: list[int] = []  # children of RefChecks, not reaped yet
 
 
 def user_directory(worktree_dir: str, identity: RunIdentity | None) -> str:
