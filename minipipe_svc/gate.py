@@ -37,6 +37,7 @@ from typing import NamedTuple
 MAX_ALTERNATE_DEPTH = 5  # as git's own limit
 MAX_LINK_HOPS = 40       # as the kernel's
 MAX_CONFIG_FILES = 200
+MAX_CONFIG_BYTES = 64 << 20  # what it reads of one file; more: cannot tell
 # Config keys that name a file git reads or a program it runs (names lowercased,
 # as `git config --list` prints them; subsections kept).
 PROGRAM_KEYS = re.compile(
@@ -51,6 +52,10 @@ INCLUDE_KEYS = re.compile(r"include(if\..*)?\.path", re.IGNORECASE)
 
 class Unreadable(Exception):
     """A part the user may not look at: the gate cannot tell."""
+
+
+class Unsure(OSError):
+    """Config this parser does not read as surely as git would: cannot tell."""
 
 
 def mine(path: str) -> bool:
@@ -155,11 +160,14 @@ def _read(path: str) -> str | None:
     it (or not tell whether it exists)."""
     try:
         with open(path, "rb") as handle:
-            return handle.read(1 << 20).decode("utf-8", "surrogateescape")
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
         raise Unreadable(path) from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        raise Unsure(f"{path} is over {MAX_CONFIG_BYTES >> 20} MiB")
+    return data.decode("utf-8", "surrogateescape")
 
 
 def directories(path: str) -> str | None:
@@ -202,56 +210,172 @@ def named_paths(value: str) -> list[str]:
 
 
 def parse_config(text: str) -> list[tuple[str, str]]:
-    """(key, value) of a git config file, as git reads them: `section.sub.key` (the
-    section and key lowercased, the subsection as written), values unquoted, with
-    escapes, continuation lines and comments. Includes are not followed here."""
+    """(key, value) of a git config file, as git 2.39 reads them: `section.sub.key`
+    (section and key lowercased, a quoted subsection as written), values unquoted,
+    with escapes, continuation lines and comments; several headers on a line, a
+    byte order mark. Includes are not followed here. Unsure where it might read the
+    file otherwise than git (then the gate cannot tell)."""
+    text = text.removeprefix("\ufeff")
     entries: list[tuple[str, str]] = []
-    section = ""
-    lines = text.split("\n")
-    i = 0
-    while i < len(lines):
-        line = lines[i].strip()
-        i += 1
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("["):
-            header = line[1:line.find("]")] if "]" in line else line[1:]
-            name, _, sub = header.partition(" ")
-            if sub.strip().startswith('"'):
-                sub = sub.strip()[1:].rsplit('"', 1)[0].replace('\\"', '"').replace(
-                    "\\\\", "\\")
-                section = f"{name.lower()}.{sub}"
-            else:  # [section], or the old [section.sub]: lowercased whole
-                section = name.lower()
-            rest = line[line.find("]") + 1:].strip() if "]" in line else ""
-            if not rest or rest[0] in "#;":
-                continue
-            line = rest
-        key, eq, raw = line.partition("=")
-        while raw.endswith("\\") and not raw.endswith("\\\\") and i < len(lines):
-            raw = raw[:-1] + lines[i]
+    section, i, n = None, 0, len(text)
+    while i < n:
+        char = text[i]
+        if char in " \t\r\n":
             i += 1
-        entries.append((f"{section}.{key.strip().lower()}",
-                        _config_value(raw) if eq else "true"))
+        elif char in "#;":
+            i = _line_end(text, i)
+        elif char == "[":
+            section, i = _header(text, i + 1)
+        elif char.isalpha() and section is not None:
+            start = i
+            while i < n and (text[i].isalnum() or text[i] == "-"):
+                i += 1
+            key = text[start:i].lower()
+            while i < n and text[i] in " \t":
+                i += 1
+            if i < n and text[i] == "=":
+                value, i = _value(text, i + 1)
+            elif i >= n or text[i] in "\r\n#;":
+                value = "true"
+            else:
+                raise Unsure(f"a line it cannot read at offset {i}")
+            entries.append((f"{section}.{key}", value))
+        else:
+            raise Unsure(f"a line it cannot read at offset {i}")
     return entries
 
 
-def _config_value(raw: str) -> str:
-    out, quoted, i = [], False, 0
-    raw = raw.strip()
-    while i < len(raw):
-        char = raw[i]
+def _line_end(text: str, i: int) -> int:
+    end = text.find("\n", i)
+    return len(text) if end < 0 else end + 1
+
+
+def _header(text: str, i: int) -> tuple[str, int]:
+    """`[section]`, `[section "sub"]` or `[section.sub]` from after its "["."""
+    start = i
+    while i < len(text) and (text[i].isalnum() or text[i] in "-."):
+        i += 1
+    name = text[start:i].lower()
+    if not name:
+        raise Unsure("an empty section name")
+    if i < len(text) and text[i] == "]":
+        return name, i + 1
+    while i < len(text) and text[i] in " \t\r":
+        i += 1
+    if "." in name or i >= len(text) or text[i] != '"':
+        raise Unsure(f"a section header it cannot read: [{name}")
+    sub, i = [], i + 1
+    while i < len(text) and text[i] != '"':
+        if text[i] == "\n":
+            raise Unsure("a subsection across lines")
+        if text[i] == "\\" and i + 1 < len(text):
+            i += 1
+        sub.append(text[i])
+        i += 1
+    if text[i + 1:i + 2] != "]":
+        raise Unsure(f"a section header it cannot read: [{name} ...")
+    return f"{name}.{''.join(sub)}", i + 2
+
+
+def _value(text: str, i: int) -> tuple[str, int]:
+    """A value from after its "=", to the end of its line (continuations joined)."""
+    out: list[str] = []
+    quoted, spaces, n = False, "", len(text)
+    while i < n and text[i] in " \t":
+        i += 1
+    while i < n:
+        char = text[i]
+        i += 1
+        if char == "\n" and not quoted:
+            break
+        if char == "\n":
+            raise Unsure("a quoted value across lines")
+        if char in "#;" and not quoted:
+            i = _line_end(text, i)
+            break
+        if char in " \t\r" and not quoted:
+            spaces += " " if out else ""  # as git: each blank a space
+            continue
+        out.append(spaces)
+        spaces = ""
         if char == '"':
             quoted = not quoted
-        elif char == "\\" and i + 1 < len(raw):
+        elif char == "\\":
+            if i >= n:
+                break
+            follow = text[i]
             i += 1
-            out.append({"n": "\n", "t": "\t", "b": "\b"}.get(raw[i], raw[i]))
-        elif char in "#;" and not quoted:
-            break
+            if follow == "\n":
+                continue  # a continuation line
+            if follow not in 'ntb"\\':
+                raise Unsure(f"an escape it cannot read: \\{follow}")
+            out.append({"n": "\n", "t": "\t", "b": "\b"}.get(follow, follow))
         else:
             out.append(char)
-        i += 1
-    return "".join(out).strip() if not quoted else "".join(out)
+    if quoted:
+        raise Unsure("an unterminated quote")
+    return "".join(out), i
+
+
+# The config keys whose programs a landing can run (filters in a checked-out work
+# tree, merge drivers in merge-tree); the others are pinned off for the lander.
+LANDING_PROGRAM_KEYS = re.compile(r"filter\..*\.(clean|smudge|process)|merge\..*\.driver",
+                                  re.IGNORECASE)
+SHELL_SPECIAL = frozenset(";&|$`<>(){}\\*?[]!\"'\n#~=")
+
+
+def program_part(key: str, value: str) -> str | None:
+    """The part of a command a landing may run that the user may change, if any.
+    Only a plain command line can be vetted (a name found in PATH, or an absolute
+    path, with plain arguments); anything a shell would interpret cannot."""
+    if SHELL_SPECIAL.intersection(value):
+        raise OSError(f"config {key} = {value!r} is a command line it cannot vet (a "
+                      "landing may run it): make it a program with plain arguments")
+    for word in value.split():
+        if word.startswith("/"):
+            if found := exposed(word):
+                return found
+        elif "/" in word:
+            raise OSError(f"config {key} = {value!r} names a relative path it cannot vet")
+    return None
+
+
+def listing_part(entries: list[tuple[str, str, str]], base: str, home: str | None,
+                 work_tree: str | None) -> str | None:
+    """What the user may change of what the lander's git reads, as that git listed it
+    (`git config --list --show-origin --includes`, run as the lander where it will
+    land): every file it read, every include it names (read or not, found or not),
+    the programs a landing can run, and the work tree it will update, if any."""
+    files = []
+    for origin, _key, _value in entries:
+        if origin.startswith("file:"):
+            files.append(os.path.join(base, origin.removeprefix("file:")))
+    for path in dict.fromkeys(files):
+        if found := exposed(path):
+            return found
+    for origin, key, value in entries:
+        if not origin.startswith("file:"):
+            continue  # the lander's own -c options
+        if INCLUDE_KEYS.fullmatch(key):
+            where = os.path.dirname(os.path.join(base, origin.removeprefix("file:")))
+            target = expand(value, where, home)
+            if target is not None and (found := exposed(target)):
+                return found
+        elif LANDING_PROGRAM_KEYS.fullmatch(key) and (found := program_part(key, value)):
+            return found
+    return directories(work_tree) if work_tree else None
+
+
+def listing_answer(entries: list[tuple[str, str, str]], base: str, home: str | None,
+                   work_tree: str | None) -> str:
+    """listing_part's answer as one line (see answer)."""
+    try:
+        found = listing_part(entries, base, home, work_tree)
+    except Unreadable as exc:
+        return f"unreadable: {exc}"
+    except OSError as exc:
+        return f"error: {exc}"
+    return f"writable: {found}" if found else "none"
 
 
 def config_parts(layout: Layout) -> str | None:
@@ -284,6 +408,9 @@ def config_parts(layout: Layout) -> str | None:
                 target = expand(value, layout.work_trees[0] if layout.work_trees
                                 else layout.common, layout.home)
                 if target is not None and (found := tree(target)):
+                    return found
+            elif LANDING_PROGRAM_KEYS.fullmatch(key):
+                if found := program_part(key, value):
                     return found
             elif PROGRAM_KEYS.fullmatch(key):
                 for word in named_paths(value):
@@ -356,13 +483,17 @@ def layout(repo: str) -> Layout:
     common = git_dir
     if (text := _read(os.path.join(git_dir, "commondir"))) is not None:
         common = os.path.normpath(os.path.join(git_dir, text.strip()))
-    config = _read(os.path.join(common, "config")) or ""
-    for key, value in parse_config(config):
-        if key == "core.worktree":
-            main = os.path.normpath(os.path.join(common, value))
-        elif key == "core.bare" and value.lower() in ("true", "yes", "on", "1"):
-            main = None
+    if git_dir != common and os.path.basename(common) == ".git":
+        main = os.path.dirname(common)  # `repo` is a linked worktree: the main one too
+    for name in ("config", "config.worktree"):
+        for key, value in parse_config(_read(os.path.join(common, name)) or ""):
+            if key == "core.worktree":
+                main = os.path.normpath(os.path.join(common, value))
+            elif key == "core.bare" and value.lower() in ("true", "yes", "on", "1"):
+                main = None
     trees = [main] if main else []
+    if git_dir != common and repo not in trees:
+        trees.append(repo)
     linked = os.path.join(common, "worktrees")
     if _is_dir(linked):
         for name in sorted(os.listdir(linked)):
@@ -373,7 +504,7 @@ def layout(repo: str) -> Layout:
         home: str | None = pwd.getpwuid(os.stat(common).st_uid).pw_dir
     except (KeyError, OSError):
         home = None
-    return Layout(os.path.abspath(common), trees, home)
+    return Layout(os.path.abspath(common), list(dict.fromkeys(trees)), home)
 
 
 def writable_part(repo: str) -> str | None:

@@ -515,6 +515,12 @@ def fork_as(identity: RunIdentity | None, groups: list[int] | None,
     return pid, read_end
 
 
+def die_with_parent() -> None:
+    """For a child's preexec_fn: SIGKILL when the process that started it dies (a
+    check's git, when the daemon kills the check that waits for it)."""
+    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def _child_of(parent: int, keep: int) -> None:
     """In a child forked from the daemon or a runner: killed with its parent, the
     parent's signal handlers and files (its lock, sockets, DB) not its own."""
@@ -522,7 +528,7 @@ def _child_of(parent: int, keep: int) -> None:
     signal.set_wakeup_fd(-1)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
-    _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    die_with_parent()
     if os.getppid() != parent:
         raise SystemExit(70)
     os.closerange(3, keep)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 
 from .files import replace_file
+from .gate import listing_answer
 from .plan import Plan, Step
 from .store import Store, WorkspaceRow
 from .workspace import (
@@ -31,6 +32,7 @@ from .workspace import (
     Git,
     GitError,
     LandRefused,
+    ask_gate,
     branch_name,
     user_directory,
     worktree_path,
@@ -38,6 +40,7 @@ from .workspace import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
     from .identity import RunIdentity
@@ -167,13 +170,34 @@ class RunWorkspace:
         if self.spec.land == "branch-only":
             lander.point_branch(repo, self.branch, row.head_commit)
         commit = lander.land(repo, row.head_commit, target, self.spec.land, message,
-                             self.run_id, reviewed_from=changes["merge_base"])
+                             self.run_id, reviewed_from=changes["merge_base"],
+                             vet=self.vetting(lander))
         self.store.landed(self.run_id, commit=commit, target=target, mode=self.spec.land,
                           as_user=lander.user)
         if commit:  # steps after approval see the target as it landed
             self.git.run("-C", self.path, "update-ref", "-m", "minipipe: landed",
                          f"refs/heads/{target}", commit, check=False)
         return commit
+
+    def vetting(self, lander: Git) -> Callable[[str, str | None], None]:
+        """Before the lander's git works in a place: nothing it reads there (as its
+        own `git config --list --show-origin` says, exactly) nor the work tree it
+        would update may be the run user's to change (gate.listing_part, asked as
+        them). The gate asked earlier reads config with a parser of its own; this
+        asks git itself, where and as whom it will land."""
+        if lander is self.git:
+            return lambda place, work_tree: None
+        home = lander.identity.home if lander.identity is not None else None
+
+        def vet(place: str, work_tree: str | None) -> None:
+            entries = lander.config_listing(place)
+            found = ask_gate(self.identity, place, question=lambda: listing_answer(
+                entries, place, home, work_tree))
+            if found:
+                raise LandRefused(f"user {self.git.user} may change {found}, which "
+                                  f"{lander.user}'s git reads landing in {place}: the "
+                                  "review gate does not hold there; nothing was landed")
+        return vet
 
     def lander(self, approved_uid: int | None) -> Git:
         """Whose git lands the change (see the module's docstring)."""

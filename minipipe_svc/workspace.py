@@ -164,14 +164,16 @@ def gate_answer(line: str, user: str, repo: str) -> str | None:
 
 
 def ask_gate(identity: RunIdentity | None, repo: str,
-             timeout: float = WORK_TIMEOUT_SECONDS) -> str | None:
-    """gate.py's answer for `repo`, asked in a child that became the user with all
-    their groups (identity.fork_as), waited for: see gate_answer."""
+             timeout: float = WORK_TIMEOUT_SECONDS,
+             question: Callable[[], str] | None = None) -> str | None:
+    """gate.py's answer for `repo` (or to `question`), asked in a child that became
+    the user with all their groups (identity.fork_as), waited for: see gate_answer."""
     from .identity import all_groups, fork_as
 
     user = identity.user if identity is not None else "(this user)"
+    asked = question or (lambda: gate_says(repo))
     pid, fd = fork_as(identity, all_groups(identity) if identity else None,
-                      lambda: gate_says(repo).encode())
+                      lambda: asked().encode())
     said = b""
     try:
         for chunk in _chunks(os.fdopen(fd, "rb", buffering=0, closefd=False),
@@ -325,6 +327,17 @@ class Git:
     def point_branch(self, path: str, branch: str, commit: str) -> None:
         """The run's branch names the reviewed commit (a step may have switched HEAD)."""
         self.run("-C", path, "update-ref", "-m", "minipipe", f"refs/heads/{branch}", commit)
+
+    def config_listing(self, path: str) -> list[tuple[str, str, str]]:
+        """(origin, key, value) of every config entry this user's git reads in `path`,
+        includes followed as they apply there: what a landing's git will use."""
+        result = self.run("-C", path, "config", "--list", "--show-origin", "--includes",
+                          "-z", check=False)
+        if result.returncode != 0:
+            raise _refusal(path, self.user, _said(result))
+        fields = result.stdout.split(b"\0")
+        return [(_text(origin), *_text(entry).partition("\n")[::2])
+                for origin, entry in zip(fields[0::2], fields[1::2], strict=False)]
 
     def own_common_dir(self, repo: str) -> str:
         """`repo`'s git directory as this user's git takes it, to work in (for a
@@ -530,7 +543,9 @@ class Git:
             return None
 
     def land(self, repo: str, head: str, target: str, mode: str, message: str,
-             run_id: int, reviewed_from: str | None = None) -> str | None:
+             run_id: int, reviewed_from: str | None = None,
+             vet: Callable[[str, str | None], None] = lambda place, work_tree: None,
+             ) -> str | None:
         """Bring `head` into branch `target` (`merge`: fast-forward when possible, else
         a merge commit; `ff-only`; `branch-only`: nothing). Returns the target's new
         commit (None for branch-only). All or nothing: the branch moves by one
@@ -539,7 +554,8 @@ class Git:
 
         `reviewed_from`, the merge-base the reviewed diff starts from, must be on the
         target: then the commits that land are the reviewed ones and no others (a
-        base off the target would bring its own commits along, unseen).
+        base off the target would bring its own commits along, unseen). `vet(place,
+        work_tree)` is asked before git works in a place (LandRefused to stop).
         """
         if mode == "branch-only":
             return None
@@ -551,6 +567,7 @@ class Git:
                 raise _refusal(repo, self.user, _said(old))
             raise LandRefused(f"{repo} has no branch {target!r} to land on")
         current = old.stdout.decode().strip()
+        vet(repo, None)
         if reviewed_from is not None and not self._is_ancestor(repo, reviewed_from, current):
             raise LandRefused(f"the reviewed change starts from {reviewed_from[:12]}, which "
                               f"is not on {target}: landing would bring in commits nobody "
@@ -575,6 +592,7 @@ class Git:
                     raise _refusal(repo, self.user, said)
                 raise LandRefused(f"{target} moved while landing; approve again ({said})")
             return new
+        vet(checked_out, checked_out)
         dirty = self.out("-C", checked_out, "status", "--porcelain", "--untracked-files=no")
         if dirty:
             raise LandRefused(f"{target} is checked out in {checked_out} with uncommitted "
@@ -658,7 +676,7 @@ class RefCheck:
 
     def __init__(self, git: Git, repo: str, ref: str, timeout: float, *,
                  gate: bool = False) -> None:
-        from .identity import all_groups, fork_as
+        from .identity import all_groups, die_with_parent, fork_as
 
         self.repo, self.ref = repo, ref
         self.deadline = time.monotonic() + timeout
@@ -670,8 +688,11 @@ class RefCheck:
 
         def check() -> bytes:
             try:
+                # (killed with this child: a check the daemon abandons leaves no git
+                # of the user's behind in the service's cgroup)
                 found = subprocess.run(command, capture_output=True, env=env, cwd="/",
-                                       stdin=subprocess.DEVNULL, timeout=timeout, check=False)
+                                       stdin=subprocess.DEVNULL, timeout=timeout, check=False,
+                                       preexec_fn=die_with_parent)
                 status, out, err = found.returncode, found.stdout, found.stderr
             except (OSError, subprocess.TimeoutExpired) as exc:
                 status, out, err = 127, b"", str(exc).encode()

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from minipipe_svc.gate import named_paths, parse_config
+from minipipe_svc.gate import Unsure, named_paths, parse_config
 
 CONFIG = r"""
 # a comment
@@ -34,6 +34,44 @@ def test_keys_and_values_as_git_reads_them() -> None:
     assert ("includeif.gitdir:/srv/Git/.path", "~dave/app.gitconfig") in entries
     assert ("filter.LFS.smudge", "git-lfs smudge -- %f") in entries
     assert ("section.sub.flag", "true") in entries
+
+
+# What git 2.39 reads and a line-based parser did not (red team, round 5): each must
+# come out as git reads it, with the include that follows.
+TRICKY = {
+    "a comment ending in a backslash": "[core]\n\tx = true  # N:\\git\\\n[include]\n",
+    "a tab before the subsection": '[includeIf\t"onbranch:main"]\n',
+    "a byte order mark": "\ufeff[include]\n",
+    "two headers on a line": "[core] [include]\n",
+    "a carriage return before the subsection": '[includeIf\r"onbranch:main"]\n',
+    "CRLF lines": "[core]\r\n\tx = 1\r\n[include]\r\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(TRICKY))
+def test_the_includes_git_follows_are_found(tmp_path, case: str) -> None:
+    text = TRICKY[case] + "\tpath = /srv/team/app.gitconfig\n"
+    assert parse_config(text) == git_reads(tmp_path, text)
+    assert any(key.endswith(".path") and value == "/srv/team/app.gitconfig"
+               for key, value in parse_config(text))
+
+
+def git_reads(tmp_path, text: str) -> list[tuple[str, str]]:
+    """What `git config --list` reads of `text` (git as the reference, in a test)."""
+    path = tmp_path / "config"
+    path.write_bytes(text.encode())
+    listed = subprocess.run(["git", "config", "--file", str(path), "--no-includes", "-z",
+                             "--list"], capture_output=True, check=True).stdout
+    # (a key without "=" git lists bare; it means true)
+    return [(*entry.decode().split("\n", 1), "true")[:2] for entry in listed.split(b"\0")
+            if entry]
+
+
+@pytest.mark.parametrize("text", ['[core "a\nb"]\n', "[core]\n\tx = \\q\n",
+                                  '[core]\n\tx = "open\n', "[ core]\n", "[core]\n\t= x\n"])
+def test_what_it_cannot_read_surely_it_says_so(text: str) -> None:
+    with pytest.raises(Unsure):
+        parse_config(text)
 
 
 def test_git_agrees(tmp_path) -> None:
