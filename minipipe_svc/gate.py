@@ -23,7 +23,10 @@ never "no".
 Asked in a child forked from root that became the user (all their groups, so
 groups and ACLs count) and never executes anything: a process the user could
 ptrace (anything they exec) could be made to answer "no". So this module finds the
-git directory, the work trees and the config itself, without git.
+git directory, the work trees and the config itself, without git (`writable_part`,
+at submit, when the steps end and before landing). Its parser can only approximate
+git's; at landing, `listing_part` checks what the lander's own git says it reads
+there (review.RunWorkspace.vetting), exactly.
 """
 
 from __future__ import annotations
