@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import pwd
 import re
+import shlex
 import stat
 from typing import NamedTuple
 
@@ -324,22 +325,44 @@ def _value(text: str, i: int) -> tuple[str, int]:
 # tree, merge drivers in merge-tree); the others are pinned off for the lander.
 LANDING_PROGRAM_KEYS = re.compile(r"filter\..*\.(clean|smudge|process)|merge\..*\.driver",
                                   re.IGNORECASE)
-SHELL_SPECIAL = frozenset(";&|$`<>(){}\\*?[]!\"'\n#~=")
+INTERPRETERS = re.compile(r"(ba|da|z|k|c|tc|fi|a)?sh|busybox|env|python[0-9.]*|pypy[0-9.]*"
+                          r"|perl[0-9.]*|ruby[0-9.]*|node(js)?|php[0-9.]*|lua[0-9.]*"
+                          r"|tclsh[0-9.]*|[gm]?awk|sed|git|xargs")
+SHELL_SPECIAL = frozenset(";&|$`<>(){}\\*?[]!'\n#~")
 
 
-def program_part(key: str, value: str) -> str | None:
+def program_part(key: str, value: str, work_tree: str | None = None) -> str | None:
     """The part of a command a landing may run that the user may change, if any.
-    Only a plain command line can be vetted (a name found in PATH, or an absolute
-    path, with plain arguments); anything a shell would interpret cannot."""
+    Only a plain command line can be vetted: a name found in PATH or an absolute path,
+    then arguments that are absolute paths (also after `=`) or words naming no file
+    in the work tree git runs it in (there, the change being landed may have just
+    written it); double quotes as a shell reads them. Anything else a shell would
+    interpret cannot be vetted."""
     if SHELL_SPECIAL.intersection(value):
-        raise OSError(f"config {key} = {value!r} is a command line it cannot vet (a "
-                      "landing may run it): make it a program with plain arguments")
-    for word in value.split():
-        if word.startswith("/"):
-            if found := exposed(word):
-                return found
-        elif "/" in word:
-            raise OSError(f"config {key} = {value!r} names a relative path it cannot vet")
+        raise Unsure(f"config {key} = {value!r} is a command line it cannot vet (a "
+                     "landing may run it): make it a program with plain arguments")
+    try:
+        words = shlex.split(value)
+    except ValueError:
+        raise Unsure(f"config {key} = {value!r} has quotes it cannot read") from None
+    script = [word for word in words[1:] if "%" not in word]
+    if words and INTERPRETERS.fullmatch(os.path.basename(words[0])) and (
+            not script or not all(word.startswith("/") for word in script)):
+        # An interpreter runs what it is given: a script or module the change being
+        # landed may have just written where git runs it (python -m looks there
+        # first), or, given no script (or -s, -c ...), the content itself. Only the
+        # absolute path of its script can be vetted.
+        raise Unsure(f"config {key} = {value!r} runs an interpreter on something it "
+                     "cannot vet: give it the absolute path of its script")
+    for index, word in enumerate(words):
+        for piece in word.split("="):
+            if piece.startswith("/"):
+                if found := exposed(piece):
+                    return found
+            elif "/" in piece or (index and piece and work_tree is not None
+                                  and os.path.lexists(os.path.join(work_tree, piece))):
+                raise Unsure(f"config {key} = {value!r} names {piece!r}, a path relative to "
+                             "where git runs it, which it cannot vet")
     return None
 
 
@@ -364,7 +387,8 @@ def listing_part(entries: list[tuple[str, str, str]], base: str, home: str | Non
             target = expand(value, where, home)
             if target is not None and (found := exposed(target)):
                 return found
-        elif LANDING_PROGRAM_KEYS.fullmatch(key) and (found := program_part(key, value)):
+        elif LANDING_PROGRAM_KEYS.fullmatch(key) and (
+                found := program_part(key, value, work_tree or base)):
             return found
     return directories(work_tree) if work_tree else None
 
@@ -413,7 +437,8 @@ def config_parts(layout: Layout) -> str | None:
                 if target is not None and (found := tree(target)):
                     return found
             elif LANDING_PROGRAM_KEYS.fullmatch(key):
-                if found := program_part(key, value):
+                if found := program_part(key, value, layout.work_trees[0]
+                                         if layout.work_trees else None):
                     return found
             elif PROGRAM_KEYS.fullmatch(key):
                 for word in named_paths(value):

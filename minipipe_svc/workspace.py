@@ -173,7 +173,7 @@ def ask_gate(identity: RunIdentity | None, repo: str,
     user = identity.user if identity is not None else "(this user)"
     asked = question or (lambda: gate_says(repo))
     pid, fd = fork_as(identity, all_groups(identity) if identity else None,
-                      lambda: asked().encode())
+                      lambda: asked().encode("utf-8", "surrogateescape"))
     said = b""
     try:
         for chunk in _chunks(os.fdopen(fd, "rb", buffering=0, closefd=False),
@@ -336,7 +336,9 @@ class Git:
         if result.returncode != 0:
             raise _refusal(path, self.user, _said(result))
         fields = result.stdout.split(b"\0")
-        return [(_text(origin), *_text(entry).partition("\n")[::2])
+        # Paths as the filesystem has them (not UTF-8 -> surrogates, not \xNN): gate.py
+        # looks them up.
+        return [(os.fsdecode(origin), *os.fsdecode(entry).partition("\n")[::2])
                 for origin, entry in zip(fields[0::2], fields[1::2], strict=False)]
 
     def own_common_dir(self, repo: str) -> str:

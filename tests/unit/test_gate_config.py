@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from minipipe_svc.gate import Unsure, named_paths, parse_config
+from minipipe_svc.gate import Unsure, named_paths, parse_config, program_part
 
 CONFIG = r"""
 # a comment
@@ -95,3 +95,20 @@ def test_git_agrees(tmp_path) -> None:
 ])
 def test_the_paths_a_command_names(value: str, paths: list[str]) -> None:
     assert named_paths(value) == paths
+
+
+@pytest.mark.parametrize("value", [
+    "sh", "sh strip.sh", "sh -s", '"/usr/bin/python3" -m nbstripout', "python3 -c x",
+    "tools/filter %f", "cd /srv/tools && ./fmt", "x $(y)", "filter 'quoted'", 'a "open',
+])
+def test_commands_a_landing_may_run_that_it_cannot_vet(value: str) -> None:
+    """(A filter or merge driver runs as the lander: only plain programs pass.)"""
+    with pytest.raises(Unsure):
+        program_part("filter.x.smudge", value)
+
+
+def test_a_bare_argument_naming_a_file_where_git_runs_it_cannot_be_vetted(tmp_path) -> None:
+    (tmp_path / "strip").write_text("")
+    with pytest.raises(Unsure, match="'strip'"):
+        program_part("filter.x.smudge", "tool strip", str(tmp_path))
+    assert program_part("filter.x.smudge", "git-lfs smudge -- %f", str(tmp_path)) is None
