@@ -182,8 +182,10 @@ def directories(path: str) -> str | None:
         return found
     for root, dirs, _files in os.walk(path, onerror=_walk_error_reachable):
         for name in dirs:
-            if mine(os.path.join(root, name)):
-                return os.path.join(root, name)
+            full = os.path.join(root, name)
+            # (a link is not a directory to git: it never writes or reads through it)
+            if not os.path.islink(full) and mine(full):
+                return full
     return None
 
 

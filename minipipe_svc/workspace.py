@@ -554,9 +554,10 @@ class Git:
         compare-and-swap, or, where it is checked out, by `merge --ff-only` in that
         worktree (which refuses rather than overwrite local changes).
 
-        `reviewed_from`, the merge-base the reviewed diff starts from, must be on the
-        target: then the commits that land are the reviewed ones and no others (a
-        base off the target would bring its own commits along, unseen). `vet(place,
+        `reviewed_from`, the merge-base the reviewed diff starts from, must be where
+        `head` meets the target now: then what lands is the reviewed diff and nothing
+        else (a base off the target would bring its own commits along; a change that
+        merged in newer commits of the target could undo them, unseen in its diff). `vet(place,
         work_tree)` is asked before git works in a place (LandRefused to stop).
         """
         if mode == "branch-only":
@@ -570,18 +571,24 @@ class Git:
             raise LandRefused(f"{repo} has no branch {target!r} to land on")
         current = old.stdout.decode().strip()
         vet(repo, None)
-        if reviewed_from is not None and not self._is_ancestor(repo, reviewed_from, current):
-            raise LandRefused(f"the reviewed change starts from {reviewed_from[:12]}, which "
-                              f"is not on {target}: landing would bring in commits nobody "
-                              "reviewed; nothing was landed (the run's ref and target differ?)")
         if self._is_ancestor(repo, head, current):
             return current  # already there
-        if self._is_ancestor(repo, current, head):
-            new = head
-        elif mode == "ff-only":
+        fast_forward = self._is_ancestor(repo, current, head)
+        if not fast_forward and mode == "ff-only":
             raise LandRefused(f"{target} has moved on since the run's base, so a "
                               "fast-forward is impossible; retry the run on the new "
                               "base, or land with land = \"merge\"")
+        meets = self.run("-C", repo, "merge-base", current, head, check=False
+                         ).stdout.decode().strip()
+        if reviewed_from is not None and meets != reviewed_from:
+            raise LandRefused(
+                f"the change meets {target} at {meets[:12] or 'no commit'}, not at "
+                f"{reviewed_from[:12]}, where its reviewed diff starts: either that base is "
+                f"not on {target} (landing would bring in commits nobody reviewed) or the "
+                f"run took in newer commits of {target} (its diff would hide what it "
+                "undoes of them); nothing was landed: retry the run")
+        if fast_forward:
+            new = head
         else:
             new = self._merge_commit(repo, current, head, target, message, run_id)
         checked_out = self._checked_out(repo, ref)

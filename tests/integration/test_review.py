@@ -168,7 +168,11 @@ def test_two_runs_on_one_repository_and_a_restart_while_awaiting(reviewing: Inst
     instance = reviewing
     repo = make_repo(instance)
     first = instance.submit(EDIT.format(repo=repo), name="one")
-    second = instance.submit(EDIT.format(repo=repo), name="two")
+    # (its own commit: two identical commits, made in the same second, would be one
+    # commit both runs share, and a change that shares commits with the target is
+    # refused, see test_a_change_that_took_in_newer_commits_of_the_target_is_refused)
+    second = instance.submit(EDIT.format(repo=repo).replace('"step commit"',
+                                                            '"step commit 2"'), name="two")
     for run_id in (first, second):
         assert instance.wait_state(run_id, "AWAITING_REVIEW", "FAILED")["state"] == \
             "AWAITING_REVIEW"
@@ -384,9 +388,36 @@ def test_a_base_off_the_target_does_not_bring_unreviewed_commits(
     wait_for(lambda: instance.run(run_id)["reason"], 60, "the landing's refusal")
     run = instance.run(run_id)
     assert run["state"] == "AWAITING_REVIEW"
-    assert "which is not on main: landing would bring in commits nobody reviewed" in \
+    assert "is not on main (landing would bring in commits nobody reviewed)" in \
         run["reason"]
     assert sh(instance, "git rev-parse main", cwd=repo) == main
+
+
+def test_a_change_that_took_in_newer_commits_of_the_target_is_refused(
+        reviewing: Instance) -> None:
+    """The steps merge main as it is now (it moved on since the run's base), then undo
+    one of its newer commits: the diff from the run's base shows nothing of that
+    (both sides have the old line), yet a fast-forward would revert main. Landing
+    checks that the change meets main where its reviewed diff starts."""
+    instance = reviewing
+    repo = make_repo(instance)
+    base = sh(instance, "git rev-parse main", cwd=repo).strip()
+    sh(instance, "printf 'newer\\n' > b.txt && git commit -qam newer", cwd=repo)
+    newer = sh(instance, "git rev-parse main", cwd=repo).strip()
+    plan = EDIT.format(repo=repo).replace('ref = "main"', f'ref = "{base}"\ntarget = "main"'
+                                          ).replace("git rm -q c.txt", f"""
+git merge -q --ff-only {newer}
+printf 'keep\\n' > b.txt && git rm -q c.txt""")
+    run_id = instance.submit(plan, name="undo")
+    run = instance.wait_state(run_id, "AWAITING_REVIEW", "FAILED")
+    assert run["state"] == "AWAITING_REVIEW", run["reason"]
+    assert "b.txt" not in instance.cli("diff", "--name-only", str(run_id)).stdout
+    main = sh(instance, "git rev-parse main", cwd=repo)
+    instance.approve(run_id)
+    wait_for(lambda: instance.run(run_id)["reason"], 60, "the landing's refusal")
+    assert "the run took in newer commits of main" in instance.run(run_id)["reason"]
+    assert sh(instance, "git rev-parse main", cwd=repo) == main
+    assert sh(instance, "git show main:b.txt", cwd=repo) == "newer\n"
 
 
 SWAP = """
