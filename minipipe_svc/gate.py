@@ -36,6 +36,7 @@ import pwd
 import re
 import shlex
 import stat
+from collections.abc import Callable
 from typing import NamedTuple
 
 MAX_ALTERNATE_DEPTH = 5  # as git's own limit
@@ -43,11 +44,12 @@ MAX_LINK_HOPS = 40       # as the kernel's
 MAX_CONFIG_FILES = 200
 MAX_CONFIG_BYTES = 64 << 20  # what it reads of one file; more: cannot tell
 # Config keys that name a file git reads or a program it runs (names lowercased,
-# as `git config --list` prints them; subsections kept).
+# as `git config --list` prints them; subsections kept); filters and merge drivers,
+# which a landing may run, are LANDING_PROGRAM_KEYS, held to more (program_part).
 PROGRAM_KEYS = re.compile(
     r"(core\.(attributesfile|fsmonitor|sshcommand|askpass|editor|pager|excludesfile)"
-    r"|filter\..*\.(clean|smudge|process)|diff\..*\.(command|textconv)"
-    r"|merge\..*\.driver|gpg\.(.*\.)?program|credential\.(.*\.)?helper"
+    r"|diff\..*\.(command|textconv)"
+    r"|gpg\.(.*\.)?program|credential\.(.*\.)?helper"
     r"|sequence\.editor|alias\..*|pager\..*|core\.alternaterefscommand"
     r"|uploadpack\.packobjectshook|mergetool\..*\.(cmd|path)|difftool\..*\.(cmd|path))",
     re.IGNORECASE)
@@ -398,13 +400,7 @@ def listing_part(entries: list[tuple[str, str, str]], base: str, home: str | Non
 def listing_answer(entries: list[tuple[str, str, str]], base: str, home: str | None,
                    work_tree: str | None) -> str:
     """listing_part's answer as one line (see answer)."""
-    try:
-        found = listing_part(entries, base, home, work_tree)
-    except Unreadable as exc:
-        return f"unreadable: {exc}"
-    except OSError as exc:
-        return f"error: {exc}"
-    return f"writable: {found}" if found else "none"
+    return _line(lambda: listing_part(entries, base, home, work_tree))
 
 
 def config_parts(layout: Layout) -> str | None:
@@ -552,8 +548,12 @@ def writable_part(repo: str) -> str | None:
 def answer(repo: str) -> str:
     """The gate's answer as one line: `writable: PATH`, `unreadable: PATH`,
     `error: WHY` or `none`."""
+    return _line(lambda: writable_part(repo))
+
+
+def _line(ask: Callable[[], str | None]) -> str:
     try:
-        found = writable_part(repo)
+        found = ask()
     except Unreadable as exc:
         return f"unreadable: {exc}"
     except OSError as exc:
