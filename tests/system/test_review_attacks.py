@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -121,6 +122,16 @@ def review_then_approve(box: Box, run_id: int, approver: str = "dave") -> tuple[
     wait_for(lambda: box.run(run_id)["state"] in ("SUCCEEDED", "FAILED")
              or box.run(run_id)["reason"], 90, "the landing")
     return shown, box.run(run_id)
+
+
+def submit_past_the_gate(box: Box, script: str = "printf 'v2\\n' > VERSION", *,
+                         repo: str = REPO) -> subprocess.CompletedProcess[str]:
+    """alice submits a run that needs review; one the gate took is cancelled at once
+    (never left to run): the caller asserts on the refusal."""
+    result = box.minipipe("submit -", input=plan(script, repo=repo), check=False)
+    if result.returncode == 0:
+        box.minipipe(f"cancel {int(result.stdout)}", check=False)
+    return result
 
 
 def landed_version(box: Box, repo: str = REPO) -> str:

@@ -13,6 +13,8 @@ the repository owner's home, paths after `=` and short options).
 # ruff: noqa: F811  (the gate fixture, imported)
 from __future__ import annotations
 
+from subprocess import CompletedProcess
+
 import pytest
 
 from .conftest import Box
@@ -22,6 +24,7 @@ from .test_review_attacks import (  # noqa: F401  (gate is a fixture)
     gate,
     plan,
     review_then_approve,
+    submit_past_the_gate,
 )
 from .test_review_system import REPO
 
@@ -85,10 +88,7 @@ def test_the_enforced_gate_sees_what_dave_reads_where_alice_may_not_look(
     box.sh(as_root)
     box.sh(as_dave, user="dave")
     try:
-        result = box.minipipe("submit -", input=plan("printf 'v2\\n' > VERSION"),
-                              check=False)
-        if result.returncode == 0:
-            box.minipipe(f"cancel {int(result.stdout)}", check=False)
+        result = submit_past_the_gate(box)
         assert result.returncode != 0 and ("may write" in result.stderr
                                            or "cannot tell" in result.stderr), (
             f"{gap}: the enforced gate took the run ({result.stdout.strip()})")
@@ -110,6 +110,20 @@ LANDINGS = {
     "through the lander's ~/": ("an include chain through the lander's ~/",
                                 "app.gitconfig", ""),
 }
+
+
+def refused_or_smudged_as_alice_only(box: Box, result: CompletedProcess[str]) -> None:
+    """alice's run (its step appends `two` to data.dat) was refused by the gate, or
+    landed with her smudge filter run as nobody but her."""
+    if result.returncode != 0:
+        assert "may write" in result.stderr or "cannot tell" in result.stderr, \
+            result.stderr
+        return
+    shown, run = review_then_approve(box, int(result.stdout))
+    assert "+two" in shown
+    ran = box.sh(f"cat {DROP}/smudge-ran", check=False).stdout.split()
+    assert "dave" not in ran and "root" not in ran, (
+        f"alice's smudge filter ran as {ran} ({run['state']}: {run['reason']})")
 
 
 @pytest.mark.parametrize("landing", sorted(LANDINGS))
@@ -135,15 +149,7 @@ def test_a_config_alice_writes_beyond_the_gate_runs_her_code_as_the_lander(
     try:
         result = box.minipipe("submit -", input=plan("echo two >> data.dat", extra=extra),
                               check=False)
-        if result.returncode != 0:
-            assert "may write" in result.stderr or "cannot tell" in result.stderr, \
-                result.stderr
-            return
-        shown, run = review_then_approve(box, int(result.stdout))
-        assert "+two" in shown
-        ran = box.sh(f"cat {DROP}/smudge-ran", check=False).stdout.split()
-        assert "dave" not in ran and "root" not in ran, (
-            f"alice's smudge filter ran as {ran} ({run['state']}: {run['reason']})")
+        refused_or_smudged_as_alice_only(box, result)
     finally:
         box.sh(teardown, check=False)
         box.sh("rm -rf /srv/git/app-release", check=False)

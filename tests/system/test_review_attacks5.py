@@ -24,7 +24,9 @@ from .test_review_attacks import (  # noqa: F401  (gate is a fixture)
     gate,
     plan,
     review_then_approve,
+    submit_past_the_gate,
 )
+from .test_review_attacks4 import refused_or_smudged_as_alice_only
 from .test_review_system import REPO
 
 TEAM = "/srv/team"        # alice's directory (a team's shared config, her own)
@@ -108,10 +110,7 @@ def test_the_enforced_gate_reads_dave_s_config_as_git_does(gate: Box, gap: str) 
     box = gate
     add_gap(box, gap)
     try:
-        result = box.minipipe("submit -", input=plan("printf 'v2\\n' > VERSION"),
-                              check=False)
-        if result.returncode == 0:
-            box.minipipe(f"cancel {int(result.stdout)}", check=False)
+        result = submit_past_the_gate(box)
         assert result.returncode != 0 and ("may write" in result.stderr
                                            or "cannot tell" in result.stderr), (
             f"{gap}: the enforced gate took the run ({result.stdout.strip()})")
@@ -137,15 +136,7 @@ def test_a_config_line_the_gate_misreads_runs_alices_code_as_the_lander(
     add_gap(box, gap)
     try:
         result = box.minipipe("submit -", input=plan("echo two >> data.dat"), check=False)
-        if result.returncode != 0:
-            assert "may write" in result.stderr or "cannot tell" in result.stderr, \
-                result.stderr
-            return
-        shown, run = review_then_approve(box, int(result.stdout))
-        assert "+two" in shown
-        ran = box.sh(f"cat {DROP}/smudge-ran", check=False).stdout.split()
-        assert "dave" not in ran and "root" not in ran, (
-            f"alice's smudge filter ran as {ran} ({run['state']}: {run['reason']})")
+        refused_or_smudged_as_alice_only(box, result)
     finally:
         box.sh(f"rm -rf {TEAM} /srv/append_gap.py", check=False)
 
@@ -167,10 +158,7 @@ def test_a_filter_command_that_runs_alices_file_is_seen(gate: Box) -> None:
            f"chmod 755 {TOOLS}/fmt && chown alice {TOOLS}/fmt")
     box.sh(f"git -C {REPO} config filter.fmt.clean 'cd {TOOLS} && ./fmt'", user="dave")
     try:
-        result = box.minipipe("submit -", input=plan("printf 'v2\\n' > VERSION"),
-                              check=False)
-        if result.returncode == 0:
-            box.minipipe(f"cancel {int(result.stdout)}", check=False)
+        result = submit_past_the_gate(box)
         assert result.returncode != 0 and ("may write" in result.stderr
                                            or "cannot tell" in result.stderr), (
             f"the enforced gate took the run ({result.stdout.strip()})")
@@ -209,10 +197,7 @@ def test_the_enforced_gate_walks_the_work_tree_landing_updates(gate: Box, gap: s
     as_dave, repo = WORK_TREE_GAPS[gap]
     box.sh(as_dave, user="dave")
     try:
-        result = box.minipipe("submit -", input=plan("printf 'v2\\n' > VERSION", repo=repo),
-                              check=False)
-        if result.returncode == 0:
-            box.minipipe(f"cancel {int(result.stdout)}", check=False)
+        result = submit_past_the_gate(box, repo=repo)
         assert result.returncode != 0 and ("may write" in result.stderr
                                            or "cannot tell" in result.stderr), (
             f"{gap}: the enforced gate took the run ({result.stdout.strip()})")
@@ -308,10 +293,7 @@ def test_limits_alice_sets_on_the_gate_child_fail_closed(gate: Box) -> None:
     box = gate
     start_watch(box, "limit")
     try:
-        result = box.minipipe("submit -", input=plan("printf 'v2\\n' > VERSION"),
-                              check=False)
-        if result.returncode == 0:
-            box.minipipe(f"cancel {int(result.stdout)}", check=False)
+        result = submit_past_the_gate(box)
         acted = box.sh(f"cat {DROP}/acted", check=False).stdout
         assert acted, "the watcher never found the check's git"
         assert result.returncode != 0 and ("cannot tell" in result.stderr
