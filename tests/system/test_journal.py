@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import datetime
+
+import pytest
 
 from .conftest import Box
 
@@ -54,9 +57,31 @@ def test_a_100k_line_step_keeps_every_line_in_the_journal(service: Box) -> None:
     assert service.run(run_id)["journal_lines_missing"] == 0
 
 
-def test_lines_the_journal_lost_are_reported_and_served_from_the_file(service: Box) -> None:
+@pytest.fixture
+def low_journald_burst(service: Box) -> Iterator[Box]:
+    """journald with a burst of 1000 per 30 s, and minipipe restarted to read it.
+
+    journald scales the configured burst with the free space of its storage:
+    (log2(bytes free) - 16) / 4 times: 6.25 with 2 TiB free, enough to let all
+    62000 lines below through the stock 10000 (CI failed that way once). Even
+    at the largest factor (11.75), 1000 cannot cover 60000 lines of noise.
+    """
+    service.sh("mkdir -p /etc/systemd/journald.conf.d && printf '[Journal]\\n"
+               "RateLimitIntervalSec=30s\\nRateLimitBurst=1000\\n' "
+               "> /etc/systemd/journald.conf.d/zz-test-low-burst.conf")
+    service.sh("systemctl restart systemd-journald && systemctl restart minipipe")
+    try:
+        yield service
+    finally:
+        service.sh("rm -f /etc/systemd/journald.conf.d/zz-test-low-burst.conf "
+                   "&& systemctl restart systemd-journald && systemctl restart minipipe")
+
+
+def test_lines_the_journal_lost_are_reported_and_served_from_the_file(
+        low_journald_burst: Box) -> None:
     # Another sender in the same scope (the step itself, through systemd-cat) uses
     # up the unit's rate-limit budget, so journald drops minipipe's own lines too.
+    service = low_journald_burst
     run_id = service.submit('[[steps]]\nid = "noisy"\n'
                             'run = "seq 1 60000 | systemd-cat -t noise; seq 1 2000"\n')
     service.wait_state(run_id, "SUCCEEDED", timeout=180)
