@@ -329,19 +329,35 @@ def _value(text: str, i: int) -> tuple[str, int]:
 # tree, merge drivers in merge-tree); the others are pinned off for the lander.
 LANDING_PROGRAM_KEYS = re.compile(r"filter\..*\.(clean|smudge|process)|merge\..*\.driver",
                                   re.IGNORECASE)
-INTERPRETERS = re.compile(r"(ba|da|z|k|c|tc|fi|a)?sh|busybox|env|python[0-9.]*|pypy[0-9.]*"
-                          r"|perl[0-9.]*|ruby[0-9.]*|node(js)?|php[0-9.]*|lua[0-9.]*"
-                          r"|tclsh[0-9.]*|[gm]?awk|sed|git|xargs")
+# Programs that run what they are given (a script, a module, a makefile, a project's
+# scripts, another program): wherever one appears in a command line (`timeout 9 sh
+# x`, `nice perl x`), its arguments must be absolute paths. A deny-list, so wide.
+INTERPRETERS = re.compile(
+    r"(ba|da|z|k|c|tc|fi|a|mk|y|o)?sh|busybox|toybox|env|python[0-9.]*|pypy[0-9.]*"
+    r"|perl[0-9.]*|ruby[0-9.]*|irb|node(js)?|deno|bun|php[0-9.]*|lua(jit)?[0-9.]*"
+    r"|tclsh[0-9.]*|wish[0-9.]*|expect|[gmn]?awk|sed|git|xargs|parallel"
+    r"|g?make|bmake|cmake|ninja|m4|just|rake|bundle|gem|npm|npx|yarn|pnpm|corepack"
+    r"|pip[0-9.]*|pipx|uv|uvx|poetry|tox|nox|invoke|cargo|go|java|jshell|groovy"
+    r"|scala|kotlinc?|dotnet|mono|R|Rscript|julia|octave|guile|racket|sbcl|clisp"
+    r"|escript|elixir|erl|runghc|runhaskell|stack|swift|osascript|vim?|nvim|ex|emacs"
+    r"|gdb|lldb|strace|ltrace|valgrind|qemu-.*|docker|podman|chroot|unshare|nsenter"
+    r"|sudo|doas|su|runuser|pkexec|setpriv|setsid|nice|ionice|chrt|taskset|timeout"
+    r"|nohup|stdbuf|time|flock|watch|eatmydata|fakeroot|command|exec|builtin|eval"
+    r"|source|bc|dc|jq|yq|ansible.*|salt.*|puppet|terraform|rlwrap")
+# A leading NAME=value word sets the program's environment (PYTHONPATH=., LD_PRELOAD).
+ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 SHELL_SPECIAL = frozenset(";&|$`<>(){}\\*?[]!'\n#~")
 
 
-def program_part(key: str, value: str, work_tree: str | None = None) -> str | None:
+def program_part(key: str, value: str, work_tree: str | None = None,
+                 adds: frozenset[str] = frozenset()) -> str | None:
     """The part of a command a landing may run that the user may change, if any.
     Only a plain command line can be vetted: a name found in PATH or an absolute path,
     then arguments that are absolute paths (also after `=`) or words naming no file
-    in the work tree git runs it in (there, the change being landed may have just
-    written it); double quotes as a shell reads them. Anything else a shell would
-    interpret cannot be vetted."""
+    in the work tree git runs it in, nor one the change being landed adds there
+    (`adds`: the top-level names it writes); double quotes as a shell reads them.
+    Anything else a shell would interpret cannot be vetted, nor an interpreter given
+    anything but absolute paths, nor a leading NAME=value."""
     if SHELL_SPECIAL.intersection(value):
         raise Unsure(f"config {key} = {value!r} is a command line it cannot vet (a "
                      "landing may run it): make it a program with plain arguments")
@@ -349,33 +365,39 @@ def program_part(key: str, value: str, work_tree: str | None = None) -> str | No
         words = shlex.split(value)
     except ValueError:
         raise Unsure(f"config {key} = {value!r} has quotes it cannot read") from None
-    script = [word for word in words[1:] if "%" not in word]
-    if words and INTERPRETERS.fullmatch(os.path.basename(words[0])) and (
-            not script or not all(word.startswith("/") for word in script)):
-        # An interpreter runs what it is given: a script or module the change being
-        # landed may have just written where git runs it (python -m looks there
-        # first), or, given no script (or -s, -c ...), the content itself. Only the
-        # absolute path of its script can be vetted.
-        raise Unsure(f"config {key} = {value!r} runs an interpreter on something it "
-                     "cannot vet: give it the absolute path of its script")
+    if words and ASSIGNMENT.match(words[0]):
+        raise Unsure(f"config {key} = {value!r} sets its program's environment, which it "
+                     "cannot vet: set it in a wrapper script with an absolute path")
+    for index, word in enumerate(words):
+        if not INTERPRETERS.fullmatch(os.path.basename(word)):
+            continue
+        script = [later for later in words[index + 1:] if "%" not in later]
+        if not script or not all(later.startswith("/") for later in script):
+            # An interpreter runs what it is given: a script or module the change
+            # being landed may have just written where git runs it (python -m looks
+            # there first), or, given no script (or -s, -c ...), the content itself.
+            # Only the absolute path of its script can be vetted.
+            raise Unsure(f"config {key} = {value!r} runs {word!r} on something it "
+                         "cannot vet: give it the absolute path of its script")
     for index, word in enumerate(words):
         for piece in word.split("="):
             if piece.startswith("/"):
                 if found := exposed(piece):
                     return found
-            elif "/" in piece or (index and piece and work_tree is not None
-                                  and os.path.lexists(os.path.join(work_tree, piece))):
+            elif "/" in piece or (index and piece and (piece in adds or (
+                    work_tree is not None and os.path.lexists(os.path.join(work_tree, piece))))):
                 raise Unsure(f"config {key} = {value!r} names {piece!r}, a path relative to "
                              "where git runs it, which it cannot vet")
     return None
 
 
 def listing_part(entries: list[tuple[str, str, str]], base: str, home: str | None,
-                 work_tree: str | None) -> str | None:
+                 work_tree: str | None, adds: frozenset[str] = frozenset()) -> str | None:
     """What the user may change of what the lander's git reads, as that git listed it
     (`git config --list --show-origin --includes`, run as the lander where it will
     land): every file it read, every include it names (read or not, found or not),
-    the programs a landing can run, and the work tree it will update, if any."""
+    the programs a landing can run (`adds`: see program_part), and the work tree it
+    will update, if any."""
     files = []
     for origin, _key, _value in entries:
         if origin.startswith("file:"):
@@ -392,15 +414,15 @@ def listing_part(entries: list[tuple[str, str, str]], base: str, home: str | Non
             if target is not None and (found := exposed(target)):
                 return found
         elif LANDING_PROGRAM_KEYS.fullmatch(key) and (
-                found := program_part(key, value, work_tree or base)):
+                found := program_part(key, value, work_tree or base, adds)):
             return found
     return directories(work_tree) if work_tree else None
 
 
 def listing_answer(entries: list[tuple[str, str, str]], base: str, home: str | None,
-                   work_tree: str | None) -> str:
+                   work_tree: str | None, adds: frozenset[str] = frozenset()) -> str:
     """listing_part's answer as one line (see answer)."""
-    return _line(lambda: listing_part(entries, base, home, work_tree))
+    return _line(lambda: listing_part(entries, base, home, work_tree, adds))
 
 
 def config_parts(layout: Layout) -> str | None:

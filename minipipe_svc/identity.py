@@ -515,6 +515,32 @@ def fork_as(identity: RunIdentity | None, groups: list[int] | None,
     return pid, read_end
 
 
+def answer_as(identity: RunIdentity | None, groups: list[int] | None,
+              work: Callable[[], bytes], timeout: float, limit: int = 1 << 20) -> bytes | None:
+    """What `work` returned (its first `limit` bytes) in a child that became the user
+    (fork_as), waited for; None if it failed, or did not finish within `timeout`
+    (then it is killed)."""
+    import select
+
+    pid, fd = fork_as(identity, groups, work)
+    said, deadline, finished = b"", time.monotonic() + timeout, False
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            if select.select([fd], [], [], left)[0]:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    finished = True
+                    break
+                said = (said + chunk)[:limit]
+    finally:
+        os.close(fd)
+        if not finished:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _, status = os.waitpid(pid, 0)
+    return said if finished and status == 0 else None
+
+
 def die_with_parent() -> None:
     """For a child's preexec_fn: SIGKILL when the process that started it dies (a
     check's git, when the daemon kills the check that waits for it)."""

@@ -6,8 +6,9 @@
                  its stats recorded in the DB and its diff in `<log_dir>/run-<id>.diff`,
                  and whether the gate held (could the run's user write the repository?)
     land()       after an approval (or at once, without review): the reviewed commit's
-                 objects carried into the repository, then onto the target branch, as
-                 workspace.Git.land does it, by the lander
+                 objects carried into a quarantine in the repository (quarantine.py),
+                 checked, moved in, then onto the target branch, as workspace.Git.land
+                 does it, by the lander
 
 Who lands (`lander`): the run's user when there was no review, or when they may write
 the repository anyway (an advisory gate: landing as anyone else would run git, as
@@ -21,11 +22,13 @@ root may write, never through a link.
 
 from __future__ import annotations
 
+import copy
 import os
 
 from .files import replace_file
 from .gate import listing_answer
 from .plan import Plan, Step
+from .quarantine import quarantine
 from .store import Store, WorkspaceRow
 from .workspace import (
     TRUST_FOR_READING,
@@ -146,12 +149,16 @@ class RunWorkspace:
 
     def land(self, approved_by: str | None, approved_uid: int | None = None) -> str | None:
         """The reviewed commit onto the target; LandConflict/LandRefused change nothing
-        (objects carried into the repository stay, unreferenced, for git gc)."""
+        (the reviewed commit's objects, once checked and moved in from their
+        quarantine, stay, unreferenced, for git gc)."""
         row = self.store.workspace(self.run_id)
         if row is None or not row.head_commit or not row.base_commit:
             raise GitError("the run has no recorded change to land")
         changes = row.changes or {}
         lander = self.lander(approved_uid)
+        vet = self.vetting(lander, changes.get("merge_base") or "", row.head_commit)
+        if lander is self.git:  # a Git of its own: the quarantine is the lander's only
+            lander = copy.copy(self.git)
         lander.stop = self.git.stop
         target = self.target(lander)
         by = f"\n\nApproved-by: {approved_by}" if approved_by else ""
@@ -165,13 +172,16 @@ class RunWorkspace:
                 changes.get("repository_id") and _identity(repo) != changes["repository_id"]):
             raise LandRefused(f"{self.spec.repo} is not the repository the run worked on "
                               "any more (it was moved or replaced); nothing was landed")
-        self.git.transfer(self.path, row.head_commit, row.base_commit, lander, repo)
-        lander.check_reviewed(repo, row.base_commit, row.head_commit, changes)
+        vet(repo, None)  # before the lander's git reads anything there
+        with quarantine(lander, repo) as incoming:
+            self.git.transfer(self.path, row.head_commit, row.base_commit, lander, repo)
+            lander.check_reviewed(repo, row.base_commit, row.head_commit, changes)
+            incoming.check_holds_only(row.head_commit, row.base_commit)
         if self.spec.land == "branch-only":
             lander.point_branch(repo, self.branch, row.head_commit)
         commit = lander.land(repo, row.head_commit, target, self.spec.land, message,
                              self.run_id, reviewed_from=changes["merge_base"],
-                             vet=self.vetting(lander))
+                             vet=vet)
         self.store.landed(self.run_id, commit=commit, target=target, mode=self.spec.land,
                           as_user=lander.user)
         if commit:  # steps after approval see the target as it landed
@@ -179,10 +189,12 @@ class RunWorkspace:
                          f"refs/heads/{target}", commit, check=False)
         return commit
 
-    def vetting(self, lander: Git) -> Callable[[str, str | None], None]:
+    def vetting(self, lander: Git, merge_base: str, head: str
+                ) -> Callable[[str, str | None], None]:
         """Before the lander's git works in a place: nothing it reads there (as its
         own `git config --list --show-origin` says, exactly) nor the work tree it
-        would update may be the run user's to change (gate.listing_part, asked as
+        would update may be the run user's to change, and no program it may run
+        there may be given a file the change adds (gate.listing_part, asked as
         them). The gate asked earlier reads config with a parser of its own; this
         asks git itself, where and as whom it will land."""
         if lander is self.git:
@@ -191,8 +203,9 @@ class RunWorkspace:
 
         def vet(place: str, work_tree: str | None) -> None:
             entries = lander.config_listing(place)
+            adds = lander.top_level_names(place, merge_base, head)
             found = ask_gate(self.identity, place, question=lambda: listing_answer(
-                entries, place, home, work_tree))
+                entries, place, home, work_tree, adds))
             if found:
                 raise LandRefused(f"user {self.git.user} may change {found}, which "
                                   f"{lander.user}'s git reads landing in {place}: the "

@@ -168,25 +168,13 @@ def ask_gate(identity: RunIdentity | None, repo: str,
              question: Callable[[], str] | None = None) -> str | None:
     """gate.py's answer for `repo` (or to `question`), asked in a child that became
     the user with all their groups (identity.fork_as), waited for: see gate_answer."""
-    from .identity import all_groups, fork_as
+    from .identity import all_groups, answer_as
 
     user = identity.user if identity is not None else "(this user)"
     asked = question or (lambda: gate_says(repo))
-    pid, fd = fork_as(identity, all_groups(identity) if identity else None,
-                      lambda: asked().encode("utf-8", "surrogateescape"))
-    said = b""
-    try:
-        for chunk in _chunks(os.fdopen(fd, "rb", buffering=0, closefd=False),
-                             time.monotonic() + timeout, lambda: False, "the review gate"):
-            said = (said + chunk)[:65536]
-    except GitError:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 9)
-        said = b""
-    finally:
-        os.close(fd)
-        os.waitpid(pid, 0)
-    return gate_answer(said.decode("utf-8", "replace"), user, repo)
+    said = answer_as(identity, all_groups(identity) if identity else None,
+                     lambda: asked().encode("utf-8", "surrogateescape"), timeout, 65536)
+    return gate_answer((said or b"").decode("utf-8", "replace"), user, repo)
 
 
 class Git:
@@ -205,6 +193,9 @@ class Git:
         self.options: tuple[str, ...] = OWN_REPOSITORIES_ONLY if lander else CHECKOUT_OPTIONS
         # Asked while git works (a transfer, a capped read): True stops it (a cancel).
         self.stop: Callable[[], bool] = lambda: False
+        # GIT_OBJECT_DIRECTORY and alternates while a landing's objects wait in
+        # quarantine (quarantine.py); empty otherwise.
+        self.object_store: dict[str, str] = {}
 
     def user_options(self) -> dict[str, Any]:
         """Popen options that make a child the user (nothing unless this is root)."""
@@ -220,11 +211,15 @@ class Git:
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C",
                "GIT_TERMINAL_PROMPT": "0", "GIT_PAGER": "cat", "GIT_EDITOR": "true",
                "GIT_NO_REPLACE_OBJECTS": "1", "GIT_GRAFT_FILE": "/dev/null",
-               "GIT_NO_LAZY_FETCH": "1"}
+               "GIT_NO_LAZY_FETCH": "1",
+               # ... and no deprecation hint about that graft file in every error.
+               "GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "advice.graftFileDeprecated",
+               "GIT_CONFIG_VALUE_0": "false"}
         if self.identity is not None:
             env.update(self.identity.login_environment())
         else:
             env["HOME"] = os.environ.get("HOME", "/")
+        env.update(self.object_store)
         env.update(extra or {})
         return env
 
@@ -341,6 +336,18 @@ class Git:
         return [(os.fsdecode(origin), *os.fsdecode(entry).partition("\n")[::2])
                 for origin, entry in zip(fields[0::2], fields[1::2], strict=False)]
 
+    def top_level_names(self, repo: str, merge_base: str, head: str) -> frozenset[str]:
+        """The names at the top of the tree that `head` adds or changes since
+        `merge_base` (as this user's git reads them in `repo`; none until the
+        objects are there): where a landing writes files a program may be given."""
+        if not merge_base:
+            return frozenset()
+        listed = self.run("-C", repo, "diff", "--no-renames", "--name-only", "-z",
+                          "--no-ext-diff", merge_base, head, check=False,
+                          timeout=WORK_TIMEOUT_SECONDS).stdout
+        return frozenset(os.fsdecode(name).split("/", 1)[0]
+                         for name in listed.split(b"\0") if name)
+
     def own_common_dir(self, repo: str) -> str:
         """`repo`'s git directory as this user's git takes it, to work in (for a
         lander: only a repository they own); LandRefused otherwise."""
@@ -408,7 +415,7 @@ class Git:
             raise GitError(f"git pack-objects in the run's checkout failed (status {packed})")
         if indexed != 0:
             lines = [line.removeprefix("fatal: ") for line in said.text().splitlines()
-                     if line and not line.startswith("warning:")]
+                     if line and not line.startswith(("warning:", "hint:"))]
             raise _refusal(repo, lander.user, "; ".join(lines[:3]) or
                            f"index-pack exit status {indexed}")
 

@@ -4,27 +4,27 @@ listing_part, review.RunWorkspace.vetting, workspace.Git.land / check_reviewed).
 Same cast as test_review_attacks: dave (minipipe-admin) keeps /srv/git/app, with main
 checked out, and reviews; alice (group minipipe) submits and may only read it; carol
 is a second operator. Each test asserts the SECURE outcome (or, for a refusal anyone
-can cause, the USEFUL one). The ones marked FOUND failed against 0b29914; two pass
-since landing requires the change to meet the target where its reviewed diff starts
-and the gate skips links in work trees; the third is a strict xfail until landing
-quarantines the objects it receives.
+can cause, the USEFUL one). The ones marked FOUND failed against 0b29914; they pass
+since landing requires the change to meet the target where its reviewed diff starts,
+the gate skips links in work trees, and landing keeps the objects it receives in a
+quarantine until they are known to be the reviewed change's (quarantine.py).
 """
 
 # ruff: noqa: F811  (the gate fixture, imported)
 from __future__ import annotations
 
-import pytest
-
 from tests.integration.conftest import wait_for
 
 from .conftest import Box
 from .test_review_attacks import (  # noqa: F401  (gate is a fixture)
+    DROP,
     TOOLS,
     gate,
     landed_version,
     plan,
     review_then_approve,
 )
+from .test_review_attacks6 import dave_tracks, landed, ran_as
 from .test_review_system import REPO, main_of
 
 # ---------------------------------------------------------------- what lands
@@ -92,9 +92,6 @@ def objects_size(box: Box) -> int:
     return int(box.sh(f"du -sb {REPO}/.git/objects", user="dave").stdout.split()[0])
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN, open (issue 12): index-pack writes into the "
-                   "repository before check_reviewed refuses; needs a quarantine object "
-                   "directory moved in only after the checks (as receive-pack does)")
 def test_a_refused_landing_leaves_no_unreviewed_bulk_in_the_repository(gate: Box) -> None:
     """FOUND (low-medium: disk of the repository's filesystem, up to 4 GiB per
     approval of a one-line diff, again at each re-approval; landings and dave's own
@@ -107,11 +104,11 @@ def test_a_refused_landing_leaves_no_unreviewed_bulk_in_the_repository(gate: Box
     deprecation hints ("hint: Support for <GIT_DIR>/info/grafts is deprecated"), not
     the cause: transfer() keeps the first three lines not starting with "warning:".
 
-    Fix: index-pack into a quarantine (a temporary objects directory in the
-    repository, removed on any failure, as receive-pack does) and move it in only
-    once check_reviewed passed; cap the pack near the size the reviewed change
-    packed to when the steps ended; drop `hint:` lines from reasons (or set
-    advice.graftFileDeprecated=false)."""
+    Fixed: index-pack writes into a quarantine (quarantine.py: a temporary objects
+    directory in the repository, removed on any failure, as receive-pack does),
+    moved in only once check_reviewed passed and the pack holds nothing else;
+    git's advice.graftFileDeprecated is off, and `hint:` lines never make a
+    reason."""
     box = gate
     run_id = box.submit(plan("printf 'v2\\n' > VERSION"))
     run = box.wait_state(run_id, "AWAITING_REVIEW", "FAILED")
@@ -134,3 +131,81 @@ python3 {TOOLS}/forge_raw.py tree .git/forged \\
     assert grew < 5_000_000, (
         f"dave's object store grew by {grew} bytes for a reviewed `+v2` "
         f"({run['state']}: {run['reason']}):\n{left}")
+    assert "hint:" not in run["reason"] and "grafts" not in run["reason"], run["reason"]
+    assert "tmp_minipipe-incoming" not in box.sh(f"ls -a {REPO}/.git/objects",
+                                                 user="dave").stdout
+
+
+def test_a_landing_whose_pack_carries_more_than_the_change_is_refused(gate: Box) -> None:
+    """A pack that passes every check but also carries junk: dave's branch `side`
+    holds docs/a.txt (its tree T, loose in his store); alice's run adds the same
+    file, so its head's tree names T, which her checkout reads through the
+    alternates. She then writes a loose object of her own under T's name (looked up
+    before the alternates) holding another tree: T's entries plus 30 MB of random
+    bytes. pack-objects packs that tree and the blob; index-pack finds everything
+    the change needs (the real T is dave's already) and check_reviewed's digests
+    match, read from the real objects. Without a check of the pack's contents, the
+    30 MB would move into dave's store with the landing."""
+    box = gate
+    box.sh(f"""cd {REPO} && git checkout -q -b side && mkdir -p docs &&
+printf 'same\\n' > docs/a.txt && git add docs &&
+git -c user.name=dave -c user.email=dave@example.org commit -qm side &&
+git checkout -q main""", user="dave")
+    run_id = box.submit(plan("mkdir -p docs && printf 'same\n' > docs/a.txt"))
+    run = box.wait_state(run_id, "AWAITING_REVIEW", "FAILED")
+    assert run["state"] == "AWAITING_REVIEW", run["reason"]
+    path, head = run["workspace"]["path"], run["workspace"]["head_commit"]
+    loose = box.sh(f"cd {REPO} && t=$(git rev-parse side:docs) && "
+                   "echo $t && ls .git/objects/$(echo $t | cut -c1-2)/$(echo $t | cut -c3-)",
+                   user="dave").stdout.split()
+    assert len(loose) == 2, f"T is not loose in dave's store: {loose}"
+    tree = loose[0]
+    assert box.sh(f"git -C {path} rev-parse {head}:docs", user="alice").stdout.strip() == tree
+    box.sh(f"""cd {path} && head -c 30000000 /dev/urandom > junk.bin &&
+blob=$(git hash-object -w junk.bin) && rm junk.bin &&
+forged=$( (git ls-tree {tree}; printf '100644 blob %s\\tjunk.bin\\n' "$blob") |
+  git mktree) &&
+git cat-file tree "$forged" > .git/forged &&
+mkdir -p .git/objects/{tree[:2]} && touch .git/objects/{tree[:2]}/{tree[2:]} &&
+python3 {TOOLS}/forge_raw.py tree .git/forged .git/objects/{tree[:2]}/{tree[2:]} &&
+git cat-file -p {tree} 2>&1 | grep -q 'hash mismatch'""", user="alice")  # hers, read first
+    before, main_before = objects_size(box), main_of(box)
+    box.approve(run_id)
+    wait_for(lambda: box.run(run_id)["state"] in ("SUCCEEDED", "FAILED")
+             or box.run(run_id)["reason"], 120, "the landing")
+    run = box.run(run_id)
+    grew = objects_size(box) - before
+    assert run["state"] == "AWAITING_REVIEW", (run["state"], run["reason"])
+    assert "not only the reviewed change's" in run["reason"], run["reason"]
+    assert main_of(box) == main_before
+    assert grew < 5_000_000, f"dave's object store grew by {grew} bytes: {run['reason']}"
+
+
+def test_a_filter_argument_the_landing_itself_adds_is_vetted(gate: Box) -> None:
+    """Round 7's lead, tried: dave's team tool `run-it FILE` runs FILE (a program
+    of his, not one the gate knows for an interpreter), and his repository smudges
+    *.dat with `run-it strip.sh`, a script nobody has committed yet. When the gate
+    and the vet before landing look, there is no strip.sh in the work tree; alice's
+    change adds it (`id -un >> ran`) with x.dat after it. Landing's `merge
+    --ff-only` writes strip.sh, then smudges x.dat through it, as dave. The vet
+    now also refuses a bare argument naming what the change adds at the top."""
+    box = gate
+    box.c.write("/usr/local/bin/run-it", '#!/bin/sh\nexec sh "$1"\n')
+    box.sh("chmod 755 /usr/local/bin/run-it")
+    dave_tracks(box, {".gitattributes": "*.dat filter=strip\n", "x.dat": "one\n"},
+                "strip filter")
+    box.sh(f"git -C {REPO} config filter.strip.smudge 'run-it strip.sh' && "
+           f"git -C {REPO} config filter.strip.clean cat", user="dave")
+    try:
+        result = box.minipipe("submit -", check=False, input=plan(
+            f"printf 'id -un >> {DROP}/ran\\ncat\\n' > strip.sh && echo two >> x.dat"))
+        assert result.returncode == 0, result.stderr
+        run = landed(box, int(result.stdout))
+        assert "dave" not in ran_as(box) and "root" not in ran_as(box), (
+            f"alice's strip.sh ran as {ran_as(box)} ({run['state']}: {run['reason']})")
+        assert run["state"] == "AWAITING_REVIEW", (run["state"], run["reason"])
+        assert "'strip.sh'" in run["reason"] and "cannot" in run["reason"], run["reason"]
+    finally:
+        box.sh(f"git -C {REPO} config --remove-section filter.strip", user="dave",
+               check=False)
+        box.sh("rm -f /usr/local/bin/run-it")

@@ -3,6 +3,7 @@ keys it follows must come out as git reads them."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -112,3 +113,56 @@ def test_a_bare_argument_naming_a_file_where_git_runs_it_cannot_be_vetted(tmp_pa
     with pytest.raises(Unsure, match="'strip'"):
         program_part("filter.x.smudge", "tool strip", str(tmp_path))
     assert program_part("filter.x.smudge", "git-lfs smudge -- %f", str(tmp_path)) is None
+
+
+@pytest.mark.parametrize("value", [
+    "timeout 10 sh strip.sh", "nice -n 5 perl strip.pl", "/usr/bin/env python3 strip.py",
+    "make -s smudge", "m4 filter.m4", "npx prettier --stdin-filepath %f",
+    "PYTHONPATH=. /usr/local/bin/strip", "LD_PRELOAD=/tmp/x.so tool",
+])
+def test_wrappers_interpreters_anywhere_and_environments_cannot_be_vetted(value: str) -> None:
+    with pytest.raises(Unsure):
+        program_part("filter.x.smudge", value)
+
+
+def test_a_bare_argument_the_landing_itself_adds_cannot_be_vetted(tmp_path) -> None:
+    """The file does not exist in the work tree yet: the landing writes it before git
+    runs the filter on the files after it."""
+    assert program_part("filter.x.smudge", "tool strip %f", str(tmp_path)) is None
+    with pytest.raises(Unsure, match="'strip'"):
+        program_part("filter.x.smudge", "tool strip %f", str(tmp_path), frozenset({"strip"}))
+
+
+def as_nobody(question) -> str:
+    """`question()`'s answer as an unprivileged user would get it (root may write
+    every path, so any absolute path would be named)."""
+    if os.geteuid() != 0:
+        return repr(question())
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                said = repr(question())
+            except Unsure as exc:
+                said = f"Unsure: {exc}"
+            os.write(write, said.encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        said = answer.read().decode()
+    os.waitpid(pid, 0)
+    return said
+
+
+@pytest.mark.parametrize("value", [
+    "git-lfs smudge -- %f", '"/usr/bin/git-crypt" smudge', "/usr/bin/tool --mode=/usr/share/x",
+    "/usr/bin/sh /usr/lib/git-core/git-sh-setup %f",
+])
+def test_plain_programs_and_interpreters_on_absolute_paths_pass(value: str) -> None:
+    assert as_nobody(lambda: program_part("filter.x.smudge", value, "/nonexistent",
+                                          frozenset({"README"}))) == "None"
