@@ -61,8 +61,13 @@ class Refused(Exception):
 
 class Actions:
     def __init__(self, store: Store, config: Config, *, private_tmp: bool = False,
-                 version: str = "", probes: DirectoryProber | None = None) -> None:
+                 version: str = "", probes: DirectoryProber | None = None,
+                 confine: Callable[[str, float], Callable[[], None] | None] = lambda k, s: None,
+                 release: Callable[[str, int], None] = lambda kind, pid: None) -> None:
         self.store, self.config = store, config
+        # The launcher's: a repository check's git runs as the submitter in a scope of
+        # its own, stopped when the check ends (launcher.Launcher.confine).
+        self.confine, self.release = confine, release
         self.private_tmp = private_tmp
         self.version = version
         self.probes = probes or DirectoryProber()
@@ -200,7 +205,8 @@ class Actions:
         gate = review and self.config.review_gate == "enforced"
         try:
             check = RefCheck(Git(identity), repo, plan.workspace.ref, GIT_CHECK_SECONDS,
-                             gate=gate)
+                             gate=gate, confine=self.confine("check", GIT_CHECK_SECONDS),
+                             release=lambda pid: self.release("check", pid))
         except GitError as exc:
             raise Refused("unavailable", f"cannot check the plan's repository: {exc}") \
                 from None

@@ -58,6 +58,7 @@ CLEANUP_EVERY_SECONDS = 3600.0
 FAILED_PASS_BACKOFF_SECONDS = 1.0
 WORKTREE_SWEEP_SECONDS = 5.0  # how soon a landed or rejected run's worktree goes
 MAX_WORKTREE_TASKS = 4
+CLEANUP_TASK_SECONDS = 3600.0  # a removal's scope is killed after this (git's timeouts: 4 x 900)
 # STATUS= and WATCHDOG=1 at most this often: under load the daemon makes a pass per
 # run start and end, and each message costs PID 1 work (and a PropertiesChanged
 # signal to every bus client, for STATUS).
@@ -198,7 +199,8 @@ class Daemon:
             log.error("cannot listen on %s: %s", self.config.socket_path, exc)
             return 1
         self.actions = Actions(self.store, self.config, private_tmp=self.private_tmp,
-                               version=__version__)
+                               version=__version__, confine=self.launcher.confine,
+                               release=self.launcher.release)
         self.actions.on_locked = self.write_lock_taken
         self.actions.writes_wait = self.why_writes_wait
         self.api = ApiServer(listener, self.actions.handle, self.selector,
@@ -718,6 +720,7 @@ class Daemon:
                 if os.waitpid(pid, os.WNOHANG)[0] == 0:
                     continue
             del self.worktree_tasks[pid]
+            self.launcher.release("cleanup", pid)
         if time.monotonic() < self.next_worktree_sweep:
             return
         self.next_worktree_sweep = time.monotonic() + WORKTREE_SWEEP_SECONDS
@@ -746,11 +749,13 @@ class Daemon:
                 None if keep_branch else workspace.branch, identity)))
         if not tasks:
             return
+        # (its git and rm run as the run's user: in a scope of their own, see confine)
+        confine = self.launcher.confine("cleanup", CLEANUP_TASK_SECONDS)
         self.store.close()  # no SQLite connection across fork()
         try:
             for run_id, task in tasks:
                 try:
-                    self.worktree_tasks[fork_task(task)] = run_id
+                    self.worktree_tasks[fork_task(task, confine)] = run_id
                 except OSError as exc:
                     log.warning("run %d: cannot fork to remove its worktree: %s", run_id, exc)
         finally:

@@ -487,10 +487,12 @@ def _probe_in_child(identity: RunIdentity | None, paths: list[str], answers: int
 
 
 def fork_as(identity: RunIdentity | None, groups: list[int] | None,
-            work: Callable[[], bytes]) -> tuple[int, int]:
+            work: Callable[[], bytes], before: Callable[[], None] | None = None
+            ) -> tuple[int, int]:
     """Fork a child that becomes the user (with `groups`, else the steps' groups),
     runs `work` and writes what it returns to a pipe; returns (its pid, the pipe's
-    read end, non-blocking). Reap it with os.waitpid.
+    read end, non-blocking). Reap it with os.waitpid. `before` runs in the child
+    first, as root (e.g. to move into a scope of its own).
 
     The child never executes a program itself, so it stays undumpable: the user can
     neither ptrace it nor take its pipe (pidfd_getfd) to change its answer, only kill
@@ -503,6 +505,8 @@ def fork_as(identity: RunIdentity | None, groups: list[int] | None,
         status = 70
         try:
             _child_of(parent, write_end)
+            if before is not None:
+                before()
             _become(identity, groups)
             view = memoryview(work())
             while view:

@@ -84,6 +84,15 @@ class Launcher(Protocol):
     def stop_leftovers(self, run: RunRow, steps: list[StepRow]) -> str | None:
         """After a runner vanished: stop what is left of its run; say what was done."""
 
+    def confine(self, kind: str, seconds: float) -> Callable[[], None] | None:
+        """For a helper forked from the daemon that will run programs as a user (a
+        submit's repository check, a worktree removal): what it calls first, as
+        root, to leave the service's cgroup for a scope of its own (see
+        systemd.join_helper_scope); None where there are no scopes."""
+
+    def release(self, kind: str, pid: int) -> None:
+        """The helper `pid` ended: stop whatever it left behind in its scope."""
+
 
 def fork_runner(args: RunnerArgs, setup: Callable[[], None] | None = None) -> ForkedProcess:
     """Fork a runner for `args.run_id`; `setup` runs in the child before the run.
@@ -108,11 +117,12 @@ def _run_forked(args: RunnerArgs, setup: Callable[[], None] | None) -> int:
     return runner.execute(args, open_sinks(args.log_dir, args.run_id, journal=args.journal))
 
 
-def fork_task(task: Callable[[], int]) -> int:
+def fork_task(task: Callable[[], int], first: Callable[[], None] | None = None) -> int:
     """Fork a child of the daemon's that sheds the daemon (`_leave_the_daemon`), runs
-    `task` and exits with its status (70 if it raised); returns the child's pid. A
-    runner is one, a worktree removal another. The caller must have no SQLite
-    connection open: SQLite's locking state does not survive fork()."""
+    `first` (if any), then `task`, and exits with its status (70 if either raised);
+    returns the child's pid. A runner is one, a worktree removal another. The
+    caller must have no SQLite connection open: SQLite's locking state does not
+    survive fork()."""
     sys.stdout.flush()  # or the child would write the daemon's buffered output again
     sys.stderr.flush()
     pid = os.fork()
@@ -121,6 +131,8 @@ def fork_task(task: Callable[[], int]) -> int:
     status = 70
     try:
         _leave_the_daemon()
+        if first is not None:
+            first()
         status = task()
     except BaseException:
         traceback.print_exc()
@@ -153,7 +165,14 @@ def _leave_the_daemon() -> None:
 
 
 class ProcessLauncher:
-    """Runners as process groups of their own; no systemd needed."""
+    """Runners as process groups of their own; no systemd needed (and no scope to
+    confine a helper's programs in: they stay in the daemon's process tree)."""
+
+    def confine(self, kind: str, seconds: float) -> Callable[[], None] | None:
+        return None
+
+    def release(self, kind: str, pid: int) -> None:
+        pass
 
     def __init__(self, command: tuple[str, ...] = ()) -> None:
         self.command = command  # empty: fork
@@ -206,6 +225,15 @@ class ScopeLauncher:
 
     def unit_name(self, run_id: int) -> str | None:
         return systemd.unit_name(run_id)
+
+    def confine(self, kind: str, seconds: float) -> Callable[[], None] | None:
+        if not self.fork:
+            return None  # not root: no scope of its own for a forked helper
+        return functools.partial(systemd.join_helper_scope, kind, seconds)
+
+    def release(self, kind: str, pid: int) -> None:
+        if self.fork:
+            systemd.stop_helper_scope(kind, pid)
 
     def launch(self, args: RunnerArgs, limits: Limits) -> LaunchedRunner:
         description = f"minipipe run {args.run_id}"

@@ -31,6 +31,9 @@ SHUTTING_DOWN_ERRORS = ("org.freedesktop.systemd1.TransactionIsDestructive",
 # The scope ends the run on its own only if the runner's own runtime_max deadline
 # (which records TIMED_OUT) somehow did not: give the runner time to act first.
 RUNTIME_MAX_MARGIN_SECONDS = 60
+# Tasks a helper's scope may hold: its git and what git forks, with room to spare.
+HELPER_TASKS_MAX = 64
+STOP_CALL_TIMEOUT_SECONDS = 5.0  # the daemon's loop asks: never long
 
 
 def systemd_available() -> bool:
@@ -163,12 +166,48 @@ def scope_dbus_properties(limits: Limits, description: str) -> list[tuple[str, A
     return properties
 
 
+def helper_unit_name(kind: str, pid: int) -> str:
+    """A helper's scope: from a fixed word and a pid only, never from user text."""
+    assert kind.isalpha()
+    return f"minipipe-{kind}-{int(pid)}.scope"
+
+
+def join_helper_scope(kind: str, seconds: float) -> None:
+    """Move this forked helper (it will run programs as a user) into a scope of its
+    own, `minipipe-<kind>-<pid>.scope`: at most HELPER_TASKS_MAX tasks, killed by
+    systemd after `seconds` (and the margin), and stopped by the daemon when the
+    helper ends (stop_helper_scope). Whatever those programs leave behind (a user
+    may ptrace their own git into forking) never stays in the service's cgroup."""
+    pid = os.getpid()
+    join_scope(helper_unit_name(kind, pid),
+               Limits(tasks_max=HELPER_TASKS_MAX, runtime_max=seconds),
+               f"minipipe {kind} (pid {pid})")
+
+
+def stop_helper_scope(kind: str, pid: int) -> None:
+    """Stop a helper's scope, if anything is left in it (a helper's whole work ended).
+    Asked of PID 1 on its private bus without waiting for the job: a scope that is
+    already gone (the usual case: it ends when its last process does) is fine."""
+    try:
+        with dbus.Connection(PRIVATE_BUS, STOP_CALL_TIMEOUT_SECONDS) as bus:
+            bus.call(member="StopUnit", signature="ss",
+                     args=[helper_unit_name(kind, pid), "replace"],
+                     destination="org.freedesktop.systemd1", path="/org/freedesktop/systemd1",
+                     interface="org.freedesktop.systemd1.Manager")
+    except (dbus.DBusError, OSError):
+        pass
+
+
 def join_new_scope(run_id: int, limits: Limits, description: str) -> None:
-    """Move this process into a new `minipipe-run-<id>.scope` and wait until it is in.
+    """Move this process into a new `minipipe-run-<id>.scope` and wait until it is in."""
+    join_scope(unit_name(run_id), limits, description)
+
+
+def join_scope(unit: str, limits: Limits, description: str) -> None:
+    """Move this process into a new scope `unit` and wait until it is in.
 
     What `systemd-run --scope` does before it execs its command; needs root.
     """
-    unit = unit_name(run_id)
     results: dict[str, str] = {}
 
     def on_signal(message: dbus.Message) -> None:

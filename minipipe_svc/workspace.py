@@ -686,12 +686,16 @@ class RefCheck:
 
     One child forked as the user (identity.fork_as) runs `git rev-parse` and then
     asks the gate itself: the user could tamper with git (theirs), not with the
-    child's answer. The commit is only where the run starts; landing checks what it
-    lands against the target, whatever the user's git said here.
+    child's answer. With `confine` (under systemd) the child first moves into a
+    scope of its own, which `release` stops when the check ends: whatever the user
+    makes their git leave behind (they may ptrace it) never stays in the service.
+    The commit is only where the run starts; landing checks what it lands against
+    the target, whatever the user's git said here.
     """
 
     def __init__(self, git: Git, repo: str, ref: str, timeout: float, *,
-                 gate: bool = False) -> None:
+                 gate: bool = False, confine: Callable[[], None] | None = None,
+                 release: Callable[[int], None] = lambda pid: None) -> None:
         from .identity import all_groups, die_with_parent, fork_as
 
         self.repo, self.ref = repo, ref
@@ -721,7 +725,8 @@ class RefCheck:
         identity = git.identity if os.geteuid() == 0 else None
         groups = all_groups(identity) if gate and identity is not None else None
         self.pid: int | None
-        self.pid, self.fd = fork_as(identity, groups, check)
+        self.pid, self.fd = fork_as(identity, groups, check, before=confine)
+        self.release, self.scoped = release, self.pid if confine is not None else None
         self.output = b""
 
     def read(self) -> bool:
@@ -770,6 +775,9 @@ class RefCheck:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self.scoped is not None:  # what the user's git left behind goes too
+            self.release(self.scoped)
+            self.scoped = None
         if self.pid is not None:
             if wait:
                 with contextlib.suppress(ChildProcessError):

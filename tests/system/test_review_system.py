@@ -198,6 +198,9 @@ def test_four_eyes_and_reject(service: Box) -> None:
     wait_for(lambda: box.run(run_id)["workspace"]["removed_at"], 30, "the worktree's removal")
     assert "minipipe/" not in box.sh("git -C /home/dave/app branch --list",
                                       user="dave").stdout
+    # The removal ran as dave in a scope of its own, not in the service's cgroup.
+    assert "minipipe cleanup (pid" in box.sh(
+        "journalctl -q -o cat _PID=1 | grep 'minipipe cleanup'", check=False).stdout
 
 
 def test_ff_only_a_conflict_a_restart_retry_and_bad_input(service: Box) -> None:
