@@ -15,10 +15,11 @@ include, whatever the condition, found or not yet created, relative includes fro
 the file that names them, `~/` from the repository owner's home (the lander owns
 it), `~user/` from that user's); the hooks, attributes, programs and filters that
 config names; its object store's alternates, and theirs; every directory of its
-work trees (landing updates a checked-out target there, and git reads any
-`.gitattributes` it finds in them). Where the user may not look (a directory they
-cannot list or search, a config file they cannot read), the answer is "cannot tell",
-never "no".
+work trees that tracked paths go through (landing updates a checked-out target
+there, and git reads the `.gitattributes` it finds on the way; the paths are read
+from the index, `index_paths`; every directory where it cannot read it surely).
+Where the user may not look (a directory they cannot list or search, a config file
+they cannot read), the answer is "cannot tell", never "no".
 
 Asked in a child forked from root that became the user (all their groups, so
 groups and ACLs count) and never executes anything: a process the user could
@@ -36,7 +37,7 @@ import pwd
 import re
 import shlex
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from typing import NamedTuple
 
 MAX_ALTERNATE_DEPTH = 5  # as git's own limit
@@ -176,12 +177,20 @@ def _read(path: str) -> str | None:
     return data.decode("utf-8", "surrogateescape")
 
 
-def directories(path: str) -> str | None:
-    """`path` and every directory under it (not following links): a work tree,
-    where the user must not be able to create files."""
+def directories(path: str, tracked: Collection[str] | None = None) -> str | None:
+    """`path` and the directories under it (not following links) where git reads
+    (`.gitattributes`) or writes files in a work tree, which the user must not be
+    able to change: with `tracked` (the directories its tracked paths go through,
+    relative), those; else every one. A team's ignored `build/` is none of git's."""
     found = exposed(path)
     if found or not _is_dir(path):
         return found
+    if tracked is not None:
+        for name in sorted(tracked):
+            full = os.path.join(path, name)
+            if not os.path.islink(full) and mine(full):
+                return full
+        return None
     for root, dirs, _files in os.walk(path, onerror=_walk_error_reachable):
         for name in dirs:
             full = os.path.join(root, name)
@@ -189,6 +198,77 @@ def directories(path: str) -> str | None:
             if not os.path.islink(full) and mine(full):
                 return full
     return None
+
+
+def parent_directories(paths: Iterable[str]) -> set[str]:
+    """Every directory the (relative) paths go through, "" not included (pure)."""
+    found: set[str] = set()
+    for path in paths:
+        parent = os.path.dirname(path)
+        while parent and parent not in found:
+            found.add(parent)
+            parent = os.path.dirname(parent)
+    return found
+
+
+INDEX_ENTRY_FIXED = 40  # ctime, mtime, dev, ino, mode, uid, gid, size: ten 32-bit fields
+
+
+def index_paths(data: bytes, hash_size: int = 20) -> list[str] | None:
+    """The paths a git index (versions 2 to 4) tracks, read as git's index-format
+    documents it; None where it cannot read it surely (a split index, which keeps
+    most entries in another file, or anything unexpected): then the caller looks at
+    every directory instead (pure)."""
+    if len(data) < 12 or data[:4] != b"DIRC":
+        return None
+    version, count = int.from_bytes(data[4:8], "big"), int.from_bytes(data[8:12], "big")
+    if version not in (2, 3, 4):
+        return None
+    paths, previous, at = [], b"", 12
+    try:
+        for _ in range(count):
+            start = at
+            flags_at = at + INDEX_ENTRY_FIXED + hash_size
+            flags = int.from_bytes(data[flags_at:flags_at + 2], "big")
+            at = flags_at + 2 + (2 if version >= 3 and flags & 0x4000 else 0)
+            if version == 4:  # the path: how much of the previous one to drop, the rest
+                byte = data[at]
+                strip, at = byte & 0x7F, at + 1
+                while byte & 0x80:
+                    byte = data[at]
+                    strip, at = ((strip + 1) << 7) | (byte & 0x7F), at + 1
+                if strip > len(previous):
+                    return None
+                end = data.index(b"\0", at)
+                name = previous[:len(previous) - strip] + data[at:end]
+                at = end + 1
+            else:
+                end = data.index(b"\0", at)
+                name = data[at:end]
+                at = start + ((end - start + 8) & ~7)  # NUL-padded to a multiple of 8
+            paths.append(os.fsdecode(name))
+            previous = name
+        while at + 8 <= len(data) - hash_size:  # the extensions after the entries
+            if data[at:at + 4] == b"link":
+                return None  # a split index
+            at += 8 + int.from_bytes(data[at + 4:at + 8], "big")
+    except (IndexError, ValueError):
+        return None
+    return paths
+
+
+def tracked_directories(index: str, hash_size: int) -> set[str] | None:
+    """The directories the paths of the index file `index` go through; None where
+    it cannot tell (see index_paths). Unreadable if the user may not read it."""
+    try:
+        with open(index, "rb") as handle:
+            data = handle.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return set()  # nothing checked out yet
+    except OSError as exc:
+        raise Unreadable(index) from exc
+    paths = index_paths(data, hash_size)
+    return None if paths is None else parent_directories(paths)
 
 
 def expand(value: str, base: str, home: str | None) -> str | None:
@@ -336,14 +416,19 @@ INTERPRETERS = re.compile(
     r"(ba|da|z|k|c|tc|fi|a|mk|y|o)?sh|busybox|toybox|env|python[0-9.]*|pypy[0-9.]*"
     r"|perl[0-9.]*|ruby[0-9.]*|irb|node(js)?|deno|bun|php[0-9.]*|lua(jit)?[0-9.]*"
     r"|tclsh[0-9.]*|wish[0-9.]*|expect|[gmn]?awk|sed|git|xargs|parallel"
-    r"|g?make|bmake|cmake|ninja|m4|just|rake|bundle|gem|npm|npx|yarn|pnpm|corepack"
-    r"|pip[0-9.]*|pipx|uv|uvx|poetry|tox|nox|invoke|cargo|go|java|jshell|groovy"
+    r"|g?make|bmake|cmake|ninja|m4|just|rake|bundle|gem"
+    r"|pip[0-9.]*|uv|poetry|tox|nox|invoke|cargo|go|java|jshell|groovy"
     r"|scala|kotlinc?|dotnet|mono|R|Rscript|julia|octave|guile|racket|sbcl|clisp"
     r"|escript|elixir|erl|runghc|runhaskell|stack|swift|osascript|vim?|nvim|ex|emacs"
     r"|gdb|lldb|strace|ltrace|valgrind|qemu-.*|docker|podman|chroot|unshare|nsenter"
     r"|sudo|doas|su|runuser|pkexec|setpriv|setsid|nice|ionice|chrt|taskset|timeout"
     r"|nohup|stdbuf|time|flock|watch|eatmydata|fakeroot|command|exec|builtin|eval"
     r"|source|bc|dc|jq|yq|ansible.*|salt.*|puppet|terraform|rlwrap")
+# Package runners find their program in the work tree first (node_modules/.bin): as
+# a filter, where a checkout may have just written it, they cannot be vetted; as a
+# merge driver (merge-tree writes no work tree) they run what the lander installed.
+PACKAGE_RUNNERS = re.compile(r"npx|npm|yarn|pnpm|corepack|bunx?|uvx|pipx")
+FILTER_KEYS = re.compile(r"filter\..*\.(clean|smudge|process)", re.IGNORECASE)
 # A leading NAME=value word sets the program's environment (PYTHONPATH=., LD_PRELOAD).
 ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 SHELL_SPECIAL = frozenset(";&|$`<>(){}\\*?[]!'\n#~")
@@ -369,6 +454,10 @@ def program_part(key: str, value: str, work_tree: str | None = None,
         raise Unsure(f"config {key} = {value!r} sets its program's environment, which it "
                      "cannot vet: set it in a wrapper script with an absolute path")
     for index, word in enumerate(words):
+        if PACKAGE_RUNNERS.fullmatch(os.path.basename(word)) and FILTER_KEYS.fullmatch(key):
+            raise Unsure(f"config {key} = {value!r} runs a package runner ({word!r}), "
+                         "which finds its program where a landing writes files: give "
+                         "the program's absolute path")
         if not INTERPRETERS.fullmatch(os.path.basename(word)):
             continue
         script = [later for later in words[index + 1:] if "%" not in later]
@@ -377,8 +466,8 @@ def program_part(key: str, value: str, work_tree: str | None = None,
             # being landed may have just written where git runs it (python -m looks
             # there first), or, given no script (or -s, -c ...), the content itself.
             # Only the absolute path of its script can be vetted.
-            raise Unsure(f"config {key} = {value!r} runs {word!r} on something it "
-                         "cannot vet: give it the absolute path of its script")
+            raise Unsure(f"config {key} = {value!r} runs an interpreter ({word!r}) on "
+                         "something it cannot vet: give it the absolute path of its script")
     for index, word in enumerate(words):
         for piece in word.split("="):
             if piece.startswith("/"):
@@ -392,12 +481,14 @@ def program_part(key: str, value: str, work_tree: str | None = None,
 
 
 def listing_part(entries: list[tuple[str, str, str]], base: str, home: str | None,
-                 work_tree: str | None, adds: frozenset[str] = frozenset()) -> str | None:
+                 work_tree: str | None, adds: frozenset[str] = frozenset(),
+                 tracked: Collection[str] | None = None) -> str | None:
     """What the user may change of what the lander's git reads, as that git listed it
     (`git config --list --show-origin --includes`, run as the lander where it will
     land): every file it read, every include it names (read or not, found or not),
     the programs a landing can run (`adds`: see program_part), and the work tree it
-    will update, if any."""
+    will update, if any (`tracked`: the directories of its paths, before and after
+    the landing, as the lander's git lists them; see directories)."""
     files = []
     for origin, _key, _value in entries:
         if origin.startswith("file:"):
@@ -416,13 +507,14 @@ def listing_part(entries: list[tuple[str, str, str]], base: str, home: str | Non
         elif LANDING_PROGRAM_KEYS.fullmatch(key) and (
                 found := program_part(key, value, work_tree or base, adds)):
             return found
-    return directories(work_tree) if work_tree else None
+    return directories(work_tree, tracked) if work_tree else None
 
 
 def listing_answer(entries: list[tuple[str, str, str]], base: str, home: str | None,
-                   work_tree: str | None, adds: frozenset[str] = frozenset()) -> str:
+                   work_tree: str | None, adds: frozenset[str] = frozenset(),
+                   tracked: Collection[str] | None = None) -> str:
     """listing_part's answer as one line (see answer)."""
-    return _line(lambda: listing_part(entries, base, home, work_tree, adds))
+    return _line(lambda: listing_part(entries, base, home, work_tree, adds, tracked))
 
 
 def config_parts(layout: Layout) -> str | None:
@@ -511,6 +603,8 @@ class Layout(NamedTuple):
     common: str               # its own git directory: objects, refs, config, hooks
     work_trees: list[str]     # the main one first, if any, then the linked ones
     home: str | None          # its owner's home: what `~/` in its config means to a lander
+    indexes: dict[str, str] = {}  # work tree -> its index file
+    hash_size: int = 20       # bytes of an object id (32 with extensions.objectFormat sha256)
 
 
 def layout(repo: str) -> Layout:
@@ -533,26 +627,30 @@ def layout(repo: str) -> Layout:
         common = os.path.normpath(os.path.join(git_dir, text.strip()))
     if git_dir != common and os.path.basename(common) == ".git":
         main = os.path.dirname(common)  # `repo` is a linked worktree: the main one too
+    hash_size = 20
     for name in ("config", "config.worktree"):
         for key, value in parse_config(_read(os.path.join(common, name)) or ""):
             if key == "core.worktree":
                 main = os.path.normpath(os.path.join(common, value))
             elif key == "core.bare" and value.lower() in ("true", "yes", "on", "1"):
                 main = None
-    trees = [main] if main else []
-    if git_dir != common and repo not in trees:
-        trees.append(repo)
+            elif key == "extensions.objectformat" and value.lower() == "sha256":
+                hash_size = 32
+    indexes = {main: os.path.join(common, "index")} if main else {}
+    if git_dir != common:
+        indexes.setdefault(repo, os.path.join(git_dir, "index"))
     linked = os.path.join(common, "worktrees")
     if _is_dir(linked):
         for name in sorted(os.listdir(linked)):
             pointer = _read(os.path.join(linked, name, "gitdir"))
             if pointer:
-                trees.append(os.path.dirname(os.path.normpath(pointer.strip())))
+                indexes.setdefault(os.path.dirname(os.path.normpath(pointer.strip())),
+                                   os.path.join(linked, name, "index"))
     try:
         home: str | None = pwd.getpwuid(os.stat(common).st_uid).pw_dir
     except (KeyError, OSError):
         home = None
-    return Layout(os.path.abspath(common), list(dict.fromkeys(trees)), home)
+    return Layout(os.path.abspath(common), list(indexes), home, indexes, hash_size)
 
 
 def writable_part(repo: str) -> str | None:
@@ -564,7 +662,9 @@ def writable_part(repo: str) -> str | None:
     parts = layout(repo)
     return (tree(parts.common) or config_parts(parts)
             or alternates(os.path.join(parts.common, "objects"))
-            or next(filter(None, map(directories, parts.work_trees)), None))
+            or next(filter(None, (
+                directories(tree_path, tracked_directories(index, parts.hash_size))
+                for tree_path, index in parts.indexes.items())), None))
 
 
 def answer(repo: str) -> str:

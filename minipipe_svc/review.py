@@ -204,8 +204,9 @@ class RunWorkspace:
         def vet(place: str, work_tree: str | None) -> None:
             entries = lander.config_listing(place)
             adds = lander.top_level_names(place, merge_base, head)
+            tracked = lander.tracked_directories(work_tree, head) if work_tree else None
             found = ask_gate(self.identity, place, question=lambda: listing_answer(
-                entries, place, home, work_tree, adds))
+                entries, place, home, work_tree, adds, tracked))
             if found:
                 raise LandRefused(f"user {self.git.user} may change {found}, which "
                                   f"{lander.user}'s git reads landing in {place}: the "

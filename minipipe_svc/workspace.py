@@ -348,6 +348,22 @@ class Git:
         return frozenset(os.fsdecode(name).split("/", 1)[0]
                          for name in listed.split(b"\0") if name)
 
+    def tracked_directories(self, work_tree: str, head: str) -> frozenset[str] | None:
+        """The directories the tracked paths of `work_tree` go through, now (its
+        index) and once `head` is checked out there, as this user's git lists them;
+        None if it cannot list them (then every directory counts)."""
+        listed = [self.run("-C", work_tree, "ls-files", "-z", check=False,
+                           timeout=WORK_TIMEOUT_SECONDS),
+                  self.run("-C", work_tree, "ls-tree", "-r", "-z", "--name-only",
+                           "--full-tree", head, check=False, timeout=WORK_TIMEOUT_SECONDS)]
+        if any(result.returncode != 0 for result in listed):
+            return None
+        from .gate import parent_directories
+
+        return frozenset(parent_directories(
+            os.fsdecode(name) for result in listed for name in result.stdout.split(b"\0")
+            if name))
+
     def own_common_dir(self, repo: str) -> str:
         """`repo`'s git directory as this user's git takes it, to work in (for a
         lander: only a repository they own); LandRefused otherwise."""

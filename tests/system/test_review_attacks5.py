@@ -170,19 +170,24 @@ def test_a_filter_command_that_runs_alices_file_is_seen(gate: Box) -> None:
 
 # ---------------------------------------------------------------- layout(): work trees
 
+# (scratch/ holds a tracked file: git reads and writes only in the directories tracked
+# paths go through, and only those count since an ignored team build/ stopped refusing.)
+TRACK_SCRATCH = (f"cd {REPO} && mkdir -p scratch && touch scratch/.keep && "
+                 "git add scratch && git -c user.name=d -c user.email=d@x commit -qm scratch")
 WORK_TREE_GAPS = {
     # alice names dave's linked worktree as the repository: layout() takes it for the
     # main work tree and lists only the linked ones from worktrees/*/gitdir, so the
     # repository's main work tree (/srv/git/app, where main is checked out and
     # landing runs `merge --ff-only`) is never walked. Its scratch directory is 1777.
     "a linked worktree named as the repository": (
-        f"cd {REPO} && git worktree add -q /srv/git/app-release -b release && "
-        f"mkdir -p {REPO}/scratch && chmod 1777 {REPO}/scratch",
+        f"{TRACK_SCRATCH} && git worktree add -q /srv/git/app-release -b release && "
+        f"chmod 1777 {REPO}/scratch",
         "/srv/git/app-release"),
     # core.worktree in the main worktree's config.worktree (extensions.worktreeConfig,
     # as `git sparse-checkout` and `git worktree` users set): git 2.39 takes it, layout()
     # reads core.worktree from `config` only and walks /srv/git/app instead.
     "core.worktree in config.worktree": (
+        f"{TRACK_SCRATCH} && "
         f"mkdir -p /srv/git/app-tree/scratch && chmod 1777 /srv/git/app-tree/scratch && "
         f"cd {REPO} && git config extensions.worktreeConfig true && "
         "git config --worktree core.worktree /srv/git/app-tree", REPO),

@@ -207,24 +207,28 @@ def test_a_quoted_program_path_does_not_refuse_every_run(gate: Box, tool: str) -
 
 
 def test_an_ignored_team_build_directory_does_not_refuse_every_run(gate: Box) -> None:
-    """FOUND (low: usability; debatable). dave's checkout has an ignored build/ the
-    team shares (group team6: dave and alice, 2775). No tracked path goes
-    through it and the change adds none, so git neither reads a .gitattributes
-    there nor writes there while landing; yet the gate (directories(): every
-    directory of the work tree) refuses the run at submit, and the vet would refuse
-    its landing. Narrower: refuse where a path of the old or new tree goes through
-    a directory the user may write (or the work tree's root and .git).
-
-    KNOWN, not fixed yet: the gate stays this conservative (every directory of a
-    checked-out work tree), and this test pins that it says so clearly."""
+    """FOUND (low: usability), FIXED. dave's checkout has an ignored build/ the
+    team shares (group team6: dave and alice, 2775). No tracked path goes through
+    it and the change adds none, so git neither reads a .gitattributes there nor
+    writes there while landing; yet the gate (every directory of the work tree)
+    refused the run at submit, and the vet would have refused its landing. Now
+    only the directories tracked paths go through count: at submit those of the
+    work tree's index (gate.index_paths reads it), at landing those of the index
+    and of the landed tree, as the lander's git lists them. A tracked directory
+    alice may write (docs/, made 2775 team6 too) still refuses, at submit."""
     box = gate
-    dave_tracks(box, {".gitignore": "/build/\n"}, "ignore build")
+    dave_tracks(box, {".gitignore": "/build/\n", "docs/guide.txt": "read me\n"},
+                "ignore build, a guide")
     box.sh("groupadd -f team6 && usermod -aG team6 alice && usermod -aG team6 dave")
     box.sh(f"install -d -o dave -g team6 -m 2775 {REPO}/build")
     try:
-        result = box.minipipe("submit -", input=plan("printf 'v2\\n' > VERSION"),
+        run = submit_and_land(box)
+        assert run["workspace"]["changes"]["gate"] == "enforced", run["workspace"]
+        box.sh(f"chgrp team6 {REPO}/docs && chmod 2775 {REPO}/docs")
+        result = box.minipipe("submit -", input=plan("printf 'v3\\n' > VERSION"),
                               check=False)
-        assert result.returncode != 0 and f"may write {REPO}/build" in result.stderr, (
+        assert result.returncode != 0 and f"may write {REPO}/docs" in result.stderr, (
             result.stdout, result.stderr)
     finally:
-        box.sh(f"rm -rf {REPO}/build", check=False)
+        box.sh(f"rm -rf {REPO}/build && chmod 755 {REPO}/docs && chgrp dave {REPO}/docs",
+               check=False)

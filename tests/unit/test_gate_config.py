@@ -118,6 +118,7 @@ def test_a_bare_argument_naming_a_file_where_git_runs_it_cannot_be_vetted(tmp_pa
 @pytest.mark.parametrize("value", [
     "timeout 10 sh strip.sh", "nice -n 5 perl strip.pl", "/usr/bin/env python3 strip.py",
     "make -s smudge", "m4 filter.m4", "npx prettier --stdin-filepath %f",
+    "/usr/bin/yarn run fmt",
     "PYTHONPATH=. /usr/local/bin/strip", "LD_PRELOAD=/tmp/x.so tool",
 ])
 def test_wrappers_interpreters_anywhere_and_environments_cannot_be_vetted(value: str) -> None:
@@ -166,3 +167,12 @@ def as_nobody(question) -> str:
 def test_plain_programs_and_interpreters_on_absolute_paths_pass(value: str) -> None:
     assert as_nobody(lambda: program_part("filter.x.smudge", value, "/nonexistent",
                                           frozenset({"README"}))) == "None"
+
+
+def test_a_package_runner_may_be_a_merge_driver_not_a_filter() -> None:
+    """merge-tree writes no work tree before a driver runs; a checkout does before
+    it smudges the next file (npx finds node_modules/.bin/x there first)."""
+    driver = "npx npm-merge-driver merge %A %O %B %P"
+    assert program_part("merge.npm-merge-driver.driver", driver) is None
+    with pytest.raises(Unsure, match="package runner"):
+        program_part("filter.fmt.smudge", "npx prettier --stdin-filepath %f")
