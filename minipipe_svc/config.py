@@ -64,6 +64,10 @@ KEYS: dict[str, tuple[object, str]] = {
     "max_awaiting_review": (0, "when this many runs await review, runs that would need "
                                "review are not started (0: no limit)"),
     "worktree_keep_days": (0.0, "how long a landed or rejected run's worktree is kept"),
+    "trusted_filter_programs": (["git-lfs", "git-crypt"], "filter programs (names) a "
+                                "landing may run in a checked-out target's work tree after "
+                                "the change's files are written there: only ones that run "
+                                "nothing they find in the work tree"),
 }
 
 
@@ -84,7 +88,7 @@ _FIELDS = {
     "log_dir": "", "socket_path": "", "minipipe_command": (), "kill_grace_seconds": 10.0,
     "worktree_dir": "", "review": False, "reviewer_group": None, "review_by_other": False,
     "review_gate": "enforced", "max_awaiting_review": 0, "worktree_keep_days": 0.0,
-    "source": None,
+    "trusted_filter_programs": ("git-lfs", "git-crypt"), "source": None,
 }
 
 
@@ -124,6 +128,7 @@ class Config(Record):
     review_gate: str
     max_awaiting_review: int
     worktree_keep_days: float
+    trusted_filter_programs: tuple[str, ...]
     source: str | None
 
     @property
@@ -276,6 +281,11 @@ def build_config(document: dict[str, object], *, source: str | None) -> Config:
     if isinstance(awaiting, bool) or not isinstance(awaiting, int) or not (
             0 <= awaiting <= 100000):
         raise bad("max_awaiting_review", "an integer from 0 (no limit) to 100000")
+    trusted = values["trusted_filter_programs"]
+    if not isinstance(trusted, list) or not all(
+            isinstance(name, str) and name and "/" not in name and name.strip() == name
+            for name in trusted):
+        raise bad("trusted_filter_programs", 'a list of program names, like ["git-lfs"]')
     command = values["minipipe_command"]
     argv: tuple[str, ...] = ()  # the daemon forks its runners
     if command is None:
@@ -316,6 +326,7 @@ def build_config(document: dict[str, object], *, source: str | None) -> Config:
         review_gate=values["review_gate"],
         max_awaiting_review=awaiting,
         worktree_keep_days=numbers["worktree_keep_days"],
+        trusted_filter_programs=tuple(trusted),
         source=source,
     )
 

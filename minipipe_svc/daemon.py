@@ -707,7 +707,8 @@ class Daemon:
             self.config.db_path, self.config.log_dir, run.id,
             kill_grace=self.config.kill_grace_seconds, runtime_max=limits.runtime_max,
             journal=self.journal, identity=identity, umask=umask,
-            worktree_dir=self.config.worktree_dir), limits
+            worktree_dir=self.config.worktree_dir,
+            trusted_filters=self.config.trusted_filter_programs), limits
 
     # ------------------------------------------------------------ housekeeping
 

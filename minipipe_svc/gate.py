@@ -32,13 +32,14 @@ there (review.RunWorkspace.vetting), exactly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import re
 import shlex
 import stat
 from collections.abc import Callable, Collection, Iterable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 MAX_ALTERNATE_DEPTH = 5  # as git's own limit
 MAX_LINK_HOPS = 40       # as the kernel's
@@ -421,7 +422,8 @@ INTERPRETERS = re.compile(
     r"|scala|kotlinc?|dotnet|mono|R|Rscript|julia|octave|guile|racket|sbcl|clisp"
     r"|escript|elixir|erl|runghc|runhaskell|stack|swift|osascript|vim?|nvim|ex|emacs"
     r"|gdb|lldb|strace|ltrace|valgrind|qemu-.*|docker|podman|chroot|unshare|nsenter"
-    r"|sudo|doas|su|runuser|pkexec|setpriv|setsid|nice|ionice|chrt|taskset|timeout"
+    r"|sudo|doas|su|sg|newgrp|script|runuser|pkexec|setpriv|setsid|nice|ionice|chrt"
+    r"|taskset|timeout"
     r"|nohup|stdbuf|time|flock|watch|eatmydata|fakeroot|command|exec|builtin|eval"
     r"|source|bc|dc|jq|yq|ansible.*|salt.*|puppet|terraform|rlwrap")
 # Package runners find their program in the work tree first (node_modules/.bin): as
@@ -435,7 +437,7 @@ SHELL_SPECIAL = frozenset(";&|$`<>(){}\\*?[]!'\n#~")
 
 
 def program_part(key: str, value: str, work_tree: str | None = None,
-                 adds: frozenset[str] = frozenset()) -> str | None:
+                 adds: frozenset[str] = frozenset(), depth: int = 0) -> str | None:
     """The part of a command a landing may run that the user may change, if any.
     Only a plain command line can be vetted: a name found in PATH or an absolute path,
     then arguments that are absolute paths (also after `=`) or words naming no file
@@ -450,6 +452,14 @@ def program_part(key: str, value: str, work_tree: str | None = None,
         words = shlex.split(value)
     except ValueError:
         raise Unsure(f"config {key} = {value!r} has quotes it cannot read") from None
+    for word in words[1:]:
+        if any(space in word for space in " \t\n") and depth < 3:
+            # One quoted word that is itself a command line (`script -c "sh x"`,
+            # `sg team "x y"`): vetted as one.
+            if found := program_part(key, word, work_tree, adds, depth + 1):
+                return found
+        elif any(space in word for space in " \t\n"):
+            raise Unsure(f"config {key} = {value!r} nests command lines too deep to vet")
     if words and ASSIGNMENT.match(words[0]):
         raise Unsure(f"config {key} = {value!r} sets its program's environment, which it "
                      "cannot vet: set it in a wrapper script with an absolute path")
@@ -480,15 +490,102 @@ def program_part(key: str, value: str, work_tree: str | None = None,
     return None
 
 
+def listing_paths(entries: list[tuple[str, str, str]], base: str,
+                  home: str | None) -> list[str]:
+    """Every path listing_part looks at by name: the files the lander's git read,
+    the includes they name, the absolute paths in the programs a landing runs
+    (pure: what the lander resolves first, see link_facts)."""
+    paths = []
+    for origin, key, value in entries:
+        if not origin.startswith("file:"):
+            continue
+        path = os.path.join(base, origin.removeprefix("file:"))
+        paths.append(path)
+        if INCLUDE_KEYS.fullmatch(key):
+            if (target := expand(value, os.path.dirname(path), home)) is not None:
+                paths.append(target)
+        elif LANDING_PROGRAM_KEYS.fullmatch(key):
+            paths += [word for word in named_paths(value) if word.startswith("/")]
+    return list(dict.fromkeys(paths))
+
+
+def link_facts(paths: list[str]) -> dict[str, dict[str, Any]]:
+    """Asked as the lander, who may look where the submitter may not (their own
+    0700 home): for each path, where each link on its way leads (`hops`: the whole
+    path after each hop), and its real file's owner, group, mode and whether an ACL
+    extends it (the submitter may reach that file by another name: a hard link)."""
+    facts: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        fact: dict[str, Any] = {"hops": link_hops(path)}
+        real = os.path.realpath(path)
+        try:
+            info = os.stat(real)
+        except OSError:
+            pass
+        else:
+            fact.update(real=real, uid=info.st_uid, gid=info.st_gid, mode=info.st_mode)
+            with contextlib.suppress(OSError):
+                fact["acl"] = "system.posix_acl_access" in os.listxattr(real)
+        facts[path] = fact
+    return facts
+
+
+def link_hops(path: str, hops: int = 0) -> list[str]:
+    """The path as it reads after each link on its way is followed, in order."""
+    parts = [part for part in path.split("/") if part and part != "."]
+    current = "/"
+    for index, name in enumerate(parts):
+        if name == "..":
+            current = os.path.dirname(current)
+            continue
+        child = os.path.join(current, name)
+        if os.path.islink(child):
+            try:
+                target = os.path.join(current, os.readlink(child))
+            except OSError:
+                return []
+            after = "/".join([target, *parts[index + 1:]])
+            return [after, *(link_hops(after, hops + 1) if hops < MAX_LINK_HOPS else [])]
+        current = child
+    return []
+
+
+def fact_part(path: str, fact: dict[str, Any]) -> str | None:
+    """What the user may change of a path the lander resolved (see link_facts)."""
+    for hop in fact.get("hops", []):
+        if found := exposed(hop):
+            return found
+    if "uid" not in fact:
+        return None
+    mode = int(fact["mode"])
+    groups = {os.getegid(), *os.getgroups()}
+    if (int(fact["uid"]) == os.geteuid() or mode & stat.S_IWOTH
+            or (mode & stat.S_IWGRP and int(fact["gid"]) in groups)):
+        return str(fact["real"])
+    if fact.get("acl"):
+        raise Unsure(f"{fact['real']} (read for {path}) has an ACL it cannot read")
+    return None
+
+
 def listing_part(entries: list[tuple[str, str, str]], base: str, home: str | None,
                  work_tree: str | None, adds: frozenset[str] = frozenset(),
-                 tracked: Collection[str] | None = None) -> str | None:
+                 tracked: Collection[str] | None = None,
+                 facts: dict[str, dict[str, Any]] | None = None,
+                 trusted_filters: Collection[str] = ()) -> str | None:
     """What the user may change of what the lander's git reads, as that git listed it
     (`git config --list --show-origin --includes`, run as the lander where it will
     land): every file it read, every include it names (read or not, found or not),
-    the programs a landing can run (`adds`: see program_part), and the work tree it
-    will update, if any (`tracked`: the directories of its paths, before and after
-    the landing, as the lander's git lists them; see directories)."""
+    and, as the lander resolved them (`facts`: where the user may not look, a link
+    may still lead to a file of theirs), the programs a landing can run (`adds`:
+    see program_part), and the work tree it will update, if any (`tracked`: the
+    directories of its paths, before and after the landing, as the lander's git
+    lists them; see directories). In a work tree, a filter must be one of
+    `trusted_filters`: git runs it there after it wrote the change's files, and what
+    a program reads on its own there (a formatter's config, a task file) no word of
+    its command line says."""
+    for path, fact in (facts or {}).items():
+        if found := fact_part(path, fact):
+            return found
     files = []
     for origin, _key, _value in entries:
         if origin.startswith("file:"):
@@ -507,14 +604,26 @@ def listing_part(entries: list[tuple[str, str, str]], base: str, home: str | Non
         elif LANDING_PROGRAM_KEYS.fullmatch(key) and (
                 found := program_part(key, value, work_tree or base, adds)):
             return found
+        if work_tree and FILTER_KEYS.fullmatch(key) and value.strip():
+            program = os.path.basename(shlex.split(value)[0])
+            if program not in trusted_filters:
+                raise Unsure(
+                    f"config {key} = {value!r} runs {program} in the checked-out work tree "
+                    f"{work_tree} after the change's files are written there, and it cannot "
+                    "tell what that program reads there: add it to trusted_filter_programs "
+                    "if it runs nothing it finds in a work tree, or land where the target "
+                    "is not checked out")
     return directories(work_tree, tracked) if work_tree else None
 
 
 def listing_answer(entries: list[tuple[str, str, str]], base: str, home: str | None,
                    work_tree: str | None, adds: frozenset[str] = frozenset(),
-                   tracked: Collection[str] | None = None) -> str:
+                   tracked: Collection[str] | None = None,
+                   facts: dict[str, dict[str, Any]] | None = None,
+                   trusted_filters: Collection[str] = ()) -> str:
     """listing_part's answer as one line (see answer)."""
-    return _line(lambda: listing_part(entries, base, home, work_tree, adds, tracked))
+    return _line(lambda: listing_part(entries, base, home, work_tree, adds, tracked, facts,
+                                      trusted_filters))
 
 
 def config_parts(layout: Layout) -> str | None:

@@ -37,25 +37,41 @@ class Incoming:
         self.lander, self.repo, self.path = lander, repo, path
 
     def check_holds_only(self, head: str, base: str) -> None:
-        """LandRefused if the pack holds objects `head` does not add to `base` (the run
-        user's git packed what files they rewrote said: extra history, junk blobs)."""
+        """LandRefused if the pack holds objects `head` does not add to `base`, or
+        takes far more room than they are (the run user's git packed what the files
+        they rewrote said: extra history, junk blobs, a padded zlib stream)."""
         added = set(self.lander.run("-C", self.repo, "rev-list", "--objects",
                                     "--no-object-names", head, "--not", base,
                                     timeout=WORK_TIMEOUT_SECONDS, what="rev-list").stdout.split())
         saved, self.lander.object_store = self.lander.object_store, {
             "GIT_OBJECT_DIRECTORY": self.path}  # this directory alone: no alternates
         try:
-            held = self.lander.run("-C", self.repo, "cat-file", "--batch-all-objects",
-                                   "--batch-check=%(objectname)", timeout=WORK_TIMEOUT_SECONDS,
-                                   what="cat-file").stdout.split()
+            held = self.lander.run(
+                "-C", self.repo, "cat-file", "--batch-all-objects",
+                "--batch-check=%(objectname) %(objectsize) %(objectsize:disk)",
+                timeout=WORK_TIMEOUT_SECONDS, what="cat-file").stdout.splitlines()
         finally:
             self.lander.object_store = saved
-        extra = [name for name in held if name not in added]
-        if extra:
-            raise LandRefused(f"the objects the run's checkout packed are not only the "
-                              f"reviewed change's ({len(extra)} more, e.g. "
-                              f"{extra[0].decode()[:12]}): its checkout was changed after "
-                              "its steps ended?; nothing was landed: retry the run")
+        size = disk = 0
+        for line in held:
+            name, logical, stored = line.split()
+            if name not in added:
+                raise LandRefused(
+                    f"the objects the run's checkout packed are not only the reviewed "
+                    f"change's (e.g. {name.decode()[:12]}): its checkout was changed after "
+                    "its steps ended?; nothing was landed: retry the run")
+            size, disk = size + int(logical), disk + int(stored)
+        if disk > allowed_room(size, len(held)):
+            raise LandRefused(
+                f"the objects the run's checkout packed take {disk} bytes for {size} bytes "
+                "of content (padded): its checkout was changed after its steps ended?; "
+                "nothing was landed: retry the run")
+
+
+def allowed_room(size: int, count: int) -> int:
+    """The most room `count` objects of `size` bytes in all may take in a pack: zlib
+    adds a few bytes per 16 KiB at worst, a pack entry's header a few more (pure)."""
+    return size + size // 100 + 64 * count + (1 << 20)
 
 
 @contextlib.contextmanager
@@ -110,8 +126,14 @@ def _move_in(incoming: str, objects: str) -> bytes:
     names = [name for name in os.listdir(source) if name.startswith("pack-")]
     os.makedirs(target, exist_ok=True)
     for name in sorted(names, key=lambda n: (n.endswith(".idx"), n)):
-        with contextlib.suppress(FileExistsError):
-            os.link(os.path.join(source, name), os.path.join(target, name))
+        here, there = os.path.join(source, name), os.path.join(target, name)
+        try:
+            os.link(here, there)
+        except FileExistsError:
+            pass
+        except OSError:  # a filesystem without hard links: as git does, rename
+            if not os.path.lexists(there):
+                os.rename(here, there)
     return b"moved"
 
 

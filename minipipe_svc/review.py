@@ -26,12 +26,13 @@ import copy
 import os
 
 from .files import replace_file
-from .gate import listing_answer
+from .gate import link_facts, listing_answer, listing_paths
 from .plan import Plan, Step
 from .quarantine import quarantine
 from .store import Store, WorkspaceRow
 from .workspace import (
     TRUST_FOR_READING,
+    WORK_TIMEOUT_SECONDS,
     Git,
     GitError,
     LandRefused,
@@ -87,13 +88,34 @@ def remove_worktree(db_path: str, run_id: int, repo: str, path: str, branch: str
     return 0
 
 
+def resolved_as(lander: Git, paths: list[str]) -> dict[str, dict[str, Any]]:
+    """gate.link_facts for `paths`, asked as the lander (in a child that became
+    them: they may look in their own 0700 home, where the submitter may not);
+    LandRefused without an answer."""
+    import json
+
+    from .identity import answer_as
+
+    identity = lander.identity
+    said = answer_as(identity, list(identity.groups) if identity is not None else None,
+                     lambda: json.dumps(link_facts(paths)).encode(), WORK_TIMEOUT_SECONDS,
+                     64 << 20)
+    try:
+        return dict(json.loads(said or b""))
+    except ValueError:
+        raise LandRefused(f"{lander.user} could not look at the files their git reads "
+                          "to land; nothing was landed") from None
+
+
 class RunWorkspace:
     def __init__(self, store: Store, run_id: int, plan: Plan, identity: RunIdentity | None,
-                 worktree_dir: str, log_dir: str) -> None:
+                 worktree_dir: str, log_dir: str, *,
+                 trusted_filters: frozenset[str] = frozenset()) -> None:
         assert plan.workspace is not None
         self.store, self.run_id, self.plan = store, run_id, plan
         self.spec = plan.workspace
         self.worktree_dir, self.log_dir = worktree_dir, log_dir
+        self.trusted_filters = trusted_filters  # config trusted_filter_programs
         self.git = Git(identity)
         self.identity = identity
         uid = identity.uid if identity is not None else os.getuid()
@@ -205,8 +227,10 @@ class RunWorkspace:
             entries = lander.config_listing(place)
             adds = lander.top_level_names(place, merge_base, head)
             tracked = lander.tracked_directories(work_tree, head) if work_tree else None
+            facts = resolved_as(lander, listing_paths(entries, place, home))
             found = ask_gate(self.identity, place, question=lambda: listing_answer(
-                entries, place, home, work_tree, adds, tracked))
+                entries, place, home, work_tree, adds, tracked, facts,
+                self.trusted_filters))
             if found:
                 raise LandRefused(f"user {self.git.user} may change {found}, which "
                                   f"{lander.user}'s git reads landing in {place}: the "

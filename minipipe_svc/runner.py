@@ -92,9 +92,11 @@ class Runner:
     def __init__(self, store: Store, run_id: int, sinks: list[LogSink],
                  kill_grace: float, runtime_max: float | None = None,
                  identity: RunIdentity | None = None, umask: int | None = None, *,
-                 worktree_dir: str = "", log_dir: str = "") -> None:
+                 worktree_dir: str = "", log_dir: str = "",
+                 trusted_filters: tuple[str, ...] = ()) -> None:
         self.store, self.run_id, self.kill_grace = store, run_id, kill_grace
         self.worktree_dir, self.log_dir = worktree_dir, log_dir
+        self.trusted_filters = trusted_filters
         self.workspace: RunWorkspace | None = None
         self.deadline: float | None = None
         self.effective_runtime_max: float | None = None
@@ -167,7 +169,8 @@ class Runner:
         """The review gate around the steps (review.py): a fresh worktree, the steps in
         it, their change recorded; then await review, or land at once, or just end."""
         self.workspace = RunWorkspace(self.store, self.run_id, plan, self.identity,
-                                      self.worktree_dir, self.log_dir)
+                                      self.worktree_dir, self.log_dir,
+                                      trusted_filters=frozenset(self.trusted_filters))
         self.workspace.git.stop = lambda: self.stop_signal is not None  # a cancel stops git
         row = self.store.workspace(self.run_id)
         if row is not None and (row.approved_by or row.landed_at):
@@ -529,6 +532,7 @@ class RunnerArgs:
     identity: RunIdentity | None = None  # whom the steps execute as (None: as the runner)
     umask: int | None = None
     worktree_dir: str = ""  # where runs with a [workspace] get their worktrees
+    trusted_filters: tuple[str, ...] = ()  # config trusted_filter_programs
 
     def argv(self) -> list[str]:
         """The same, as the command line of `python3 -m minipipe_svc.runner`."""
@@ -541,6 +545,8 @@ class RunnerArgs:
             extra += ["--umask", f"{self.umask:o}"]
         if self.worktree_dir:
             extra += ["--worktree-dir", self.worktree_dir]
+        for name in self.trusted_filters:
+            extra += ["--trusted-filter", name]
         return ["--db-path", self.db_path, "--log-dir", self.log_dir,
                 "--kill-grace", f"{self.kill_grace:g}", *extra, str(self.run_id)]
 
@@ -561,6 +567,8 @@ def parse_args(argv: list[str] | None = None) -> RunnerArgs:
                         help="the steps' umask (octal)")
     parser.add_argument("--worktree-dir", default="",
                         help="where runs with a [workspace] get their worktrees")
+    parser.add_argument("--trusted-filter", action="append", default=[], metavar="NAME",
+                        help="a filter program a landing may run in a checked-out work tree")
     parser.add_argument("run_id", type=int)
     args = parser.parse_args(argv)
     identity = None
@@ -573,7 +581,7 @@ def parse_args(argv: list[str] | None = None) -> RunnerArgs:
             parser.error(f"there is no user {args.run_as!r}")
     return RunnerArgs(args.db_path, args.log_dir, args.run_id, args.kill_grace,
                       args.runtime_max, args.journal, identity, args.umask,
-                      args.worktree_dir)
+                      args.worktree_dir, tuple(args.trusted_filter))
 
 
 def execute(args: RunnerArgs, sinks: list[LogSink]) -> int:
@@ -587,7 +595,7 @@ def execute(args: RunnerArgs, sinks: list[LogSink]) -> int:
         return 1
     runner = Runner(store, args.run_id, sinks, args.kill_grace, args.runtime_max,
                     args.identity, args.umask, worktree_dir=args.worktree_dir,
-                    log_dir=args.log_dir)
+                    log_dir=args.log_dir, trusted_filters=args.trusted_filters)
     try:
         return runner.run()
     except Exception as exc:  # the run must still end in the DB, with the reason

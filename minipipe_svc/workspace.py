@@ -601,11 +601,14 @@ class Git:
             raise LandRefused(f"{target} has moved on since the run's base, so a "
                               "fast-forward is impossible; retry the run on the new "
                               "base, or land with land = \"merge\"")
-        meets = self.run("-C", repo, "merge-base", current, head, check=False
-                         ).stdout.decode().strip()
-        if reviewed_from is not None and meets != reviewed_from:
+        # --all: in a criss-cross history `merge-base` names one of several best
+        # bases, while a merge merges against all of them (their virtual base).
+        bases = self.run("-C", repo, "merge-base", "--all", current, head, check=False
+                         ).stdout.decode().split()
+        meets = " and ".join(base[:12] for base in bases)
+        if reviewed_from is not None and bases != [reviewed_from]:
             raise LandRefused(
-                f"the change meets {target} at {meets[:12] or 'no commit'}, not at "
+                f"the change meets {target} at {meets or 'no commit'}, not at "
                 f"{reviewed_from[:12]}, where its reviewed diff starts: either that base is "
                 f"not on {target} (landing would bring in commits nobody reviewed) or the "
                 f"run took in newer commits of {target} (its diff would hide what it "

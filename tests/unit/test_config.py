@@ -124,3 +124,15 @@ def test_pools_and_the_review_gate_are_checked() -> None:
             build_config(bad, source="c.json")
     with pytest.raises(ConfigError, match="'review_gate' must be"):
         build_config({"review_gate": "off"}, source="c.json")
+
+
+def test_trusted_filter_programs_reach_the_runner() -> None:
+    assert build_config({}, source=None).trusted_filter_programs == ("git-lfs", "git-crypt")
+    config = build_config({"trusted_filter_programs": ["git-lfs", "tidy"]}, source=None)
+    assert config.trusted_filter_programs == ("git-lfs", "tidy")
+    for bad in ("git-lfs", ["/usr/bin/git-lfs"], [""], [1]):
+        with pytest.raises(ConfigError, match="'trusted_filter_programs' must be"):
+            build_config({"trusted_filter_programs": bad}, source="c.json")
+    args = RunnerArgs("/db", "/logs", 7, trusted_filters=("git-lfs", "tidy"))
+    assert args.argv()[-5:] == ["--trusted-filter", "git-lfs", "--trusted-filter", "tidy", "7"]
+    assert parse_args(args.argv()) == args

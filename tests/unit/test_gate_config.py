@@ -118,7 +118,8 @@ def test_a_bare_argument_naming_a_file_where_git_runs_it_cannot_be_vetted(tmp_pa
 @pytest.mark.parametrize("value", [
     "timeout 10 sh strip.sh", "nice -n 5 perl strip.pl", "/usr/bin/env python3 strip.py",
     "make -s smudge", "m4 filter.m4", "npx prettier --stdin-filepath %f",
-    "/usr/bin/yarn run fmt",
+    "/usr/bin/yarn run fmt", 'script -qec "sh strip.sh"', 'sg team "tool strip.sh"',
+    '/usr/bin/tool --run "python3 x.py"',
     "PYTHONPATH=. /usr/local/bin/strip", "LD_PRELOAD=/tmp/x.so tool",
 ])
 def test_wrappers_interpreters_anywhere_and_environments_cannot_be_vetted(value: str) -> None:
