@@ -42,6 +42,7 @@ import time
 from typing import NamedTuple
 
 from .gate import answer as gate_says
+from .gate import parent_directories
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -358,8 +359,6 @@ class Git:
                            "--full-tree", head, check=False, timeout=WORK_TIMEOUT_SECONDS)]
         if any(result.returncode != 0 for result in listed):
             return None
-        from .gate import parent_directories
-
         return frozenset(parent_directories(
             os.fsdecode(name) for result in listed for name in result.stdout.split(b"\0")
             if name))
