@@ -188,8 +188,11 @@ def directories(path: str, tracked: Collection[str] | None = None) -> str | None
         return found
     if tracked is not None:
         for name in sorted(tracked):
-            full = os.path.join(path, name)
-            if not os.path.islink(full) and mine(full):
+            full = os.path.join(path, name.rstrip("/"))
+            if name.endswith("/"):  # a submodule: all of it, its .git's files too
+                if (found := directories(full)) or (found := tree(os.path.join(full, ".git"))):
+                    return found
+            elif not os.path.islink(full) and mine(full):
                 return full
         return None
     for root, dirs, _files in os.walk(path, onerror=_walk_error_reachable):
@@ -215,20 +218,29 @@ def parent_directories(paths: Iterable[str]) -> set[str]:
 INDEX_ENTRY_FIXED = 40  # ctime, mtime, dev, ino, mode, uid, gid, size: ten 32-bit fields
 
 
-def index_paths(data: bytes, hash_size: int = 20) -> list[str] | None:
-    """The paths a git index (versions 2 to 4) tracks, read as git's index-format
-    documents it; None where it cannot read it surely (a split index, which keeps
-    most entries in another file, or anything unexpected): then the caller looks at
-    every directory instead (pure)."""
+GITLINK = 0o160000  # an index or tree entry that is a submodule's commit
+
+
+class IndexRead(NamedTuple):
+    entries: list[tuple[str, int]]  # (path, mode)
+    shared: str | None              # a split index: the id of its shared index file
+
+
+def read_index(data: bytes, hash_size: int = 20) -> IndexRead | None:
+    """The paths (and modes) a git index of version 2 to 4 tracks, read as git's
+    index-format documents it, and for a split index the shared index it names;
+    None where it cannot read it surely: then the caller looks at every directory
+    instead (pure)."""
     if len(data) < 12 or data[:4] != b"DIRC":
         return None
     version, count = int.from_bytes(data[4:8], "big"), int.from_bytes(data[8:12], "big")
     if version not in (2, 3, 4):
         return None
-    paths, previous, at = [], b"", 12
+    entries, previous, at, shared = [], b"", 12, None
     try:
         for _ in range(count):
             start = at
+            mode = int.from_bytes(data[at + 24:at + 28], "big")
             flags_at = at + INDEX_ENTRY_FIXED + hash_size
             flags = int.from_bytes(data[flags_at:flags_at + 2], "big")
             at = flags_at + 2 + (2 if version >= 3 and flags & 0x4000 else 0)
@@ -247,29 +259,62 @@ def index_paths(data: bytes, hash_size: int = 20) -> list[str] | None:
                 end = data.index(b"\0", at)
                 name = data[at:end]
                 at = start + ((end - start + 8) & ~7)  # NUL-padded to a multiple of 8
-            paths.append(os.fsdecode(name))
+            if name:  # (a split index's replacing entries may have none)
+                entries.append((os.fsdecode(name), mode))
             previous = name
         while at + 8 <= len(data) - hash_size:  # the extensions after the entries
+            size = int.from_bytes(data[at + 4:at + 8], "big")
             if data[at:at + 4] == b"link":
-                return None  # a split index
-            at += 8 + int.from_bytes(data[at + 4:at + 8], "big")
+                shared = data[at + 8:at + 8 + hash_size].hex()
+                if len(shared) != 2 * hash_size:
+                    return None
+            at += 8 + size
     except (IndexError, ValueError):
         return None
-    return paths
+    return IndexRead(entries, shared)
+
+
+def index_paths(data: bytes, hash_size: int = 20) -> list[str] | None:
+    """The paths of an index that is whole (not split); see read_index (pure)."""
+    read = read_index(data, hash_size)
+    return None if read is None or read.shared else [path for path, _ in read.entries]
+
+
+def tracked_set(entries: Iterable[tuple[str, int]]) -> set[str]:
+    """The directories tracked paths go through, and each submodule's path with a
+    trailing "/": everything at and under it counts (its own `.git` and work tree,
+    where a git of the lander's could start) (pure)."""
+    found = parent_directories(path for path, _ in entries)
+    found.update(f"{path}/" for path, mode in entries if mode == GITLINK)
+    return found
 
 
 def tracked_directories(index: str, hash_size: int) -> set[str] | None:
-    """The directories the paths of the index file `index` go through; None where
-    it cannot tell (see index_paths). Unreadable if the user may not read it."""
+    """tracked_set of the index file `index` (and, split, of its shared index); None
+    where it cannot tell (see read_index). Unreadable if the user may not read it."""
+    read = _index_file(index, hash_size)
+    if read is None or read is True:
+        return None if read is None else set()  # (True: nothing checked out yet)
+    entries = list(read.entries)
+    if read.shared:
+        shared = _index_file(os.path.join(os.path.dirname(index),
+                                          f"sharedindex.{read.shared}"), hash_size)
+        if not isinstance(shared, IndexRead) or shared.shared:
+            return None
+        entries += shared.entries  # a superset: deleted entries count too
+    return tracked_set(entries)
+
+
+def _index_file(path: str, hash_size: int) -> IndexRead | bool | None:
+    """read_index of a file; True if there is none."""
     try:
-        with open(index, "rb") as handle:
+        with open(path, "rb") as handle:
             data = handle.read()
     except (FileNotFoundError, NotADirectoryError):
-        return set()  # nothing checked out yet
+        return True
     except OSError as exc:
-        raise Unreadable(index) from exc
-    paths = index_paths(data, hash_size)
-    return None if paths is None else parent_directories(paths)
+        raise Unreadable(path) from exc
+    return read_index(data, hash_size)
 
 
 def expand(value: str, base: str, home: str | None) -> str | None:

@@ -42,7 +42,7 @@ import time
 from typing import NamedTuple
 
 from .gate import answer as gate_says
-from .gate import parent_directories
+from .gate import tracked_set
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -350,18 +350,22 @@ class Git:
                          for name in listed.split(b"\0") if name)
 
     def tracked_directories(self, work_tree: str, head: str) -> frozenset[str] | None:
-        """The directories the tracked paths of `work_tree` go through, now (its
-        index) and once `head` is checked out there, as this user's git lists them;
-        None if it cannot list them (then every directory counts)."""
-        listed = [self.run("-C", work_tree, "ls-files", "-z", check=False,
+        """gate.tracked_set of `work_tree`'s tracked paths, now (its index) and once
+        `head` is checked out there, as this user's git lists them; None if it
+        cannot list them (then every directory counts)."""
+        listed = [self.run("-C", work_tree, "ls-files", "--stage", "-z", check=False,
                            timeout=WORK_TIMEOUT_SECONDS),
-                  self.run("-C", work_tree, "ls-tree", "-r", "-z", "--name-only",
-                           "--full-tree", head, check=False, timeout=WORK_TIMEOUT_SECONDS)]
+                  self.run("-C", work_tree, "ls-tree", "-r", "-z", "--full-tree", head,
+                           check=False, timeout=WORK_TIMEOUT_SECONDS)]
         if any(result.returncode != 0 for result in listed):
             return None
-        return frozenset(parent_directories(
-            os.fsdecode(name) for result in listed for name in result.stdout.split(b"\0")
-            if name))
+        entries = []
+        for result in listed:  # "MODE <more fields>\tPATH", NUL-terminated
+            for record in result.stdout.split(b"\0"):
+                fields, tab, path = record.partition(b"\t")
+                if tab and fields[:6].isdigit():
+                    entries.append((os.fsdecode(path), int(fields[:6], 8)))
+        return frozenset(tracked_set(entries))
 
     def own_common_dir(self, repo: str) -> str:
         """`repo`'s git directory as this user's git takes it, to work in (for a
@@ -627,7 +631,10 @@ class Git:
                 raise LandRefused(f"{target} moved while landing; approve again ({said})")
             return new
         vet(checked_out, checked_out)
-        dirty = self.out("-C", checked_out, "status", "--porcelain", "--untracked-files=no")
+        # (--ignore-submodules: no git of the lander's starts inside a submodule,
+        # whose config and attributes are not the repository's and nothing vets)
+        dirty = self.out("-C", checked_out, "status", "--porcelain", "--untracked-files=no",
+                         "--ignore-submodules=all")
         if dirty:
             raise LandRefused(f"{target} is checked out in {checked_out} with uncommitted "
                               "changes; commit or stash them there, then approve again")

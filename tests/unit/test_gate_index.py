@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from minipipe_svc.gate import index_paths, parent_directories
+from minipipe_svc.gate import index_paths, parent_directories, tracked_directories
 
 NAMES = ["README", "a/b/c.txt", "a/b/d.txt", "a/e.txt", "deep/" + "x" * 120 + "/f",
          "sp ace/é.txt", "z.txt"]
@@ -64,3 +64,28 @@ def test_what_it_cannot_read_surely_is_none(tmp_path: Path) -> None:
 
 def test_the_directories_paths_go_through() -> None:
     assert parent_directories(["README", "a/b/c.txt", "a/e.txt"]) == {"a", "a/b"}
+
+
+def test_a_split_index_is_read_with_its_shared_index(tmp_path: Path) -> None:
+    repo = make(tmp_path)
+    git(repo, "update-index", "--split-index")
+    (repo / "b" / "c").mkdir(parents=True)
+    (repo / "b" / "c" / "new.txt").write_text("new")
+    git(repo, "add", "b")  # in the split part; the rest in sharedindex.<id>
+    assert list((repo / ".git").glob("sharedindex.*"))
+    assert tracked_directories(str(repo / ".git" / "index"), 20) == parent_directories(
+        listed(repo))
+
+
+def test_a_submodule_counts_whole(tmp_path: Path) -> None:
+    """A gitlink is one path; everything at and under it is the submodule's (its
+    `.git` too), where a git may start: marked with a trailing "/"."""
+    repo = make(tmp_path)
+    sub = repo / "vendor" / "lib"
+    git(tmp_path, "init", "-q", str(sub))
+    (sub / "a.txt").write_text("a")
+    git(sub, "add", ".")
+    git(sub, "-c", "user.name=t", "-c", "user.email=t@x", "commit", "-qm", "sub")
+    git(repo, "add", "vendor/lib")
+    assert tracked_directories(str(repo / ".git" / "index"), 20) == {
+        "a", "a/b", "deep", "deep/" + "x" * 120, "sp ace", "vendor", "vendor/lib/"}
