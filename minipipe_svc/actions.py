@@ -31,7 +31,7 @@ from .model import RunState
 from .plan import MAX_DEPENDENCIES, PRIORITY_RANGE, Plan, PlanError, key_line, parse_plan
 from .server import Deferred
 from .store import ConflictError, NoSuchRun, Store, StoreError
-from .workspace import Git, GitError, RefCheck
+from .workspace import CheckUnavailable, Git, GitError, RefCheck
 
 Reply = dict[str, Any]
 # What needs the DB's write lock (everything but ping).
@@ -231,6 +231,9 @@ class Actions:
             self.ref_checks.pop(check, None)
             try:
                 check.result()
+            except CheckUnavailable as exc:
+                return protocol.error("unavailable", "cannot check the plan's repository "
+                                      f"now ({exc}); try again in a moment")
             except GitError as exc:
                 return bad(str(exc))
             except Exception:
@@ -256,7 +259,8 @@ class Actions:
             self.ref_checks.pop(check, None)
             check.abandon()
             return bad(f"git did not answer about {repo} within {GIT_CHECK_SECONDS:g} s (a "
-                       "hung network or FUSE filesystem?)")
+                       "hung network or FUSE filesystem, or a systemd too busy to start "
+                       "the check's scope?)")
 
         def abandon() -> None:
             self.ref_checks.pop(check, None)

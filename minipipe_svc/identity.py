@@ -486,6 +486,9 @@ def _probe_in_child(identity: RunIdentity | None, paths: list[str], answers: int
         os._exit(status)
 
 
+SETUP_FAILED = b"\0setup failed: "  # what a fork_as child says when `before` failed
+
+
 def fork_as(identity: RunIdentity | None, groups: list[int] | None,
             work: Callable[[], bytes], before: Callable[[], None] | None = None
             ) -> tuple[int, int]:
@@ -506,7 +509,11 @@ def fork_as(identity: RunIdentity | None, groups: list[int] | None,
         try:
             _child_of(parent, write_end)
             if before is not None:
-                before()
+                try:
+                    before()
+                except Exception as exc:  # said on the pipe: the caller tells the user
+                    os.write(write_end, SETUP_FAILED + str(exc).encode()[:1000])
+                    raise
             _become(identity, groups)
             view = memoryview(work())
             while view:

@@ -33,7 +33,7 @@ SHUTTING_DOWN_ERRORS = ("org.freedesktop.systemd1.TransactionIsDestructive",
 RUNTIME_MAX_MARGIN_SECONDS = 60
 # Tasks a helper's scope may hold: its git and what git forks, with room to spare.
 HELPER_TASKS_MAX = 64
-STOP_CALL_TIMEOUT_SECONDS = 5.0  # the daemon's loop asks: never long
+STOP_CALL_TIMEOUT_SECONDS = 2.0  # the daemon's loop asks: never long
 
 
 def systemd_available() -> bool:

@@ -88,6 +88,11 @@ class GitError(Exception):
     """A git step failed; the message says which and what git said."""
 
 
+class CheckUnavailable(Exception):
+    """A check could not even start (no scope for it): nothing is known about the
+    repository; try again."""
+
+
 class LandConflict(GitError):
     """Approving would conflict: the files are named, nothing was changed."""
 
@@ -768,6 +773,11 @@ class RefCheck:
     def result(self) -> str:
         """The commit; GitError naming the repository or the ref otherwise."""
         self.finish()
+        from .identity import SETUP_FAILED
+
+        if self.output.startswith(SETUP_FAILED):
+            raise CheckUnavailable(self.output.removeprefix(SETUP_FAILED).decode(
+                "utf-8", "replace"))
         try:
             said = json.loads(self.output)
             status, out, err = int(said["status"]), str(said["out"]), str(said["err"])

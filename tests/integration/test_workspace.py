@@ -505,3 +505,21 @@ def test_listings_are_capped_but_the_totals_are_not(repos: Repos,
     assert changes["files_truncated"] and 0 < len(changes["files"]) < 300
     assert all(f["path"].startswith("file-") and f["insertions"] == 1
                for f in changes["files"])
+
+
+def test_a_check_whose_scope_cannot_start_says_so(tmp_path: Path) -> None:
+    """The check's child moves into a scope of its own before anything else (as
+    root); when that fails, the daemon is told why, not "no answer"."""
+    import time
+
+    from minipipe_svc.workspace import CheckUnavailable, RefCheck
+
+    def no_scope() -> None:
+        raise OSError("systemd refused minipipe-check-1.scope")
+
+    check = RefCheck(Git(None), str(tmp_path), "main", 10.0, confine=no_scope)
+    deadline = time.monotonic() + 10
+    while not check.read() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(CheckUnavailable, match=r"systemd refused minipipe-check-1\.scope"):
+        check.result()
