@@ -429,8 +429,11 @@ class Actions:
         if not (7 <= len(head) <= 64 and head.isascii()
                                      and all(c in "0123456789abcdef" for c in head)):
             raise Refused("bad_request", "'head' must be 7 to 64 lowercase hex digits")
+        unread_ok = request.get("unread_ok", False)
+        if not isinstance(unread_ok, bool):
+            raise Refused("bad_request", "'unread_ok' must be true or false")
         approved = self.store.approve(run_id, by=peer.name, uid=peer.uid, message=message,
-                                      head=head)
+                                      head=head, unread_ok=unread_ok)
         return {"run": run_id, "head": approved}
 
     def op_reject(self, peer: Peer, request: dict[str, Any]) -> dict[str, Any]:

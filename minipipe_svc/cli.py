@@ -500,8 +500,12 @@ def diff(ctx: Context, run_id: int, stat: bool, name_only: bool) -> None:
                    "`show` print it (required; a prefix is refused). Refused if the "
                    "run's change is another one by now (a cancel and retry records a "
                    "new one).")
+@click.option("--unread-ok", is_flag=True,
+              help="Approve although the recorded diff was cut at 8 MiB (`diff` says so): "
+                   "you accept landing what nobody could read whole.")
 @pass_ctx
-def approve(ctx: Context, run_id: int, message: str | None, head: str | None) -> None:
+def approve(ctx: Context, run_id: int, message: str | None, head: str | None,
+            unread_ok: bool) -> None:
     """Approve a run awaiting review: land its change, then run its on_approve steps.
 
     The run is queued; its runner lands exactly the commit that was recorded onto
@@ -513,7 +517,7 @@ def approve(ctx: Context, run_id: int, message: str | None, head: str | None) ->
     Reviewers: root and members of reviewer_group (default: admin_group).
     """
     reply = ctx.call("approve", run=run_id, message=message,
-                     head=head.lower())
+                     head=head.lower(), **({"unread_ok": True} if unread_ok else {}))
     click.echo(f"run {run_id}: approved its change {reply['head']}; landing it")
 
 

@@ -251,11 +251,12 @@ def show_run(config: Config, out: Printer, run_id: int, *, event_count: int = 10
 
 
 def _workspace_facts(workspace: dict[str, Any]) -> list[tuple[str, str]]:
-    from .render import age_since, change_summary
+    from .render import age_since, change_summary, landing_target
 
     facts = [("repo", f"{workspace['repo']} at {workspace['ref']}"
               + (f" ({workspace['base_commit'][:12]})" if workspace.get("base_commit")
                  else ""))]
+    facts.append(("lands on", landing_target(workspace)))
     if workspace.get("path"):
         facts.append(("worktree", f"{workspace['path']} on {workspace['branch']}"
                       + (" (removed)" if workspace.get("removed_at") else "")))
@@ -279,7 +280,14 @@ def _workspace_facts(workspace: dict[str, Any]) -> list[tuple[str, str]]:
 
 def review_list(config: Config, out: Printer, *, as_json: bool = False) -> None:
     """`minipipe review`: the runs awaiting review, oldest first."""
-    from .render import age_since, change_summary, run_json, table, workspace_json
+    from .render import (
+        age_since,
+        change_summary,
+        landing_target,
+        run_json,
+        table,
+        workspace_json,
+    )
 
     with Reading(config) as store:
         waiting = [(run, workspace_json(store.workspace_spec(run.id), row))
@@ -292,10 +300,12 @@ def review_list(config: Config, out: Printer, *, as_json: bool = False) -> None:
         return
     shown = shown_text()
     rows = [[str(run.id), shown(run.name)[:30], shown(run.submitted_by or "-"),
-             age_since(workspace["awaiting_since"]), workspace["head_commit"] or "-",
-             change_summary(workspace["changes"]), shown(run.reason or "")]
+             age_since(workspace["awaiting_since"]), shown(workspace["head_commit"] or "-"),
+             shown(landing_target(workspace)), change_summary(workspace["changes"]),
+             shown(run.reason or "")]
             for run, workspace in waiting]
-    lines = table(["ID", "NAME", "OWNER", "WAITING", "COMMIT", "CHANGES", "NOTE"], rows)
+    lines = table(["ID", "NAME", "OWNER", "WAITING", "COMMIT", "LANDS ON", "CHANGES", "NOTE"],
+                  rows)
     out.echo(out.style(lines[0], bold=True))
     for line in lines[1:]:
         out.echo(line)

@@ -41,8 +41,17 @@ STATE_COLOURS: dict[str, tuple[str, bool]] = {
 _UNPRINTABLE = [*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F, *range(0x80, 0xA0),
                 *range(0x202A, 0x202F), *range(0x2066, 0x206A),
                 # and the marks and separators that reorder or break lines too
-                0x061C, 0x200E, 0x200F, 0x2028, 0x2029]
-_ESCAPES = {code: rf"\x{code:02x}" if code < 0x100 else rf"\u{code:04x}"
+                0x061C, 0x200E, 0x200F, 0x2028, 0x2029,
+                # and every other Unicode format character (category Cf, Unicode 14:
+                # zero-width spaces and joiners, BOM, tags that smuggle invisible
+                # text), and the Hangul fillers: all drawn as nothing
+                0xAD, *range(0x600, 0x606), 0x6DD, 0x70F, 0x890, 0x891, 0x8E2, 0x180E,
+                *range(0x200B, 0x200E), *range(0x2060, 0x2065), *range(0x206A, 0x2070),
+                0xFEFF, *range(0xFFF9, 0xFFFC), 0x110BD, 0x110CD, *range(0x13430, 0x13439),
+                *range(0x1BCA0, 0x1BCA4), *range(0x1D173, 0x1D17B), 0xE0001,
+                *range(0xE0020, 0xE0080), 0x115F, 0x1160, 0x3164, 0xFFA0]
+_ESCAPES = {code: rf"\x{code:02x}" if code < 0x100 else
+            rf"\u{code:04x}" if code < 0x10000 else rf"\U{code:08x}"
             for code in _UNPRINTABLE}
 _UNPRINTABLE_CHARS = frozenset(map(chr, _UNPRINTABLE))
 
@@ -52,13 +61,14 @@ def printable(text: str) -> str:
 
     C0 controls except TAB (newline and carriage return included), DEL, the C1
     controls U+0080-U+009F, the Unicode bidi controls U+202A-U+202E and
-    U+2066-U+2069, the marks U+061C, U+200E, U+200F and the separators U+2028 and
-    U+2029 become the Python-style escape of their code point: `\xNN`
+    U+2066-U+2069, the marks U+061C, U+200E, U+200F, the separators U+2028 and
+    U+2029, every other format character (zero-width space, BOM, tags) and the
+    Hangul fillers become the Python-style escape of their code point: `\xNN`
     below U+0100 (ESC is `\x1b`, NUL `\x00`, 8-bit CSI `\x9b`), `\uNNNN` above
-    (RIGHT-TO-LEFT OVERRIDE is `\u202e`). Everything else, TAB and backslashes
-    included, is kept as it is: text that already held the four characters `\x1b`
-    looks like an escaped ESC, and the exact text is what a pipe or
-    `minipipe logs --raw` gives.
+    (RIGHT-TO-LEFT OVERRIDE is `\u202e`), `\UNNNNNNNN` beyond U+FFFF. Everything
+    else, TAB and backslashes included, is kept as it is: text that already held the
+    four characters `\x1b` looks like an escaped ESC, and the exact text is what a
+    pipe or `minipipe logs --raw` gives.
     """
     if _UNPRINTABLE_CHARS.isdisjoint(text):
         return text
@@ -245,6 +255,17 @@ def workspace_json(spec: dict[str, Any] | None, row: WorkspaceRow | None) -> dic
                      awaiting_since=row.awaiting_since, approved_by=row.approved_by,
                      landed_commit=row.landed_commit, removed_at=row.removed_at)
     return facts
+
+
+def landing_target(workspace: dict[str, Any]) -> str:
+    """Where approving a run lands its change, for a reviewer: `release (merge), not
+    the branch it started from`. The plan chooses it; the reviewer must see it."""
+    ref, target = workspace.get("ref"), workspace.get("target")
+    onto = target or (ref if ref != "HEAD" else "the branch checked out in the repository")
+    text = f"{onto} ({workspace.get('land') or 'merge'})"
+    if target and target != ref:
+        text += f", not {ref}, where the run started"
+    return text
 
 
 def change_summary(changes: dict[str, Any] | None) -> str:

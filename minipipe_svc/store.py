@@ -1227,22 +1227,29 @@ class Store:
             self._event(conn, run_id, "run_awaiting_review")
 
     def approve(self, run_id: int, *, by: str, uid: int | None = None,
-                message: str | None = None, head: str | None = None) -> str:
+                message: str | None = None, head: str | None = None,
+                unread_ok: bool = False) -> str:
         """AWAITING_REVIEW -> PENDING: queued for its runner to land the change.
 
         `head`, the commit the reviewer looked at, whole, must still be the run's: a
         run cancelled and retried meanwhile has another change (and a prefix can be
         matched by a commit ground for it: 7 hex digits take a minute). Returns the
-        commit approved.
+        commit approved. A change whose recorded diff was cut (over 8 MiB), which
+        nobody could read whole, is approved only with `unread_ok`.
         """
         with self._write() as conn:
             state = self._run_state(conn, run_id)
             if state is not RunState.AWAITING_REVIEW:
                 raise ConflictError(f"run {run_id} is {state.value}, not AWAITING_REVIEW: "
                                     "there is nothing to approve")
-            current = conn.execute("SELECT head_commit FROM workspaces WHERE run_id = ?",
-                                   (run_id,)).fetchone()
-            current = (current[0] if current else None) or ""
+            row = conn.execute("SELECT head_commit, changes FROM workspaces WHERE run_id = ?",
+                               (run_id,)).fetchone()
+            current = (row[0] if row else None) or ""
+            changes = _loads(row[1]) if row and row[1] else {}
+            if isinstance(changes, dict) and changes.get("diff_truncated") and not unread_ok:
+                raise ConflictError(f"run {run_id}'s recorded diff was cut at 8 MiB: nobody "
+                                    "could read all of what would land; reject it, or "
+                                    "approve it with --unread-ok if you accept that")
             if head is not None and head.lower() != current:
                 if current.startswith(head.lower()):
                     raise ConflictError(f"name run {run_id}'s change by its whole commit id "

@@ -88,6 +88,20 @@ class GitError(Exception):
     """A git step failed; the message says which and what git said."""
 
 
+OBJECT_ID = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def object_id(said: str) -> str:
+    """What the run user's git printed for an object id, if it is one (SHA-1 or
+    SHA-256 hex); GitError otherwise. That git is theirs to tamper with (ptrace):
+    anything else (a revision expression, escape sequences) must never be recorded
+    as a commit, shown to a reviewer or handed to the lander's git."""
+    if not OBJECT_ID.fullmatch(said):
+        raise GitError("git gave something other than an object id where one was "
+                       f"expected ({len(said)} characters)")
+    return said
+
+
 class CheckUnavailable(Exception):
     """A check could not even start (no scope for it): nothing is known about the
     repository; try again."""
@@ -259,7 +273,7 @@ class Git:
                           "--end-of-options", f"{ref}^{{commit}}", check=False)
         if commit.returncode != 0:
             raise GitError(f"{repo} has no branch, tag or commit {ref!r}")
-        return commit.stdout.decode().strip()
+        return object_id(commit.stdout.decode("utf-8", "replace").strip())
 
     def common_dir(self, repo: str) -> str:
         """The repository's own git directory (its objects, refs, config and hooks)."""
@@ -306,14 +320,14 @@ class Git:
     def snapshot(self, path: str, run_id: int) -> str:
         """Commit what the steps left uncommitted (untracked files too) onto the
         worktree's HEAD; returns the commit that now holds the run's change."""
-        head = self.out("-C", path, "rev-parse", "--verify", "HEAD^{commit}")
+        head = object_id(self.out("-C", path, "rev-parse", "--verify", "HEAD^{commit}"))
         self.run("-C", path, "add", "--all", timeout=WORK_TIMEOUT_SECONDS, what="add --all")
-        tree = self.out("-C", path, "write-tree", timeout=WORK_TIMEOUT_SECONDS)
+        tree = object_id(self.out("-C", path, "write-tree", timeout=WORK_TIMEOUT_SECONDS))
         if tree == self.out("-C", path, "rev-parse", f"{head}^{{tree}}"):
             return head
-        commit = self.out("-C", path, "commit-tree", tree, "-p", head, "-m",
-                          f"minipipe: changes run {run_id} left uncommitted",
-                          env=self.signature(run_id))
+        commit = object_id(self.out("-C", path, "commit-tree", tree, "-p", head, "-m",
+                                    f"minipipe: changes run {run_id} left uncommitted",
+                                    env=self.signature(run_id)))
         self.run("-C", path, "update-ref", "-m", "minipipe snapshot", "HEAD", commit, head)
         return commit
 
@@ -454,7 +468,7 @@ class Git:
         (a hint: it follows the checkout's attributes). The file list keeps up to
         MAX_LISTING_BYTES of name-status, and says when it was cut.
         """
-        merge_base = self.out("-C", path, "merge-base", base, head)
+        merge_base = object_id(self.out("-C", path, "merge-base", base, head))
         read = self.read_change(path, merge_base, head)
         counts = read["diff"].counts or []
         files = _files(read["name_status"].text, counts)
@@ -787,7 +801,7 @@ class RefCheck:
         if status == 0:
             if said.get("gate") is not None:
                 self.writable = gate_answer(str(said["gate"]), self.user, self.repo)
-            commits = [line for line in out.split() if len(line) >= 40 and line.isalnum()]
+            commits = [line for line in out.split() if OBJECT_ID.fullmatch(line)]
             if commits:
                 return commits[-1]
             raise GitError(f"git said nothing about {self.ref!r} in {self.repo}")

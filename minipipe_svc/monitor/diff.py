@@ -24,6 +24,7 @@ from .data import WorkspaceFacts
 PLAIN, FILE, ADDED, REMOVED, HUNK, STAT, COMMIT, NOTE = range(8)
 
 MAX_LINE_CHARS = 4096  # a minified file's one line: beyond this nobody reads it here
+BLANK_RUN = re.compile(r" {80,}")  # (tabs are expanded to spaces first)
 STAT_WIDTH = 100
 
 _HUNK = re.compile(r"@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
@@ -47,8 +48,11 @@ class DiffDocument:
         line = printable(line)
         if "\t" in line:
             line = line.expandtabs(8)
-        if len(line) > MAX_LINE_CHARS:
-            line = line[:MAX_LINE_CHARS] + "…"
+        if BLANK_RUN.search(line):  # what a long run of blanks would push off-screen
+            line = BLANK_RUN.sub(lambda run: f" [{len(run.group())} blanks] ", line)
+        if len(line) > MAX_LINE_CHARS:  # cut, and said so where the reader looks
+            line = (f"{line[:MAX_LINE_CHARS]} … [{len(line) - MAX_LINE_CHARS} more "
+                    "characters: `minipipe diff` shows the whole line]")
         self.lines.append(line)
         self.kinds.append(kind)
         cells = len(line) if line.isascii() else cell_len(line)

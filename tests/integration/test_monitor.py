@@ -437,6 +437,7 @@ def test_the_selected_runs_workspace_and_review_are_shown(tmp_path: Path) -> Non
         shown = detail(app).splitlines()
         assert shown == ["awaiting review since 11:51:50 · +4 −1, 2 files, 1 commit",
                          "repo /srv/git/app @ main (base bbbbbbbbbb)",
+                         "lands on main (merge)",
                          "branch minipipe/run-1 · worktree /var/lib/minipipe/worktrees/1000/"
                          "run-1"]
         await select(app, pilot, 4)

@@ -32,19 +32,27 @@ from minipipe_svc.store import StepRow
     ("\u202a\u202b\u202c\u202d\u202e", "\\u202a\\u202b\\u202c\\u202d\\u202e"),
     ("\u2066\u2067\u2068\u2069", "\\u2066\\u2067\\u2068\\u2069"),
     ("\u2028\u2029\u200e\u200f\u061c", "\\u2028\\u2029\\u200e\\u200f\\u061c"),
-    ("\u206a\u2065\u202f\u200d\u2027", "\u206a\u2065\u202f\u200d\u2027"),  # neighbours kept
+    ("\u2065\u202f\u2027\u3000", "\u2065\u202f\u2027\u3000"),  # neighbours kept
+    # Format characters drawn as nothing: a zero-width space in a file name, a word
+    # joiner, a BOM, tag characters smuggling a sentence, a Hangul filler.
+    ("VERSION\u200b", "VERSION\\u200b"),
+    ("+Fix typo\U000e0041\U000e0042", "+Fix typo\\U000e0041\\U000e0042"),
+    ("\u2060\ufeff\u200d\u00ad\u3164", "\\u2060\\ufeff\\u200d\\xad\\u3164"),
 ])
 def test_printable(text: str, shown: str) -> None:
     assert printable(text) == shown
 
 
 def test_every_code_point_escaped_is_exactly_the_documented_set() -> None:
-    escaped = {c for c in range(0x3000) if printable(chr(c)) != chr(c)}
+    import unicodedata
+
+    escaped = {c for c in range(0x110000) if printable(chr(c)) != chr(c)}
     assert escaped == ({*range(0x20)} - {0x09}) | {0x7F} | {*range(0x80, 0xA0)} \
-        | {*range(0x202A, 0x202F)} | {*range(0x2066, 0x206A)} \
-        | {0x061C, 0x200E, 0x200F, 0x2028, 0x2029}
+        | {0x2028, 0x2029, 0x115F, 0x1160, 0x3164, 0xFFA0} \
+        | {c for c in range(0x110000) if unicodedata.category(chr(c)) == "Cf"}
     assert all(printable(chr(c)) == f"\\x{c:02x}" for c in escaped if c < 0x100)
-    assert all(printable(chr(c)) == f"\\u{c:04x}" for c in escaped if c >= 0x100)
+    assert all(printable(chr(c)) == f"\\u{c:04x}" for c in escaped if 0x100 <= c < 0x10000)
+    assert all(printable(chr(c)) == f"\\U{c:08x}" for c in escaped if c >= 0x10000)
 
 
 def test_the_result_holds_nothing_a_terminal_acts_on() -> None:

@@ -14,7 +14,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from ...model import RunState
-from ...render import change_summary, printable
+from ...render import change_summary, landing_target, printable
 from ...store import RunRow
 from ..data import WorkspaceFacts
 
@@ -72,6 +72,10 @@ def workspace_text(facts: WorkspaceFacts, run: RunRow, now: datetime) -> Text:
     text.append(printable(f"{spec.get('repo')} @ {spec.get('ref')}"))
     if row is not None and row.base_commit:
         text.append(f" (base {printable(row.base_commit[:SHORT_SHA])})")
+    text.append("\nlands on ", style="dim")
+    text.append(printable(landing_target(spec)),
+                style="bold yellow" if spec.get("target") and spec.get("target") != spec.get(
+                    "ref") else "")
     if row is not None and row.branch:
         text.append("\nbranch ", style="dim")
         text.append(printable(row.branch))
