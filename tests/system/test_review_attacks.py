@@ -111,14 +111,15 @@ def attack_ran(run: dict) -> None:
     assert steps["attack"]["state"] == "SUCCEEDED", (run["reason"], steps["attack"])
 
 
-def review_then_approve(box: Box, run_id: int, approver: str = "dave") -> tuple[str, dict]:
+def review_then_approve(box: Box, run_id: int, approver: str = "dave",
+                        extra: str = "") -> tuple[str, dict]:
     """The diff the reviewer is shown, then their approval's outcome (the run)."""
     run = box.wait_state(run_id, "AWAITING_REVIEW", "FAILED", "SUCCEEDED")
     attack_ran(run)
     if run["state"] != "AWAITING_REVIEW":
         return "", run
     shown = box.minipipe(f"diff {run_id}", user=approver).stdout
-    box.approve(run_id, user=approver if approver != "root" else None)
+    box.approve(run_id, user=approver if approver != "root" else None, extra=extra)
     wait_for(lambda: box.run(run_id)["state"] in ("SUCCEEDED", "FAILED")
              or box.run(run_id)["reason"], 90, "the landing")
     return shown, box.run(run_id)
