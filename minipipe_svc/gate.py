@@ -38,7 +38,7 @@ import pwd
 import re
 import shlex
 import stat
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any, NamedTuple
 
 MAX_ALTERNATE_DEPTH = 5  # as git's own limit
@@ -101,6 +101,19 @@ def exposed(path: str, hops: int = 0) -> str | None:
         return path  # a link loop: the user may have made it
     if os.path.lexists(path) and mine(path):
         return path
+    for current, child, rest in _steps(path):
+        if found := through(current, child):
+            return found
+        if os.path.islink(child):
+            return exposed(_past_link(current, child, rest), hops + 1)
+        if not os.path.lexists(child):
+            return None  # created only by who may write `current`: checked
+    return None
+
+
+def _steps(path: str) -> Iterator[tuple[str, str, list[str]]]:
+    """Walking `path` from `/` one component at a time: each directory, its entry
+    on the way, and the components after that entry (`..` taken as it comes)."""
     parts = [part for part in path.split("/") if part and part != "."]
     current = "/"
     for index, name in enumerate(parts):
@@ -108,15 +121,15 @@ def exposed(path: str, hops: int = 0) -> str | None:
             current = os.path.dirname(current)
             continue
         child = os.path.join(current, name)
-        if found := through(current, child):
-            return found
-        if os.path.islink(child):
-            target = os.path.join(current, os.readlink(child))  # relative to the link
-            return exposed("/".join([target, *parts[index + 1:]]), hops + 1)
-        if not os.path.lexists(child):
-            return None  # created only by who may write `current`: checked
+        yield current, child, parts[index + 1:]
         current = child
-    return None
+
+
+def _past_link(current: str, link: str, rest: list[str]) -> str:
+    """The path once `link` (an entry of `current`) is followed: its target,
+    relative to the link's directory, then the components after it. OSError if it
+    cannot be read."""
+    return "/".join([os.path.join(current, os.readlink(link)), *rest])
 
 
 def _walk_error(error: OSError) -> None:
@@ -577,21 +590,13 @@ def link_facts(paths: list[str]) -> dict[str, dict[str, Any]]:
 
 def link_hops(path: str, hops: int = 0) -> list[str]:
     """The path as it reads after each link on its way is followed, in order."""
-    parts = [part for part in path.split("/") if part and part != "."]
-    current = "/"
-    for index, name in enumerate(parts):
-        if name == "..":
-            current = os.path.dirname(current)
-            continue
-        child = os.path.join(current, name)
+    for current, child, rest in _steps(path):
         if os.path.islink(child):
             try:
-                target = os.path.join(current, os.readlink(child))
+                after = _past_link(current, child, rest)
             except OSError:
                 return []
-            after = "/".join([target, *parts[index + 1:]])
             return [after, *(link_hops(after, hops + 1) if hops < MAX_LINK_HOPS else [])]
-        current = child
     return []
 
 
