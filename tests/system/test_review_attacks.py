@@ -125,6 +125,15 @@ def review_then_approve(box: Box, run_id: int, approver: str = "dave",
     return shown, box.run(run_id)
 
 
+def refused_by_the_gate(result: subprocess.CompletedProcess[str], what: str = "") -> None:
+    """alice's submit was refused by the enforced gate: she may write a part of the
+    repository, or may not look where git reads for it (the gate fails closed)."""
+    assert result.returncode != 0 and ("may write" in result.stderr
+                                       or "cannot tell" in result.stderr), (
+        f"{what + ': ' if what else ''}the enforced gate took the run "
+        f"({result.stdout.strip()})")
+
+
 def submit_past_the_gate(box: Box, script: str = "printf 'v2\\n' > VERSION", *,
                          repo: str = REPO) -> subprocess.CompletedProcess[str]:
     """alice submits a run that needs review; one the gate took is cancelled at once

@@ -21,6 +21,7 @@ from .test_review_attacks import (  # noqa: F401  (gate is a fixture)
     attack_ran,
     gate,
     plan,
+    refused_by_the_gate,
     review_then_approve,
     submit_past_the_gate,
 )
@@ -98,9 +99,7 @@ def test_the_enforced_gate_sees_every_part_alice_may_change(gate: Box, gap: str)
     try:
         result = submit_past_the_gate(box)
         # Refused: alice may write a part, or may not look where git reads (fail closed)
-        assert result.returncode != 0 and ("may write" in result.stderr
-                                           or "cannot tell" in result.stderr), (
-            f"{gap}: the enforced gate took the run ({result.stdout.strip()})")
+        refused_by_the_gate(result, gap)
     finally:
         if teardown:
             box.sh(teardown, check=False)

@@ -23,6 +23,7 @@ from .test_review_attacks import (  # noqa: F401  (gate is a fixture)
     attack_ran,
     gate,
     plan,
+    refused_by_the_gate,
     review_then_approve,
     submit_past_the_gate,
 )
@@ -89,9 +90,7 @@ def test_the_enforced_gate_sees_what_dave_reads_where_alice_may_not_look(
     box.sh(as_dave, user="dave")
     try:
         result = submit_past_the_gate(box)
-        assert result.returncode != 0 and ("may write" in result.stderr
-                                           or "cannot tell" in result.stderr), (
-            f"{gap}: the enforced gate took the run ({result.stdout.strip()})")
+        refused_by_the_gate(result, gap)
     finally:
         box.sh(teardown, check=False)
 

@@ -15,6 +15,10 @@ passed then.
 # ruff: noqa: F811  (the gate fixture, imported)
 from __future__ import annotations
 
+import contextlib
+import shlex
+from collections.abc import Iterator
+
 import pytest
 
 from .conftest import Box
@@ -35,6 +39,29 @@ def dave_tracks(box: Box, files: dict[str, str], message: str) -> None:
         box.c.write(f"{REPO}/{path}", text)
         box.sh(f"chown dave: {REPO}/{path}")
     box.sh(f"cd {REPO} && git add . && {COMMIT} '{message}'", user="dave")
+
+
+@contextlib.contextmanager
+def dave_filters(box: Box, name: str, smudge: str, clean: str = "cat", *,
+                 files: dict[str, str] | None = None,
+                 tool: tuple[str, str] | None = None) -> Iterator[None]:
+    """dave's repository filters *.dat through filter `name` (its smudge and clean
+    commands): he tracks the .gitattributes line, x.dat (`one`) and `files`; `tool`
+    (path, text), a program of his, is installed first. All undone after."""
+    if tool:
+        box.c.write(tool[0], tool[1])
+        box.sh(f"chmod 755 {tool[0]}")
+    dave_tracks(box, {".gitattributes": f"*.dat filter={name}\n", "x.dat": "one\n",
+                      **(files or {})}, f"{name} filter")
+    box.sh(f"git -C {REPO} config filter.{name}.smudge {shlex.quote(smudge)} && "
+           f"git -C {REPO} config filter.{name}.clean {shlex.quote(clean)}", user="dave")
+    try:
+        yield
+    finally:
+        box.sh(f"git -C {REPO} config --remove-section filter.{name}", user="dave",
+               check=False)
+        if tool:
+            box.sh(f"rm -f {tool[0]}")
 
 
 def landed(box: Box, run_id: int) -> dict:
@@ -93,11 +120,7 @@ def test_a_filter_argument_without_a_slash_is_vetted(gate: Box) -> None:
     change to land, not to run as himself."""
     box = gate
     # (x.dat after strip.sh: git checks out in path order)
-    dave_tracks(box, {".gitattributes": "*.dat filter=strip\n", "x.dat": "one\n",
-                      "strip.sh": "cat\n"}, "strip filter")
-    box.sh(f"git -C {REPO} config filter.strip.smudge 'sh strip.sh' && "
-           f"git -C {REPO} config filter.strip.clean cat", user="dave")
-    try:
+    with dave_filters(box, "strip", "sh strip.sh", files={"strip.sh": "cat\n"}):
         result = box.minipipe("submit -", check=False, input=plan(
             f"printf 'id -un >> {DROP}/ran\\ncat\\n' > strip.sh && echo two >> x.dat"))
         if result.returncode != 0:
@@ -107,9 +130,6 @@ def test_a_filter_argument_without_a_slash_is_vetted(gate: Box) -> None:
         run = landed(box, int(result.stdout))
         assert "dave" not in ran_as(box) and "root" not in ran_as(box), (
             f"alice's strip.sh ran as {ran_as(box)} ({run['state']}: {run['reason']})")
-    finally:
-        box.sh(f"git -C {REPO} config --remove-section filter.strip", user="dave",
-               check=False)
 
 
 # ---------------------------------------------------------------- false refusals

@@ -24,7 +24,7 @@ from .test_review_attacks import (  # noqa: F401  (gate is a fixture)
     plan,
     review_then_approve,
 )
-from .test_review_attacks6 import dave_tracks, landed, ran_as
+from .test_review_attacks6 import dave_filters, landed, ran_as
 from .test_review_system import REPO, main_of
 
 # ---------------------------------------------------------------- what lands
@@ -190,13 +190,8 @@ def test_a_filter_argument_the_landing_itself_adds_is_vetted(gate: Box) -> None:
     --ff-only` writes strip.sh, then smudges x.dat through it, as dave. The vet
     now also refuses a bare argument naming what the change adds at the top."""
     box = gate
-    box.c.write("/usr/local/bin/run-it", '#!/bin/sh\nexec sh "$1"\n')
-    box.sh("chmod 755 /usr/local/bin/run-it")
-    dave_tracks(box, {".gitattributes": "*.dat filter=strip\n", "x.dat": "one\n"},
-                "strip filter")
-    box.sh(f"git -C {REPO} config filter.strip.smudge 'run-it strip.sh' && "
-           f"git -C {REPO} config filter.strip.clean cat", user="dave")
-    try:
+    with dave_filters(box, "strip", "run-it strip.sh",
+                      tool=("/usr/local/bin/run-it", '#!/bin/sh\nexec sh "$1"\n')):
         result = box.minipipe("submit -", check=False, input=plan(
             f"printf 'id -un >> {DROP}/ran\\ncat\\n' > strip.sh && echo two >> x.dat"))
         assert result.returncode == 0, result.stderr
@@ -205,7 +200,3 @@ def test_a_filter_argument_the_landing_itself_adds_is_vetted(gate: Box) -> None:
             f"alice's strip.sh ran as {ran_as(box)} ({run['state']}: {run['reason']})")
         assert run["state"] == "AWAITING_REVIEW", (run["state"], run["reason"])
         assert "'strip.sh'" in run["reason"] and "cannot" in run["reason"], run["reason"]
-    finally:
-        box.sh(f"git -C {REPO} config --remove-section filter.strip", user="dave",
-               check=False)
-        box.sh("rm -f /usr/local/bin/run-it")

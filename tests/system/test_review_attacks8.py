@@ -18,7 +18,9 @@ refuses a pack that takes far more room than its objects (quarantine.allowed_roo
 # ruff: noqa: F811  (the gate fixture, imported)
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 from tests.integration.conftest import wait_for
 
@@ -31,7 +33,7 @@ from .test_review_attacks import (  # noqa: F401  (gate is a fixture)
     plan,
     review_then_approve,
 )
-from .test_review_attacks6 import dave_tracks, ran_as
+from .test_review_attacks6 import dave_filters, dave_tracks, ran_as
 from .test_review_attacks7 import objects_size
 from .test_review_system import REPO, main_of
 
@@ -96,6 +98,26 @@ POLYGLOT = f"""[filter "lfs"]
 """
 
 
+@contextlib.contextmanager
+def daves_gitconfig_is_alices(box: Box, link: str, *, as_dave: bool) -> Iterator[None]:
+    """dave tracks `*.dat filter=lfs` and data.dat; his ~/.gitconfig becomes alice's
+    POLYGLOT file (/srv/team/gitconfig, hers) through `link` (run as dave or as
+    root), his home 0700; his git then smudges with `sh /home/dave/.gitconfig`."""
+    dave_tracks(box, {".gitattributes": "*.dat filter=lfs -text\n", "data.dat": "one\n"},
+                "data")
+    box.sh("install -d -o alice -m 755 /srv/team")
+    box.c.write("/srv/team/gitconfig", POLYGLOT)
+    box.sh("chown alice /srv/team/gitconfig")
+    box.sh(link, user="dave" if as_dave else None)
+    try:
+        said = box.sh(f"cd {REPO} && git config --get filter.lfs.smudge", user="dave")
+        assert said.stdout.strip() == "sh /home/dave/.gitconfig", said
+        yield
+    finally:
+        box.sh("rm -f /home/dave/.gitconfig && chmod 755 /home/dave", check=False)
+        box.sh("rm -rf /srv/team", check=False)
+
+
 def test_a_config_linked_from_daves_private_home_is_vetted(gate: Box) -> None:
     """FOUND (high where it applies: alice's code runs as dave; needs dave's
     ~/.gitconfig, or a file it includes, to be a link into a place alice may
@@ -116,16 +138,9 @@ def test_a_config_linked_from_daves_private_home_is_vetted(gate: Box) -> None:
     each hop's target and the final real path; and where alice cannot look, do not
     answer "none" unless the lander's walk found no link there."""
     box = gate
-    dave_tracks(box, {".gitattributes": "*.dat filter=lfs -text\n", "data.dat": "one\n"},
-                "data")
-    box.sh("install -d -o alice -m 755 /srv/team")
-    box.c.write("/srv/team/gitconfig", POLYGLOT)
-    box.sh("chown alice /srv/team/gitconfig")
-    box.sh("ln -sfn /srv/team/gitconfig /home/dave/.gitconfig && chmod 700 /home/dave",
-           user="dave")
-    try:
-        said = box.sh(f"cd {REPO} && git config --get filter.lfs.smudge", user="dave")
-        assert said.stdout.strip() == "sh /home/dave/.gitconfig", said
+    with daves_gitconfig_is_alices(
+            box, "ln -sfn /srv/team/gitconfig /home/dave/.gitconfig && chmod 700 /home/dave",
+            as_dave=True):
         result = box.minipipe("submit -", check=False, input=plan("echo two >> data.dat"))
         assert result.returncode == 0, result.stderr
         shown, run = review_then_approve(box, int(result.stdout))
@@ -133,9 +148,6 @@ def test_a_config_linked_from_daves_private_home_is_vetted(gate: Box) -> None:
         assert "dave" not in ran_as(box) and "root" not in ran_as(box), (
             f"alice's polyglot config ran as {ran_as(box)} ({run['state']}: "
             f"{run['reason']})")
-    finally:
-        box.sh("rm -f /home/dave/.gitconfig && chmod 755 /home/dave", check=False)
-        box.sh("rm -rf /srv/team", check=False)
 
 
 def test_an_interpreter_inside_a_quoted_command_string_is_vetted(gate: Box) -> None:
@@ -154,11 +166,7 @@ def test_an_interpreter_inside_a_quoted_command_string_is_vetted(gate: Box) -> N
     its words, recursively), or refuse words with blanks in filter and merge-driver
     values; and add script, sg, newgrp to INTERPRETERS."""
     box = gate
-    dave_tracks(box, {".gitattributes": "*.dat filter=strip\n", "x.dat": "one\n",
-                      "strip.sh": "cat\n"}, "strip filter")
-    box.sh(f"git -C {REPO} config filter.strip.smudge 'script -qec \"sh strip.sh\"' && "
-           f"git -C {REPO} config filter.strip.clean cat", user="dave")
-    try:
+    with dave_filters(box, "strip", 'script -qec "sh strip.sh"', files={"strip.sh": "cat\n"}):
         result = box.minipipe("submit -", check=False, input=plan(
             f"printf 'id -un >> {DROP}/ran\\ncat\\n' > strip.sh && echo two >> x.dat"))
         if result.returncode != 0:  # refused at submit: the quoted word is vetted
@@ -168,9 +176,6 @@ def test_an_interpreter_inside_a_quoted_command_string_is_vetted(gate: Box) -> N
         assert "+two" in shown, shown
         assert "dave" not in ran_as(box) and "root" not in ran_as(box), (
             f"alice's strip.sh ran as {ran_as(box)} ({run['state']}: {run['reason']})")
-    finally:
-        box.sh(f"git -C {REPO} config --remove-section filter.strip", user="dave",
-               check=False)
 
 
 # A team tool as many are: it takes its settings from a file where it runs (as
@@ -205,13 +210,8 @@ def test_a_filter_that_reads_its_settings_where_it_runs_is_vetted(gate: Box) -> 
     configured, unless the owner lists the program as trusted (a config key of
     minipipe's); or check out with each configured filter's commands pinned off."""
     box = gate
-    box.c.write("/usr/local/bin/tidy-data", TIDY)
-    box.sh("chmod 755 /usr/local/bin/tidy-data")
-    dave_tracks(box, {".gitattributes": "*.dat filter=tidy\n", "x.dat": "one\n"},
-                "tidy filter")
-    box.sh(f"git -C {REPO} config filter.tidy.smudge tidy-data && "
-           f"git -C {REPO} config filter.tidy.clean tidy-data", user="dave")
-    try:
+    with dave_filters(box, "tidy", "tidy-data", "tidy-data",
+                      tool=("/usr/local/bin/tidy-data", TIDY)):
         result = box.minipipe("submit -", check=False, input=plan(
             f"printf 'id -un >> {DROP}/ran\\n' > .tidy.conf && echo two >> x.dat"))
         assert result.returncode == 0, result.stderr
@@ -219,10 +219,6 @@ def test_a_filter_that_reads_its_settings_where_it_runs_is_vetted(gate: Box) -> 
         assert "+two" in shown and ".tidy.conf" in shown, shown
         assert "dave" not in ran_as(box) and "root" not in ran_as(box), (
             f"alice's .tidy.conf ran as {ran_as(box)} ({run['state']}: {run['reason']})")
-    finally:
-        box.sh(f"git -C {REPO} config --remove-section filter.tidy", user="dave",
-               check=False)
-        box.sh("rm -f /usr/local/bin/tidy-data")
 
 
 # ---------------------------------------------------------------- the quarantine
@@ -253,6 +249,22 @@ with open(out, "wb") as handle:
 '''
 
 
+def padded_run(box: Box) -> tuple[int, str, str]:
+    """alice's run awaiting review (`+v2`), whose checkout now keeps the VERSION blob
+    only in a pack that pads it with 60 MB of empty deflate blocks: (run id, checkout,
+    head commit)."""
+    box.c.write(f"{TOOLS}/pad_pack.py", PAD_PACK)
+    run_id = box.submit(plan("printf 'v2\\n' > VERSION"))
+    run = box.wait_state(run_id, "AWAITING_REVIEW", "FAILED")
+    assert run["state"] == "AWAITING_REVIEW", run["reason"]
+    path, head = run["workspace"]["path"], run["workspace"]["head_commit"]
+    box.sh(f"""cd {path} && blob=$(git rev-parse {head}:VERSION) &&
+python3 {TOOLS}/pad_pack.py "$blob" 60000000 .git/padded.pack &&
+git index-pack --stdin < .git/padded.pack > /dev/null && rm .git/padded.pack &&
+rm -f .git/objects/$(echo $blob | cut -c1-2)/$(echo $blob | cut -c3-)""", user="alice")
+    return run_id, path, head
+
+
 def test_a_padded_pack_of_the_reviewed_objects_does_not_bloat_the_repository(
         gate: Box) -> None:
     """FOUND (low-medium: disk of the repository's filesystem, up to 4 GiB of
@@ -274,16 +286,9 @@ def test_a_padded_pack_of_the_reviewed_objects_does_not_bloat_the_repository(
     pack larger than the objects' inflated sizes plus a margin
     (`cat-file --batch-check='%(objectsize) %(objectsize:disk)'`)."""
     box = gate
-    box.c.write(f"{TOOLS}/pad_pack.py", PAD_PACK)
-    run_id = box.submit(plan("printf 'v2\\n' > VERSION"))
-    run = box.wait_state(run_id, "AWAITING_REVIEW", "FAILED")
-    assert run["state"] == "AWAITING_REVIEW", run["reason"]
-    path, head = run["workspace"]["path"], run["workspace"]["head_commit"]
-    box.sh(f"""cd {path} && blob=$(git rev-parse {head}:VERSION) &&
-python3 {TOOLS}/pad_pack.py "$blob" 60000000 .git/padded.pack &&
-git index-pack --stdin < .git/padded.pack > /dev/null && rm .git/padded.pack &&
-rm -f .git/objects/$(echo $blob | cut -c1-2)/$(echo $blob | cut -c3-) &&
-git config pack.window 0 && test "$(git cat-file blob $blob)" = v2""", user="alice")
+    run_id, path, head = padded_run(box)
+    box.sh(f"""cd {path} && git config pack.window 0 &&
+test "$(git cat-file blob {head}:VERSION)" = v2""", user="alice")
     before, main_before = objects_size(box), main_of(box)
     box.approve(run_id)
     wait_for(lambda: box.run(run_id)["state"] in ("SUCCEEDED", "FAILED")
@@ -306,15 +311,7 @@ def test_a_landing_cancelled_mid_transfer_leaves_no_quarantine(gate: Box) -> Non
     and indexer are killed and the directory goes, as dave; the run returns to
     review and nothing of the pack stays in dave's store."""
     box = gate
-    box.c.write(f"{TOOLS}/pad_pack.py", PAD_PACK)
-    run_id = box.submit(plan("printf 'v2\\n' > VERSION"))
-    run = box.wait_state(run_id, "AWAITING_REVIEW", "FAILED")
-    assert run["state"] == "AWAITING_REVIEW", run["reason"]
-    path, head = run["workspace"]["path"], run["workspace"]["head_commit"]
-    box.sh(f"""cd {path} && blob=$(git rev-parse {head}:VERSION) &&
-python3 {TOOLS}/pad_pack.py "$blob" 60000000 .git/padded.pack &&
-git index-pack --stdin < .git/padded.pack > /dev/null && rm .git/padded.pack &&
-rm -f .git/objects/$(echo $blob | cut -c1-2)/$(echo $blob | cut -c3-)""", user="alice")
+    run_id, _path, _head = padded_run(box)
     box.sh(f"""setsid timeout 120 sh -c 'while :; do p=$(pgrep -u alice -f "pack-objects -[-]revs");
 [ -n "$p" ] && kill -STOP $p && echo $p > {DROP}/stopped && exit; done' \
 >/dev/null 2>&1 < /dev/null &""", user="alice")

@@ -27,7 +27,7 @@ from .test_review_attacks import (  # noqa: F401  (gate is a fixture)
     submit_past_the_gate,
 )
 from .test_review_attacks6 import dave_tracks, ran_as
-from .test_review_attacks8 import POLYGLOT
+from .test_review_attacks8 import daves_gitconfig_is_alices
 from .test_review_system import REPO
 
 DAVE = "-c user.name=dave -c user.email=dave@example.org"
@@ -120,15 +120,9 @@ def test_a_hard_link_from_daves_private_home_to_alices_config_is_vetted(gate: Bo
     the landing is refused ("may change /home/dave/.gitconfig", the inode's one
     name dave's git knows) and nothing runs as dave."""
     box = gate
-    dave_tracks(box, {".gitattributes": "*.dat filter=lfs -text\n", "data.dat": "one\n"},
-                "data")
-    box.sh("install -d -o alice -m 755 /srv/team")
-    box.c.write("/srv/team/gitconfig", POLYGLOT)
-    box.sh("chown alice /srv/team/gitconfig && rm -f /home/dave/.gitconfig && "
-           "ln /srv/team/gitconfig /home/dave/.gitconfig && chmod 700 /home/dave")
-    try:
-        said = box.sh(f"cd {REPO} && git config --get filter.lfs.smudge", user="dave")
-        assert said.stdout.strip() == "sh /home/dave/.gitconfig", said
+    with daves_gitconfig_is_alices(
+            box, "rm -f /home/dave/.gitconfig && ln /srv/team/gitconfig "
+            "/home/dave/.gitconfig && chmod 700 /home/dave", as_dave=False):
         result = box.minipipe("submit -", check=False, input=plan("echo two >> data.dat"))
         assert result.returncode == 0, result.stderr
         shown, run = review_then_approve(box, int(result.stdout))
@@ -138,9 +132,6 @@ def test_a_hard_link_from_daves_private_home_to_alices_config_is_vetted(gate: Bo
             f"{run['reason']})")
         assert run["state"] != "SUCCEEDED" and "may change /home/dave/.gitconfig" in (
             run["reason"] or ""), run["reason"]
-    finally:
-        box.sh("rm -f /home/dave/.gitconfig && chmod 755 /home/dave", check=False)
-        box.sh("rm -rf /srv/team", check=False)
 
 
 # ---------------------------------------------------------------- false refusals
