@@ -426,6 +426,7 @@ class Daemon:
     def iterate(self) -> None:
         if self.reload_requested:
             self.reload()
+        self.store.ensure_open()  # (a reopen after fork() may have failed: StoreError)
         self.actions.probes.reap()
         self.check_write_lock()
         if self.write_lock is None:
@@ -463,6 +464,8 @@ class Daemon:
     def due_wait(self) -> float:
         """Seconds until the earliest run waiting for its time is due: the loop sleeps
         until then (and wakes for anything else meanwhile), never polls for it."""
+        if not self.store.is_open:  # the failed pass's back-off decides
+            return 3600.0
         due = parse_time(self.store.next_due())
         if due is None:
             return 3600.0
@@ -652,7 +655,7 @@ class Daemon:
                 except OSError as exc:
                     launched.append((run, exc))
         finally:
-            self.store.reopen()
+            self.reopen_store()
         # Watched before anything is written: if the lock is taken meanwhile, the
         # writes wait (owed_writes) but no runner goes unwatched.
         for run, runner in launched:
@@ -665,7 +668,10 @@ class Daemon:
         self.pay_owed_writes()
 
     def pay_owed_writes(self) -> None:
-        """In order; a lock stops them (the rest wait for the next pass), nothing else."""
+        """In order; a lock or a DB that cannot be opened stops them (the rest wait
+        for the next pass), nothing else."""
+        if self.owed_writes:
+            self.store.ensure_open()
         while self.owed_writes:
             try:
                 self.owed_writes[0]()
@@ -760,7 +766,15 @@ class Daemon:
                 except OSError as exc:
                     log.warning("run %d: cannot fork to remove its worktree: %s", run_id, exc)
         finally:
+            self.reopen_store()
+
+    def reopen_store(self) -> None:
+        """After a fork(). If the DB cannot be opened now, what was started is still
+        watched, and its writes stay owed until a later pass reopens it."""
+        try:
             self.store.reopen()
+        except StoreError as exc:
+            log.error("cannot reopen the state DB, retrying: %s", exc)
 
     def cleanup_if_due(self) -> None:
         if not self.config.auto_cleanup_completed_runs or time.monotonic() < self.next_cleanup:

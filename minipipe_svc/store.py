@@ -524,6 +524,7 @@ class Store:
         self.busy_timeout_ms = busy_timeout_ms
         # Opened while no writer had the DB open: this view never changes by itself.
         self.immutable = immutable
+        self.is_open = True
 
     # ------------------------------------------------------------ opening
 
@@ -563,14 +564,21 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+        self.is_open = False
 
     def reopen(self) -> None:
         """A fresh connection in this same Store, after close() (the daemon closes its
         own around fork(): SQLite's locks do not survive one). Holders of this object
-        keep using it."""
+        keep using it. StoreError if the DB cannot be opened now: the Store stays
+        closed, and `ensure_open` tries again."""
         fresh = Store.open(self.path, readonly=self.readonly, create=False,
                            busy_timeout_ms=self.busy_timeout_ms)
-        self.conn, self.immutable = fresh.conn, fresh.immutable
+        self.conn, self.immutable, self.is_open = fresh.conn, fresh.immutable, True
+
+    def ensure_open(self) -> None:
+        """Reopen after a reopen that failed (StoreError while it still fails)."""
+        if not self.is_open:
+            self.reopen()
 
     def reopen_if_stale(self) -> None:
         """For readers that poll: an immutable view is replaced by a live one as soon
@@ -1234,8 +1242,9 @@ class Store:
         `head`, the commit the reviewer looked at, whole, must still be the run's: a
         run cancelled and retried meanwhile has another change (and a prefix can be
         matched by a commit ground for it: 7 hex digits take a minute). Returns the
-        commit approved. A change whose recorded diff was cut (over 8 MiB), which
-        nobody could read whole, is approved only with `unread_ok`.
+        commit approved. A change recorded cut short (a diff over 8 MiB, more commits
+        or longer messages than recorded), which nobody could read whole, is approved
+        only with `unread_ok`.
         """
         with self._write() as conn:
             state = self._run_state(conn, run_id)
@@ -1246,10 +1255,14 @@ class Store:
                                (run_id,)).fetchone()
             current = (row[0] if row else None) or ""
             changes = _loads(row[1]) if row and row[1] else {}
-            if isinstance(changes, dict) and changes.get("diff_truncated") and not unread_ok:
-                raise ConflictError(f"run {run_id}'s recorded diff was cut at 8 MiB: nobody "
-                                    "could read all of what would land; reject it, or "
-                                    "approve it with --unread-ok if you accept that")
+            cut = [what for what, key in (("its diff (at 8 MiB)", "diff_truncated"),
+                                          ("its commits", "commits_truncated"))
+                   if isinstance(changes, dict) and changes.get(key)]
+            if cut and not unread_ok:
+                raise ConflictError(f"run {run_id}'s change was recorded cut short "
+                                    f"({' and '.join(cut)}): nobody could read all of what "
+                                    "would land; reject it, or approve it with --unread-ok "
+                                    "if you accept that")
             if head is not None and head.lower() != current:
                 if current.startswith(head.lower()):
                     raise ConflictError(f"name run {run_id}'s change by its whole commit id "

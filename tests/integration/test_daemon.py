@@ -426,3 +426,26 @@ def test_a_broken_db_makes_the_daemon_retry_once_a_second_not_spin(instance: Ins
     failures = instance.daemon_log.read_text().count("scheduler pass failed")
     assert 1 <= failures <= 8, failures
     assert instance.daemon is not None and instance.daemon.poll() is None
+
+
+def test_a_db_that_cannot_be_reopened_after_a_fork_is_retried(instance: Instance) -> None:
+    """The daemon closes its connection around fork() (a runner's start) and reopens
+    it after. If that reopen fails, the runner it started is still watched, the
+    passes back off and retry, and nothing dies on a closed connection (it did: a
+    traceback from the loop's next wait, the daemon gone)."""
+    instance.start_daemon()
+    os.chmod(instance.db_path, 0)  # (as its owner, the daemon: the reopen fails)
+    try:
+        run_id = instance.submit('[[steps]]\nid = "a"\nrun = "true"\n')
+        wait_for(lambda: "cannot reopen the state DB" in instance.daemon_log.read_text(), 30,
+                 "the reopen to fail")
+        time.sleep(1.5)  # passes fail and back off meanwhile
+        assert instance.daemon is not None and instance.daemon.poll() is None, (
+            instance.daemon_log.read_text()[-3000:])
+    finally:
+        os.chmod(instance.db_path, 0o640)
+    run = instance.wait_state(run_id, "SUCCEEDED", "FAILED", "INTERRUPTED")
+    assert run["state"] in ("SUCCEEDED", "FAILED", "INTERRUPTED")
+    later = instance.submit('[[steps]]\nid = "a"\nrun = "true"\n')
+    assert instance.wait_state(later, "SUCCEEDED", "FAILED")["state"] == "SUCCEEDED"
+    assert "Traceback" not in instance.daemon_log.read_text()
