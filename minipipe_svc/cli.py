@@ -481,8 +481,9 @@ def review(ctx: Context, as_json: bool) -> None:
 def diff(ctx: Context, run_id: int, stat: bool, name_only: bool) -> None:
     """Print what a run changed in its workspace, from the merge-base with its base.
 
-    Includes files the steps left uncommitted (committed for them when the steps
-    ended) and the commits they made. Coloured and paged on a terminal ($PAGER,
+    The commits first, whole (author, committer, the full message: they land too),
+    then the diff, which includes files the steps left uncommitted (committed for
+    them when the steps ended). Coloured and paged on a terminal ($PAGER,
     else less), plain when piped; control characters are escaped on a terminal.
     """
     from . import reads
@@ -501,8 +502,9 @@ def diff(ctx: Context, run_id: int, stat: bool, name_only: bool) -> None:
                    "run's change is another one by now (a cancel and retry records a "
                    "new one).")
 @click.option("--unread-ok", is_flag=True,
-              help="Approve although the recorded diff was cut at 8 MiB (`diff` says so): "
-                   "you accept landing what nobody could read whole.")
+              help="Approve although the change was recorded cut short (`diff` says so: "
+                   "a diff over 8 MiB, over 200 commits or a message over 10,000 "
+                   "characters): you accept landing what nobody could read whole.")
 @pass_ctx
 def approve(ctx: Context, run_id: int, message: str | None, head: str | None,
             unread_ok: bool) -> None:

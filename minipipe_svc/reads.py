@@ -105,6 +105,9 @@ class Printer:
         self.echo(json.dumps(data, indent=2))
 
 
+SHOWN_COMMITS = 10  # by `show`, one line each; `diff` shows them whole
+
+
 class Reading:
     """The DB opened read-only for one command; store errors become ReadErrors."""
 
@@ -230,7 +233,7 @@ def show_run(config: Config, out: Printer, run_id: int, *, event_count: int = 10
                                  f"dropped {shortfall[1] - shortfall[0]}); `minipipe logs` "
                                  "shows the complete file mirror"))
     if workspace is not None:
-        facts += _workspace_facts(workspace)
+        facts += _workspace_facts(workspace, run.state.value)
     for key, value in facts:
         out.echo(f"  {key + ':':<11}{shown(value)}")
     changes = (workspace or {}).get("changes") or {}
@@ -238,6 +241,13 @@ def show_run(config: Config, out: Printer, run_id: int, *, event_count: int = 10
         out.echo(out.style(f"  warning:   its steps could write {shown(changes['writable'])}: "
                            "they could have changed the repository without review",
                            fg="yellow"))
+    commits = changes.get("commits") or []
+    for index, commit in enumerate(commits[:SHOWN_COMMITS]):
+        out.echo(f"  {'commits:' if index == 0 else '':<11}{shown(commit['sha'][:12])} "
+                 f"{shown(commit.get('subject', ''))} ({shown(commit.get('author', ''))})")
+    if changes.get("commit_count", 0) > min(len(commits), SHOWN_COMMITS):
+        out.echo(f"  {'':<11}(`minipipe diff {run.id}` shows all "
+                 f"{changes['commit_count']}, whole)")
     out.echo()
     lines = steps_table(steps, shown=shown)
     out.echo(out.style(lines[0], bold=True))
@@ -250,7 +260,7 @@ def show_run(config: Config, out: Printer, run_id: int, *, event_count: int = 10
             out.echo(f"  {shown(event_text(event))}")
 
 
-def _workspace_facts(workspace: dict[str, Any]) -> list[tuple[str, str]]:
+def _workspace_facts(workspace: dict[str, Any], state: str) -> list[tuple[str, str]]:
     from .render import age_since, change_summary, landing_target
 
     facts = [("repo", f"{workspace['repo']} at {workspace['ref']}"
@@ -267,7 +277,7 @@ def _workspace_facts(workspace: dict[str, Any]) -> list[tuple[str, str]]:
     gate = (workspace.get("changes") or {}).get("gate")
     if gate == "advisory":
         review += " (advisory: the run's user may write the repository)"
-    if workspace.get("awaiting_since") and not workspace.get("approved_by"):
+    if workspace.get("awaiting_since") and state == "AWAITING_REVIEW":
         review += f", waiting {age_since(workspace['awaiting_since'])}"
     if workspace.get("approved_by"):
         review += f", approved by {workspace['approved_by']}"
@@ -315,7 +325,7 @@ def diff(config: Config, out: Printer, run_id: int, *, stat: bool = False,
          name_only: bool = False) -> None:
     """`minipipe diff RUN`: the change the run recorded (never git run by the reader:
     the run's repository is its user's, and its config could run code)."""
-    from .render import diffstat
+    from .render import commit_lines, diff_after_commits, diffstat
     from .review import read_diff
 
     with Reading(config) as store:
@@ -341,10 +351,14 @@ def diff(config: Config, out: Printer, run_id: int, *, stat: bool = False,
     data = read_diff(config.log_dir, run_id)
     if data is None:
         raise ReadError(f"run {run_id}'s diff is missing from {config.log_dir}")
+    # The commits first, whole, as `git log -p` shows them (their messages indented,
+    # so no line of theirs reads as a patch header to `git apply`).
+    lines = [out.style(text, fg="yellow") if text.startswith("commit ") else text
+             for text in map(shown, commit_lines(row.changes))]
     # Lines end at "\n" only, as in git: str.splitlines() would also break at CR, VT,
     # FF, U+2028 and more, and a "+" line split there would show as context.
-    lines = [out.diff_line(shown(line)) for line in
-             data.decode("utf-8", "backslashreplace").removesuffix("\n").split("\n")]
+    text = diff_after_commits(data, row.changes).decode("utf-8", "backslashreplace")
+    lines += [out.diff_line(shown(line)) for line in text.removesuffix("\n").split("\n")]
     if row.changes.get("diff_truncated"):
         lines.append(out.style("(the diff was cut at 8 MiB; `minipipe diff --stat` lists "
                                "every file)", fg="yellow"))

@@ -305,6 +305,47 @@ def diffstat(changes: dict[str, Any], width: int = 80) -> list[str]:
     return lines
 
 
+def commit_lines(changes: dict[str, Any]) -> list[str]:
+    """Every recorded commit whole, as `git log --format=fuller` shows it (newest
+    first; merges name their parents), then what was not recorded. A reviewer reads
+    these before approving: identities and trailers land with the code. Raw text:
+    callers escape it for a terminal."""
+    commits = changes.get("commits") or []
+    lines: list[str] = []
+    for commit in commits:
+        lines.append(f"commit {commit.get('sha', '')}")
+        parents = commit.get("parents") or []
+        if len(parents) > 1:
+            lines.append(f"Merge:      {' '.join(parent[:12] for parent in parents)}")
+        if "committer" in commit:
+            lines.append(f"Author:     {commit['author']}   {commit.get('author_date', '')}")
+            lines.append(f"Commit:     {commit['committer']}   "
+                         f"{commit.get('committer_date', '')}")
+        else:  # recorded by an older minipipe: the author's name and the subject
+            lines.append(f"Author:     {commit.get('author', '')}")
+        lines.append("")
+        message = commit.get("message", commit.get("subject", ""))
+        lines += [f"    {line}" for line in str(message).split("\n")]
+        if commit.get("message_cut"):
+            lines.append("    (the message goes on: minipipe recorded its first "
+                         f"{len(message)} characters)")
+        lines.append("")
+    missing = changes.get("commit_count", 0) - len(commits)
+    if missing > 0:
+        lines.append(f"(and {missing} older commit{'s' if missing != 1 else ''} "
+                     "minipipe did not record)")
+        lines.append("")
+    return lines
+
+
+def diff_after_commits(data: bytes, changes: dict[str, Any]) -> bytes:
+    """The recorded diff without its `commit <id>` line when `commit_lines` just
+    showed that commit, whole, first."""
+    commits = changes.get("commits") or []
+    first = f"commit {commits[0].get('sha', '')}\n".encode() if commits else None
+    return data.removeprefix(first) if first and data.startswith(first) else data
+
+
 def age_since(timestamp: str | None, now: datetime | None = None) -> str:
     """How long ago, without "ago" ("3m05s"), for waiting times."""
     moment = parse_time(timestamp)

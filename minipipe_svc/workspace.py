@@ -60,9 +60,10 @@ MAX_PACK_BYTES = 4 * 1024 * 1024 * 1024  # what one landing may add to the repos
 MAX_FILES_LISTED = 2000
 MAX_COMMITS_LISTED = 200
 MAX_TEXT_CHARS = 500  # of a commit's author or subject, a file's path, in the DB
+MAX_MESSAGE_CHARS = 10_000  # of a commit's message, in the DB
 LAND_MODES = ("merge", "ff-only", "branch-only")
 BRANCH_PREFIX = "minipipe/run-"
-STREAMS = ("diff", "name_status", "log")  # what landing compares, in full
+STREAMS = ("diff", "name_status", "commits")  # what landing compares, in full
 # What config (the checkout's is the steps', the lander's is theirs) must not change in
 # a diff: the recorded one, and the one the lander makes to check it before landing.
 DIFF_CONFIG = ("-c", "core.attributesFile=/dev/null", "-c", "diff.noprefix=false",
@@ -79,10 +80,14 @@ DIFF_OPTIONS = ("--no-ext-diff", "--no-textconv", "--no-color", "--text", "--ful
                 "--diff-algorithm=myers", "--indent-heuristic", "--src-prefix=a/",
                 "--dst-prefix=b/", "--submodule=short", "--ignore-submodules=none")
 
-# The commits' list: what the reviewer's config must not change either.
+# The commits, whole: what the reviewer's config must not change either. Fields end
+# in NUL, which no field can hold (git cuts a message at one, and index-pack --strict
+# refuses a commit that has one): a name, a date or a message cannot pass for another.
 LOG_CONFIG = ("-c", "log.showSignature=false", "-c", "i18n.logOutputEncoding=UTF-8")
-LOG_OPTIONS = ("--no-decorate", "--no-color", "--no-mailmap", "-z",
-               "--format=%H%x1f%an%x1f%s")
+COMMIT_FIELDS = ("sha", "parents", "author_name", "author_email", "author_date",
+                 "committer_name", "committer_email", "committer_date", "message")
+LOG_OPTIONS = ("--no-decorate", "--no-color", "--no-mailmap", "--no-notes", "-z",
+               "--format=%H%x00%P%x00%an%x00%ae%x00%aI%x00%cn%x00%ce%x00%cI%x00%B")
 
 class GitError(Exception):
     """A git step failed; the message says which and what git said."""
@@ -478,11 +483,11 @@ class Git:
         binary = _binary_paths(self.read_all(plain, MAX_LISTING_BYTES).text)
         for entry in files:
             entry["binary"] = entry["path"] in binary
-        commits = [dict(zip(("sha", "author", "subject"),
-                            (field[:MAX_TEXT_CHARS] for field in
-                             _text(entry).split("\x1f", 2)), strict=False))
-                   for entry in read["log"].text.split(b"\0") if entry.strip()]
+        commits = _commits(read["commits"].text)
         count = int(self.out("-C", path, "rev-list", "--count", f"{merge_base}..{head}"))
+        commits_cut = (read["commits"].cut or len(commits) != count
+                       or count > MAX_COMMITS_LISTED
+                       or any(commit["message_cut"] for commit in commits))
         return {
             "merge_base": merge_base, "head": head, "files_changed": len(counts),
             "insertions": sum(added for added, _ in counts),
@@ -491,6 +496,7 @@ class Git:
             "files_truncated": read["name_status"].cut or len(files) < len(counts)
                                or len(files) > MAX_FILES_LISTED,
             "commits": commits[:MAX_COMMITS_LISTED], "commit_count": count,
+            "commits_truncated": commits_cut,
             "binary_files": sum(f["binary"] for f in files),
             "diff_truncated": read["diff"].cut,
             "digests": {name: reading.digest for name, reading in read.items()},
@@ -498,7 +504,7 @@ class Git:
 
     def read_change(self, path: str, merge_base: str, head: str,
                     keep: bool = True) -> dict[str, _Reading]:
-        """The change's diff, name-status and log, each read to its end and hashed
+        """The change's diff, name-status and commits (whole), each read to its end and hashed
         (the first MAX_DIFF_BYTES or MAX_LISTING_BYTES kept, unless not `keep`):
         landing compares the digests with those recorded at review."""
         return {name: self.read_all(self._stream_args(path, merge_base, head, name),
@@ -508,7 +514,7 @@ class Git:
 
     @staticmethod
     def _stream_args(path: str, merge_base: str, head: str, name: str) -> list[str]:
-        if name == "log":
+        if name == "commits":
             return ["-C", path, *LOG_CONFIG, "log", *LOG_OPTIONS, f"{merge_base}..{head}"]
         extra = ["--name-status", "-z"] if name == "name_status" else []
         return ["-C", path, *DIFF_CONFIG, "diff", *DIFF_OPTIONS, *extra, merge_base, head]
@@ -517,7 +523,7 @@ class Git:
                        changes: dict[str, Any]) -> None:
         """LandRefused unless the change, as this user's git sees it in `repo` (where
         every object was hashed on the way in), is the one that was reviewed: the
-        same merge-base and commit count, and the whole diff, name-status and log,
+        same merge-base and commit count, and the whole diff, name-status and commits,
         byte for byte (their digests; the line counts come from that diff).
 
         What was recorded came from the run user's checkout, whose files that user
@@ -526,7 +532,7 @@ class Git:
         landing packs the real objects.
         """
         recorded = changes.get("digests")
-        if not recorded:
+        if not recorded or any(name not in recorded for name in STREAMS):
             raise LandRefused("the change was recorded by an older minipipe, without the "
                               "digests landing checks; nothing was landed: retry the run")
         merge_base = self.run("-C", repo, "merge-base", base, head, check=False
@@ -896,6 +902,34 @@ def _files(status: bytes, counts: list[list[int]]) -> list[dict[str, Any]]:
                       "deletions": deleted, "binary": False})
         i += width
     return files
+
+
+def _commits(log: bytes) -> list[dict[str, Any]]:
+    """The commits, whole, from the log stream (LOG_OPTIONS: COMMIT_FIELDS, each
+    ending in NUL); a commit the stream does not hold whole (it was cut) is left out.
+    Ids that are not ids mean the run user's git lied: GitError."""
+    fields = log.split(b"\0")[:-1]  # the last: "" or a cut field
+    width = len(COMMIT_FIELDS)
+    commits = []
+    for start in range(0, len(fields) - width + 1, width):
+        commit = dict(zip(COMMIT_FIELDS, map(_text, fields[start:start + width]),
+                          strict=True))
+        parents = commit["parents"].split(" ") if commit["parents"] else []
+        for said in (commit["sha"], *parents):
+            object_id(said)
+        message = commit["message"].rstrip("\n")
+        commits.append({
+            "sha": commit["sha"], "parents": parents,
+            "author": f"{commit['author_name']} <{commit['author_email']}>"[:MAX_TEXT_CHARS],
+            "author_date": commit["author_date"][:MAX_TEXT_CHARS],
+            "committer": (f"{commit['committer_name']} <{commit['committer_email']}>"
+                          [:MAX_TEXT_CHARS]),
+            "committer_date": commit["committer_date"][:MAX_TEXT_CHARS],
+            "subject": message.split("\n", 1)[0][:MAX_TEXT_CHARS],
+            "message": message[:MAX_MESSAGE_CHARS],
+            "message_cut": len(message) > MAX_MESSAGE_CHARS,
+        })
+    return commits
 
 
 def _binary_paths(numstat: bytes) -> set[str]:

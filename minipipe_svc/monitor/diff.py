@@ -17,7 +17,7 @@ from typing import Any
 
 from rich.cells import cell_len
 
-from ..render import change_summary, diffstat, printable
+from ..render import change_summary, commit_lines, diff_after_commits, diffstat, printable
 from .data import WorkspaceFacts
 
 # What a line is, for its colour (widgets.diff_view maps these to styles).
@@ -82,7 +82,7 @@ def build(run_id: int, facts: WorkspaceFacts | None, data: bytes | None,
     if data is None:
         document.add(f"the diff of run {run_id} is missing from {log_dir}", NOTE)
         return document
-    _add_diff(document, data)
+    _add_diff(document, diff_after_commits(data, changes))
     if changes.get("diff_truncated"):
         document.add("(the diff was cut at 8 MiB; the list above names every file)", NOTE)
     return document
@@ -94,15 +94,10 @@ def _add_header(document: DiffDocument, changes: dict[str, Any]) -> None:
     if changes.get("gate") == "advisory":
         document.add("warning: the run's user may write the repository, so its steps could "
                      "have changed it without review", NOTE)
-    commits = changes.get("commits") or []
-    if commits:
-        document.add("", PLAIN)
-    for commit in commits:
-        document.add(f"{str(commit.get('sha', ''))[:12]} {commit.get('subject', '')} "
-                     f"({commit.get('author', '')})", COMMIT)
-    if len(commits) < changes.get("commit_count", 0):
-        document.add(f"(and {changes['commit_count'] - len(commits)} more commits)", NOTE)
     document.add("", PLAIN)
+    for line in commit_lines(changes):  # whole: identities and trailers land too
+        document.add(line, COMMIT if line.startswith("commit ") else
+                     NOTE if line.startswith("(and ") else PLAIN)
 
 
 def _add_diff(document: DiffDocument, data: bytes) -> None:

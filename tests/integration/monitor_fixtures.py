@@ -165,7 +165,12 @@ CHANGES = {
                "deletions": 0, "binary": False}],
     "files_truncated": False,
     "commit_count": 1,
-    "commits": [{"sha": "c" * 40, "author": "bob", "subject": "greet the world"}],
+    "commits": [{"sha": "c" * 40, "parents": ["a" * 40], "author": "bob <bob@example.org>",
+                 "author_date": "2026-11-02T10:00:00+01:00",
+                 "committer": "carol <carol@example.org>",
+                 "committer_date": "2026-11-02T11:00:00+01:00", "subject": "greet the world",
+                 "message": "greet the world\n\nRelease-As: 2.0.0", "message_cut": False}],
+    "commits_truncated": False,
     "diff_truncated": False,
 }
 

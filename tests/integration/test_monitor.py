@@ -531,7 +531,12 @@ def test_d_shows_the_stat_and_the_diff_coloured_like_git(tmp_path: Path) -> None
         lines = view_lines(screen)
         assert lines[:3] == [" app/main.py |    4 +++-", " README      |    1 +",
                              " +4 −1, 2 files, 1 commit"]
-        assert "cccccccccccc greet the world (bob)" in lines
+        # each commit whole, as `git log --format=fuller`: who, when, the message
+        at = lines.index(f"commit {'c' * 40}")
+        assert lines[at:at + 8] == [
+            f"commit {'c' * 40}", "Author:     bob <bob@example.org>   2026-11-02T10:00:00+01:00",
+            "Commit:     carol <carol@example.org>   2026-11-02T11:00:00+01:00", "",
+            "    greet the world", "    ", "    Release-As: 2.0.0", ""]
         assert lines[-len(DIFF.splitlines()):] == DIFF.decode().splitlines()
         assert status(screen).startswith(f"{len(lines)} lines")
 
@@ -549,8 +554,7 @@ def test_d_shows_the_stat_and_the_diff_coloured_like_git(tmp_path: Path) -> None
         assert colour(" import sys") == {None}
         assert colours_of(screen, " app/main.py |    4 +++-")[-2:] == [("+++", "green"),
                                                                       ("-", "red")]
-        assert colours_of(screen, "cccccccccccc greet the world (bob)")[0] == (
-            "cccccccccccc", "yellow")
+        assert colour(f"commit {'c' * 40}") == {"yellow"}
         await pilot.press("q")  # closes the diff, does not quit
         assert not isinstance(app.screen, DiffScreen)
         assert app.is_running

@@ -467,3 +467,60 @@ def test_a_checkout_changed_after_review_does_not_land(reviewing: Instance) -> N
     assert "not what was reviewed" in run["reason"]
     assert sh(instance, "git rev-parse main", cwd=repo) == before
     assert not (repo / "payload.txt").exists()
+
+
+TRAILERS = """
+name = "trailers"
+review = true
+[workspace]
+repo = "{repo}"
+ref = "main"
+[[steps]]
+id = "commit"
+run = '''
+set -e
+printf 'v2\\n' > VERSION && git add VERSION
+GIT_AUTHOR_NAME=dave GIT_AUTHOR_EMAIL=dave@example.org \\
+GIT_COMMITTER_NAME=dave GIT_COMMITTER_EMAIL=dave@example.org \\
+  git commit -q -m 'bump VERSION' -m 'Release-As: 9.0.0' -m "{more}"
+'''
+"""
+
+
+def test_the_reviewer_reads_each_commit_whole(reviewing: Instance) -> None:
+    """Identities and messages land with the code: `diff` shows every commit as `git
+    log --format=fuller` would, before the diff (which `git apply` still takes),
+    `show` lists them; a message longer than what is recorded needs --unread-ok."""
+    instance = reviewing
+    repo = make_repo(instance)
+    run_id = instance.submit(TRAILERS.format(repo=repo, more="diff --git a/x b/x"),
+                             name="trailers")
+    run = instance.wait_state(run_id, "AWAITING_REVIEW", "FAILED")
+    assert run["state"] == "AWAITING_REVIEW", run["reason"]
+    head = run["workspace"]["head_commit"]
+    shown = instance.cli("diff", str(run_id)).stdout
+    header, _, _patch = shown.partition("\ndiff --git ")
+    assert header.splitlines()[:6] == [
+        f"commit {head}", f"Author:     dave <dave@example.org>   "
+        f"{run['workspace']['changes']['commits'][0]['author_date']}",
+        header.splitlines()[2], "", "    bump VERSION", "    "]
+    assert header.splitlines()[2].startswith("Commit:     dave <dave@example.org>   ")
+    assert "    Release-As: 9.0.0" in header and "    diff --git a/x b/x" in header
+    assert shown.count(f"commit {head}") == 1
+    # Piped, it is still a patch: the messages' lines are indented.
+    base = run["workspace"]["base_commit"]
+    sh(instance, f"git worktree add -q --detach ../check {base}", cwd=repo)
+    sh(instance, f"cat > ../patch <<'END'\n{shown}END\ngit apply --check ../patch",
+       cwd=repo.parent / "check")
+    assert f"{head[:12]} bump VERSION (dave <dave@example.org>)" in instance.cli(
+        "show", str(run_id)).stdout
+    instance.cli("reject", str(run_id), "-m", "next")
+
+    long_id = instance.submit(TRAILERS.format(repo=repo, more="x" * 10_050), name="long")
+    run = instance.wait_state(long_id, "AWAITING_REVIEW", "FAILED")
+    assert run["workspace"]["changes"]["commits_truncated"]
+    assert "(the message goes on" in instance.cli("diff", str(long_id)).stdout
+    refused = instance.approve(long_id, check=False)
+    assert refused.returncode != 0 and "its commits" in refused.stderr
+    instance.approve(long_id, "--unread-ok")
+    assert instance.wait_state(long_id, "SUCCEEDED", "AWAITING_REVIEW")["state"] == "SUCCEEDED"

@@ -523,3 +523,49 @@ def test_a_check_whose_scope_cannot_start_says_so(tmp_path: Path) -> None:
         time.sleep(0.01)
     with pytest.raises(CheckUnavailable, match=r"systemd refused minipipe-check-1\.scope"):
         check.result()
+
+
+def test_commits_are_recorded_whole_and_a_cut_is_said(
+        repos: Repos, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Identities, dates, whole messages and merges land with the code, so a reviewer
+    is shown them: recorded as git prints them, the fields apart whatever they hold
+    (a name with the unit separator cannot shift the others), a message past
+    MAX_MESSAGE_CHARS or commits past MAX_COMMITS_LISTED marked cut."""
+    import minipipe_svc.workspace as workspace
+
+    repo = repos.make()
+    worktree, base, head = _run_changes_on(repos, repo, 9, """
+        printf 'v2\\n' > VERSION && git add VERSION
+        GIT_AUTHOR_NAME="$(printf 'Ann\\037Bee')" GIT_AUTHOR_EMAIL=ann@example.org \\
+        GIT_AUTHOR_DATE='2026-01-02T03:04:05+01:00' \\
+        GIT_COMMITTER_NAME=Cid GIT_COMMITTER_EMAIL=cid@example.org \\
+          git commit -q -m 'bump VERSION' -m 'Release-As: 9.0.0'
+        git checkout -q -b side HEAD~1 2>/dev/null || git checkout -q -b side main
+        printf 'side\\n' > side.txt && git add side.txt && git commit -q -m side
+        git checkout -q minipipe/run-9 && git merge -q --no-ff -m 'merge side' side
+        long=$(head -c 12000 /dev/zero | tr '\\0' x)
+        git commit -q --allow-empty -m 'long' -m "$long"
+    """)
+    changes, _ = repos.git.changes(str(worktree), base, head)
+    by_subject = {commit["subject"]: commit for commit in changes["commits"]}
+    assert set(by_subject) == {"long", "merge side", "side", "bump VERSION"}
+    bump = by_subject["bump VERSION"]
+    assert bump["author"] == "Ann\x1fBee <ann@example.org>"
+    assert bump["author_date"] == "2026-01-02T03:04:05+01:00"
+    assert bump["committer"] == "Cid <cid@example.org>"
+    assert bump["message"] == "bump VERSION\n\nRelease-As: 9.0.0"
+    assert len(by_subject["merge side"]["parents"]) == 2
+    assert by_subject["long"]["message_cut"]
+    assert len(by_subject["long"]["message"]) == workspace.MAX_MESSAGE_CHARS
+    assert changes["commits_truncated"] and changes["commit_count"] == 4
+    # Landing compares the whole commits too; a recording without them is refused.
+    repos.git.check_reviewed(str(repo), base, head, changes)
+    older = {**changes, "digests": {key: value for key, value in changes["digests"].items()
+                                    if key != "commits"}}
+    with pytest.raises(LandRefused, match="older minipipe"):
+        repos.git.check_reviewed(str(repo), base, head, older)
+    # A listing cut mid-commit keeps the commits it holds whole, and says it was cut.
+    monkeypatch.setattr(workspace, "MAX_LISTING_BYTES", 12_300)  # the newest ("long")
+    changes, _ = repos.git.changes(str(worktree), base, head)
+    assert changes["commits_truncated"] and 0 < len(changes["commits"]) < 4
+    assert all(workspace.OBJECT_ID.fullmatch(commit["sha"]) for commit in changes["commits"])

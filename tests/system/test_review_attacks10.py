@@ -20,8 +20,8 @@ Fixed since: `show`, `review` and the monitor say where a change lands (and a ta
 other than the ref); render.printable escapes every format character and the Hangul
 fillers; the monitor collapses long runs of blanks and says where it cuts a line;
 ids from the run user's git must be hex (workspace.object_id) and `review` escapes
-its COMMIT column; approving a cut diff needs `--unread-ok`. Still open (strict
-xfail): whole commits (identities, bodies) are not shown.
+its COMMIT column; approving a cut diff needs `--unread-ok`; `diff` and the monitor
+show each commit whole (identities, dates, message), recorded and hashed with the rest.
 """
 
 # ruff: noqa: F811  (the gate fixture, imported)
@@ -30,8 +30,6 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-
-import pytest
 
 from .conftest import Box
 from .test_review_attacks import (  # noqa: F401  (gate is a fixture)
@@ -265,13 +263,11 @@ def test_the_recorded_commit_id_is_a_commit_id(gate: Box) -> None:
 # ---------------------------------------------------------------- the history that lands
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN, open (issue 12): the recorded log holds "
-                   "each commit's id, author name and subject only, and `diff`/`show` list "
-                   "no commits; needs whole commits (identities, bodies) recorded, hashed "
-                   "and shown")
 def test_the_reviewer_is_shown_the_whole_commits_that_land(gate: Box) -> None:
-    """FOUND (low: history nobody read lands on main, under the reviewer's name;
-    release tooling acts on commit trailers).
+    """FOUND, FIXED (low: history nobody read lands on main, under the reviewer's
+    name; release tooling acts on commit trailers). Each commit is now recorded
+    whole (identities, dates, the full message), hashed with the rest and shown
+    first by `minipipe diff` and the monitor.
 
     The log stream recorded and compared at landing is `%H %an %s`: the commits'
     subjects and author names. Their bodies, author e-mails and committers are

@@ -167,8 +167,8 @@ class DiffView(ScrollView, can_focus=True):
             minus = start + line[start:].count("+")
             text.stylize(STYLES[ADDED], start, minus)
             text.stylize(STYLES[REMOVED], minus, len(line))
-        elif kind == COMMIT:
-            text.stylize(SHA_STYLE, 0, max(0, line.find(" ")))
+        elif kind == COMMIT:  # "commit <id>", in git's colour
+            text.stylize(SHA_STYLE)
         if self.search is not None and self.search.needle:
             current = index == self.current
             if current:
