@@ -178,10 +178,13 @@ def runs_table(runs: list[RunRow], now: datetime | None = None, *,
 
 def steps_table(steps: list[StepRow], now: datetime | None = None, *,
                 shown: Callable[[str], str] = keep) -> list[str]:
-    """The `show` steps table; `shown` is applied to the user's text (`printable`)."""
+    """The `show` steps table; `shown` is applied to the user's text (`printable`).
+    A script's lines are joined by blanks there (a cell of a row is one line, piped
+    too); `show --json` has it whole."""
     rows = [[str(s.idx + 1), shown(s.step_id), shown(s.phase), s.state.value, str(s.attempt),
              "-" if s.exit_code is None else str(s.exit_code),
-             elapsed(s.started_at, s.finished_at, now), _clip(shown(s.command), 60)]
+             elapsed(s.started_at, s.finished_at, now),
+             _clip(shown(" ".join(s.command.strip().split("\n"))), 60)]
             for s in steps]
     return table(["#", "STEP", "PHASE", "STATE", "TRY", "EXIT", "DURATION", "COMMAND"], rows)
 

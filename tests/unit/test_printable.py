@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from minipipe_svc.model import StepState
-from minipipe_svc.render import printable, steps_table
+from minipipe_svc.render import keep, printable, steps_table
 from minipipe_svc.store import StepRow
 
 
@@ -71,3 +71,13 @@ def test_the_steps_table_shows_user_text_printable() -> None:
     assert row.split() == ["1", "s\\x1b[2J", "b\\u202eld", "PENDING", "0", "-", "-", "echo",
                            "\\x1b]0;t\\x07"]
     assert "\x1b" in steps_table([step])[1]  # the default keeps the text (JSON, pipes)
+
+
+def test_a_scripts_lines_make_one_row_of_the_steps_table() -> None:
+    step = StepRow(run_id=1, idx=0, step_id="s", phase="main",
+                   command="set -e\nmake\nmake test\n", state=StepState.PENDING, attempt=0,
+                   exit_code=None, started_at=None, finished_at=None, reason=None,
+                   pid=None, pid_start=None)
+    for shown in (printable, keep):
+        lines = steps_table([step], shown=shown)
+        assert len(lines) == 2 and lines[1].endswith("set -e make make test")
