@@ -341,7 +341,11 @@ def diff(config: Config, out: Printer, run_id: int, *, stat: bool = False,
         if sys.stdout.isatty():
             out.echo(f"commit {shown(row.head_commit or '-')}")
         for entry in row.changes["files"]:
-            out.echo(shown(entry["path"]))
+            if not entry.get("cut"):
+                out.echo(shown(entry["path"]))
+        if row.changes.get("files_truncated"):  # a script must not take it for all
+            raise ReadError(f"run {run_id}'s file list was cut (over 2,000 files, or "
+                            "names too long to keep): the names above are not all of them")
         return
     if stat:
         out.echo(f"commit {shown(row.head_commit or '-')}")

@@ -285,8 +285,8 @@ def diffstat(changes: dict[str, Any], width: int = 80) -> list[str]:
     files = changes["files"]
     if not files:
         return [" 0 files changed"]
-    names = [f"{f['old_path']} => {f['path']}" if f.get("old_path") else f["path"]
-             for f in files]
+    names = [(f"{f['old_path']} => {f['path']}" if f.get("old_path") else f["path"])
+             + (" ... [name cut]" if f.get("cut") else "") for f in files]
     counts = [None if f["binary"] else f["insertions"] + f["deletions"] for f in files]
     name_width = min(max(len(n) for n in names), max(20, width // 2))
     largest = max([c for c in counts if c] or [1])
@@ -310,9 +310,11 @@ def diffstat(changes: dict[str, Any], width: int = 80) -> list[str]:
 
 def commit_lines(changes: dict[str, Any]) -> list[str]:
     """Every recorded commit whole, as `git log --format=fuller` shows it (newest
-    first; merges name their parents), then what was not recorded. A reviewer reads
-    these before approving: identities and trailers land with the code. Raw text:
-    callers escape it for a terminal."""
+    first; merges name their parents), with every other header its object holds
+    (`encoding`, `gpgsig`, anything else) as it holds it, then what was not recorded.
+    Only the `commit <id>` lines start at the left edge.
+    A reviewer reads these before approving: identities, headers and trailers land
+    with the code. Raw text: callers escape it for a terminal."""
     commits = changes.get("commits") or []
     lines: list[str] = []
     for commit in commits:
@@ -326,12 +328,17 @@ def commit_lines(changes: dict[str, Any]) -> list[str]:
                          f"{commit.get('committer_date', '')}")
         else:  # recorded by an older minipipe: the author's name and the subject
             lines.append(f"Author:     {commit.get('author', '')}")
+        for header in commit.get("headers") or []:  # indented too: a header named
+            first, *more = str(header).split("\n")  # `diff` must not start a patch
+            lines += [f"Header:     {first}", *(f"            {line}" for line in more)]
         lines.append("")
-        message = commit.get("message", commit.get("subject", ""))
-        lines += [f"    {line}" for line in str(message).split("\n")]
-        if commit.get("message_cut"):
-            lines.append("    (the message goes on: minipipe recorded its first "
-                         f"{len(message)} characters)")
+        message = str(commit.get("message", commit.get("subject", "")))
+        lines += [f"    {line}" for line in message.split("\n")]
+        cut = commit.get("cut") or []
+        if cut:
+            lines.append(f"    (more of this commit's {' and '.join(map(str, cut))} lands "
+                         "than minipipe recorded: it keeps 500 characters of an identity, "
+                         "10,000 of a message or of the other headers)")
         lines.append("")
     missing = changes.get("commit_count", 0) - len(commits)
     if missing > 0:

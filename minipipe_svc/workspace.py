@@ -39,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
 from .gate import answer as gate_says
@@ -59,8 +60,9 @@ MAX_LISTING_BYTES = 16 * 1024 * 1024  # numstat, name-status, log: a step makes 
 MAX_PACK_BYTES = 4 * 1024 * 1024 * 1024  # what one landing may add to the repository
 MAX_FILES_LISTED = 2000
 MAX_COMMITS_LISTED = 200
-MAX_TEXT_CHARS = 500  # of a commit's author or subject, a file's path, in the DB
-MAX_MESSAGE_CHARS = 10_000  # of a commit's message, in the DB
+MAX_TEXT_CHARS = 500  # of a commit's author or subject, in the DB
+MAX_PATH_CHARS = 4096  # of a file's path (PATH_MAX): a longer one is marked cut
+MAX_MESSAGE_CHARS = 10_000  # of a commit's message, and of its other headers, in the DB
 LAND_MODES = ("merge", "ff-only", "branch-only")
 BRANCH_PREFIX = "minipipe/run-"
 STREAMS = ("diff", "name_status", "commits")  # what landing compares, in full
@@ -80,14 +82,14 @@ DIFF_OPTIONS = ("--no-ext-diff", "--no-textconv", "--no-color", "--text", "--ful
                 "--diff-algorithm=myers", "--indent-heuristic", "--src-prefix=a/",
                 "--dst-prefix=b/", "--submodule=short", "--ignore-submodules=none")
 
-# The commits, whole: what the reviewer's config must not change either. Fields end
-# in NUL, which no field can hold (git cuts a message at one, and index-pack --strict
-# refuses a commit that has one): a name, a date or a message cannot pass for another.
-LOG_CONFIG = ("-c", "log.showSignature=false", "-c", "i18n.logOutputEncoding=UTF-8")
-COMMIT_FIELDS = ("sha", "parents", "author_name", "author_email", "author_date",
-                 "committer_name", "committer_email", "committer_date", "message")
+# The commits, whole: every header line of each commit as its object holds it (no
+# re-encoding: `--encoding=` empty; an `encoding` header must not make the identity
+# shown differ from the bytes that land), and its message. Commits end in NUL, which
+# none can hold (git cuts a message at one, and index-pack --strict refuses a commit
+# that has one); a message's lines are indented, so none passes for a header.
+LOG_CONFIG = ("-c", "log.showSignature=false")
 LOG_OPTIONS = ("--no-decorate", "--no-color", "--no-mailmap", "--no-notes", "-z",
-               "--format=%H%x00%P%x00%an%x00%ae%x00%aI%x00%cn%x00%ce%x00%cI%x00%B")
+               "--pretty=raw", "--encoding=")
 
 class GitError(Exception):
     """A git step failed; the message says which and what git said."""
@@ -483,18 +485,19 @@ class Git:
         binary = _binary_paths(self.read_all(plain, MAX_LISTING_BYTES).text)
         for entry in files:
             entry["binary"] = entry["path"] in binary
-        commits = _commits(read["commits"].text)
+        commits = _commits(read["commits"].text, read["commits"].cut)
         count = int(self.out("-C", path, "rev-list", "--count", f"{merge_base}..{head}"))
         commits_cut = (read["commits"].cut or len(commits) != count
                        or count > MAX_COMMITS_LISTED
-                       or any(commit["message_cut"] for commit in commits))
+                       or any(commit["cut"] for commit in commits))
         return {
             "merge_base": merge_base, "head": head, "files_changed": len(counts),
             "insertions": sum(added for added, _ in counts),
             "deletions": sum(deleted for _, deleted in counts),
             "files": files[:MAX_FILES_LISTED],
             "files_truncated": read["name_status"].cut or len(files) < len(counts)
-                               or len(files) > MAX_FILES_LISTED,
+                               or len(files) > MAX_FILES_LISTED
+                               or any(entry.get("cut") for entry in files),
             "commits": commits[:MAX_COMMITS_LISTED], "commit_count": count,
             "commits_truncated": commits_cut,
             "binary_files": sum(f["binary"] for f in files),
@@ -896,40 +899,84 @@ def _files(status: bytes, counts: list[list[int]]) -> list[dict[str, Any]]:
         if i + width > len(fields):
             break
         added, deleted = counts[len(files)] if len(files) < len(counts) else (0, 0)
-        files.append({"path": fields[i + width - 1][:MAX_TEXT_CHARS],
-                      "old_path": fields[i + 1][:MAX_TEXT_CHARS] if width == 3 else None,
+        paths = fields[i + 1:i + width]
+        files.append({"path": paths[-1][:MAX_PATH_CHARS],
+                      "old_path": paths[0][:MAX_PATH_CHARS] if width == 3 else None,
                       "status": kinds.get(code, "modified"), "insertions": added,
                       "deletions": deleted, "binary": False})
+        if any(len(path) > MAX_PATH_CHARS for path in paths):
+            files[-1]["cut"] = True  # never a name to act on: `diff --name-only` skips it
         i += width
     return files
 
 
-def _commits(log: bytes) -> list[dict[str, Any]]:
-    """The commits, whole, from the log stream (LOG_OPTIONS: COMMIT_FIELDS, each
-    ending in NUL); a commit the stream does not hold whole (it was cut) is left out.
-    Ids that are not ids mean the run user's git lied: GitError."""
-    fields = log.split(b"\0")[:-1]  # the last: "" or a cut field
-    width = len(COMMIT_FIELDS)
+def _commits(log: bytes, cut: bool) -> list[dict[str, Any]]:
+    """The commits, whole, from the log stream (LOG_OPTIONS: NUL between commits); the
+    last one is left out if the stream was `cut`. Per commit: its id, parents, author and
+    committer (`name <email>` as the object holds them, the date in ISO 8601), every
+    other header (`encoding`, `gpgsig`, anything else) and the message; `cut` names
+    what was longer than minipipe records. Ids that are not ids, or a record that is
+    not a commit, mean the run user's git lied: GitError."""
     commits = []
-    for start in range(0, len(fields) - width + 1, width):
-        commit = dict(zip(COMMIT_FIELDS, map(_text, fields[start:start + width]),
-                          strict=True))
-        parents = commit["parents"].split(" ") if commit["parents"] else []
-        for said in (commit["sha"], *parents):
-            object_id(said)
-        message = commit["message"].rstrip("\n")
-        commits.append({
-            "sha": commit["sha"], "parents": parents,
-            "author": f"{commit['author_name']} <{commit['author_email']}>"[:MAX_TEXT_CHARS],
-            "author_date": commit["author_date"][:MAX_TEXT_CHARS],
-            "committer": (f"{commit['committer_name']} <{commit['committer_email']}>"
-                          [:MAX_TEXT_CHARS]),
-            "committer_date": commit["committer_date"][:MAX_TEXT_CHARS],
-            "subject": message.split("\n", 1)[0][:MAX_TEXT_CHARS],
-            "message": message[:MAX_MESSAGE_CHARS],
-            "message_cut": len(message) > MAX_MESSAGE_CHARS,
-        })
+    records = log.split(b"\0") if log else []
+    for record in records[:-1] if cut else records:
+        head, _, body = _text(record).partition("\n\n")
+        lines = head.rstrip("\n").split("\n")
+        if not lines[0].startswith("commit "):
+            raise GitError("git's list of commits was not one (a record starts "
+                           f"{lines[0][:20]!r})")
+        fields: list[str] = []
+        for line in lines[1:]:  # a header goes on in lines that start with a blank
+            if line.startswith(" ") and fields:
+                fields[-1] += "\n" + line
+            else:
+                fields.append(line)
+        commit: dict[str, Any] = {"sha": object_id(lines[0].removeprefix("commit ")),
+                                  "parents": [], "headers": [], "cut": []}
+        for field in fields:
+            name, _, value = field.partition(" ")
+            if name == "parent":
+                commit["parents"].append(object_id(value))
+            elif name in ("author", "committer") and name not in commit:
+                who, commit[f"{name}_date"] = _identity(value)
+                commit[name] = _kept(commit, name, who, MAX_TEXT_CHARS)
+            elif name != "tree":
+                commit["headers"].append(field)
+        headers = "\n".join(commit["headers"])
+        if len(headers) > MAX_MESSAGE_CHARS:
+            commit["headers"] = _kept(commit, "headers", headers,
+                                      MAX_MESSAGE_CHARS).split("\n")
+        message = "\n".join(line.removeprefix("    ") for line in body.split("\n"))
+        message = message.rstrip("\n")
+        commit["subject"] = message.split("\n", 1)[0][:MAX_TEXT_CHARS]
+        commit["message"] = _kept(commit, "message", message, MAX_MESSAGE_CHARS)
+        commits.append(commit)
     return commits
+
+
+_IDENTITY = re.compile(r"(.*) (\d+) ([+-])(\d\d)(\d\d)", re.DOTALL)
+
+
+def _identity(value: str) -> tuple[str, str]:
+    """An author or committer header's `name <email>` and its date (ISO 8601; as
+    the header has it when that is no date)."""
+    match = _IDENTITY.fullmatch(value)
+    if match is None:
+        return value, ""
+    who, seconds, sign, hours, minutes = match.groups()
+    try:
+        offset = timedelta(hours=int(hours), minutes=int(minutes))
+        zone = timezone(-offset if sign == "-" else offset)
+        return who, datetime.fromtimestamp(int(seconds), zone).isoformat()
+    except (ValueError, OverflowError, OSError):
+        return who, f"{seconds} {sign}{hours}{minutes}"
+
+
+def _kept(commit: dict[str, Any], name: str, text: str, most: int) -> str:
+    """`text`'s first `most` characters; a cut is named in the commit's `cut`."""
+    if len(text) > most:
+        commit["cut"].append(name)
+    return text[:most]
 
 
 def _binary_paths(numstat: bytes) -> set[str]:
@@ -944,7 +991,7 @@ def _binary_paths(numstat: bytes) -> set[str]:
         else:
             i += 1
         if added == b"-":
-            paths.add(_text(path)[:MAX_TEXT_CHARS])
+            paths.add(_text(path)[:MAX_PATH_CHARS])
     return paths
 
 
@@ -1041,6 +1088,7 @@ class _Digest:
         self.hash = hashlib.sha256()
         self.diff = diff
         self.counts: list[list[int]] = []
+        self.header = b""       # the last `diff --git` line
         self.in_hunk = False
         self.pending = b""      # the start of a line not ended yet
         self.inside = False     # in a long line already hashed and counted
@@ -1068,7 +1116,12 @@ class _Digest:
 
     def _count(self, line: bytes) -> None:
         if line.startswith(b"diff --git "):
-            self.counts.append([0, 0])
+            # A type change (file to link) is two patches under one header line, and
+            # one file to name-status: counted as one, so the files after it keep
+            # their own counts.
+            if line != self.header or not self.counts:
+                self.counts.append([0, 0])
+            self.header = line
             self.in_hunk = False
         elif line.startswith(b"@@ "):
             self.in_hunk = True

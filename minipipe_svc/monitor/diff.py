@@ -24,7 +24,10 @@ from .data import WorkspaceFacts
 PLAIN, FILE, ADDED, REMOVED, HUNK, STAT, COMMIT, NOTE = range(8)
 
 MAX_LINE_CHARS = 4096  # a minified file's one line: beyond this nobody reads it here
-BLANK_RUN = re.compile(r" {80,}")  # (tabs are expanded to spaces first)
+# Any blank, Unicode's too (U+3000, U+00A0, the braille blank): tabs are expanded
+# to spaces first, controls and format characters escaped by printable.
+BLANK_RUN = re.compile(r"[^\S\n]{80,}|\u2800{80,}")
+HIDDEN_MARKER = re.compile(r" \[\d+ blanks\] | … \[\d+ more characters: [^\]]*\]$")
 STAT_WIDTH = 100
 
 _HUNK = re.compile(r"@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
@@ -43,16 +46,21 @@ class DiffDocument:
     kinds: bytearray = field(default_factory=bytearray)
     width: int = 0
     diff_start: int = 0  # the first line of the diff proper (after the stat and commits)
+    # Lines shown shortened (blanks collapsed, cut), as they were: `/` searches them.
+    whole: dict[int, str] = field(default_factory=dict)
 
     def add(self, line: str, kind: int) -> None:
         line = printable(line)
         if "\t" in line:
             line = line.expandtabs(8)
+        original = line
         if BLANK_RUN.search(line):  # what a long run of blanks would push off-screen
             line = BLANK_RUN.sub(lambda run: f" [{len(run.group())} blanks] ", line)
         if len(line) > MAX_LINE_CHARS:  # cut, and said so where the reader looks
             line = (f"{line[:MAX_LINE_CHARS]} … [{len(line) - MAX_LINE_CHARS} more "
                     "characters: `minipipe diff` shows the whole line]")
+        if line is not original:
+            self.whole[len(self.lines)] = original
         self.lines.append(line)
         self.kinds.append(kind)
         cells = len(line) if line.isascii() else cell_len(line)
@@ -145,18 +153,27 @@ class Search:
     def __init__(self, document: DiffDocument, needle: str) -> None:
         self.needle = needle
         self.fold = needle == needle.lower()
-        if self.fold:
-            self.hits = [i for i, line in enumerate(document.lines) if needle in line.lower()]
-        else:
-            self.hits = [i for i, line in enumerate(document.lines) if needle in line]
+        self.document = document
+        whole = document.whole
+        self.hits = [i for i, line in enumerate(document.lines)
+                     if self._holds(whole.get(i, line))]
 
-    def columns(self, line: str) -> list[int]:
-        """Where the needle starts in `line` (characters), for highlighting."""
+    def _holds(self, line: str) -> bool:
+        return self.needle in (line.lower() if self.fold else line)
+
+    def spans(self, index: int) -> list[tuple[int, int]]:
+        """Where the needle is in line `index` as shown (characters, start and end),
+        for highlighting; when it is only in what the line does not show (collapsed
+        blanks, a cut), the markers that say so."""
+        line = self.document.lines[index]
         haystack = line.lower() if self.fold else line
         found, start = [], haystack.find(self.needle)
         while start >= 0 and self.needle:
-            found.append(start)
+            found.append((start, start + len(self.needle)))
             start = haystack.find(self.needle, start + len(self.needle))
+        if not found and index in self.document.whole and self._holds(
+                self.document.whole[index]):
+            found = [match.span() for match in HIDDEN_MARKER.finditer(line)]
         return found
 
     def after(self, line: int) -> tuple[int, bool] | None:

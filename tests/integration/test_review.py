@@ -519,7 +519,8 @@ def test_the_reviewer_reads_each_commit_whole(reviewing: Instance) -> None:
     long_id = instance.submit(TRAILERS.format(repo=repo, more="x" * 10_050), name="long")
     run = instance.wait_state(long_id, "AWAITING_REVIEW", "FAILED")
     assert run["workspace"]["changes"]["commits_truncated"]
-    assert "(the message goes on" in instance.cli("diff", str(long_id)).stdout
+    assert "(more of this commit's message lands than minipipe recorded" in instance.cli(
+        "diff", str(long_id)).stdout
     refused = instance.approve(long_id, check=False)
     assert refused.returncode != 0 and "its commits" in refused.stderr
     instance.approve(long_id, "--unread-ok")

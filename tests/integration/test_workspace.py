@@ -545,19 +545,33 @@ def test_commits_are_recorded_whole_and_a_cut_is_said(
         git checkout -q minipipe/run-9 && git merge -q --no-ff -m 'merge side' side
         long=$(head -c 12000 /dev/zero | tr '\\0' x)
         git commit -q --allow-empty -m 'long' -m "$long"
+        # a commit made by hand: UTF-7 that decodes to another e-mail, extra headers
+        printf 'tree %s\\nparent %s\\nauthor %s\\n%s\\n%s\\n%s\\n new file\\n\\nhand made\\n' \\
+          "$(git rev-parse HEAD^{tree})" "$(git rev-parse HEAD)" \\
+          'a +ADw-a+AEA-x+AD4- <ceo@example.org> 1 +0000' \\
+          'committer c <c@x> 99999999999 -0130' 'encoding UTF-7' \\
+          'diff --git a/evil b/evil' > ../hand
+        git update-ref HEAD "$(git hash-object -t commit -w ../hand)"
     """)
     changes, _ = repos.git.changes(str(worktree), base, head)
     by_subject = {commit["subject"]: commit for commit in changes["commits"]}
-    assert set(by_subject) == {"long", "merge side", "side", "bump VERSION"}
+    assert set(by_subject) == {"hand made", "long", "merge side", "side", "bump VERSION"}
+    # As the object holds it: not decoded for its `encoding`, every header kept.
+    hand = by_subject["hand made"]
+    assert hand["author"] == "a +ADw-a+AEA-x+AD4- <ceo@example.org>"
+    assert hand["author_date"] == "1970-01-01T00:00:01+00:00"
+    assert (hand["committer"], hand["committer_date"]) == ("c <c@x>",
+                                                           "5138-11-16T08:16:39-01:30")
+    assert hand["headers"] == ["encoding UTF-7", "diff --git a/evil b/evil\n new file"]
     bump = by_subject["bump VERSION"]
     assert bump["author"] == "Ann\x1fBee <ann@example.org>"
     assert bump["author_date"] == "2026-01-02T03:04:05+01:00"
     assert bump["committer"] == "Cid <cid@example.org>"
     assert bump["message"] == "bump VERSION\n\nRelease-As: 9.0.0"
     assert len(by_subject["merge side"]["parents"]) == 2
-    assert by_subject["long"]["message_cut"]
+    assert by_subject["long"]["cut"] == ["message"]
     assert len(by_subject["long"]["message"]) == workspace.MAX_MESSAGE_CHARS
-    assert changes["commits_truncated"] and changes["commit_count"] == 4
+    assert changes["commits_truncated"] and changes["commit_count"] == 5
     # Landing compares the whole commits too; a recording without them is refused.
     repos.git.check_reviewed(str(repo), base, head, changes)
     older = {**changes, "digests": {key: value for key, value in changes["digests"].items()
@@ -567,5 +581,40 @@ def test_commits_are_recorded_whole_and_a_cut_is_said(
     # A listing cut mid-commit keeps the commits it holds whole, and says it was cut.
     monkeypatch.setattr(workspace, "MAX_LISTING_BYTES", 12_300)  # the newest ("long")
     changes, _ = repos.git.changes(str(worktree), base, head)
-    assert changes["commits_truncated"] and 0 < len(changes["commits"]) < 4
+    assert changes["commits_truncated"] and 0 < len(changes["commits"]) < 5
     assert all(workspace.OBJECT_ID.fullmatch(commit["sha"]) for commit in changes["commits"])
+
+
+def test_a_type_change_counts_as_one_file(repos: Repos) -> None:
+    """git writes a file turned into a link as two patches under one header, and lists
+    it once: the files after it keep their own counts, the total its files."""
+    repo = repos.make()
+    worktree, base, head = _run_changes_on(repos, repo, 10, """
+        rm a.txt && ln -s b.txt a.txt
+        seq 1 30 > z.txt
+    """)
+    changes, _ = repos.git.changes(str(worktree), base, head)
+    by_path = {f["path"]: f for f in changes["files"]}
+    assert by_path["a.txt"]["status"] == "type-changed"
+    assert (by_path["a.txt"]["insertions"], by_path["a.txt"]["deletions"]) == (1, 3)
+    assert (by_path["z.txt"]["insertions"], by_path["z.txt"]["deletions"]) == (30, 0)
+    assert changes["files_changed"] == 2 and not changes["files_truncated"]
+
+
+def test_a_path_too_long_to_keep_is_marked_never_shown_cut(
+        repos: Repos, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A path longer than minipipe keeps is marked `cut` and the list said cut: a
+    shortened name is no file of the change (`diff --name-only` skips it, and fails)."""
+    import minipipe_svc.workspace as workspace
+
+    repo = repos.make()
+    worktree, base, head = _run_changes_on(repos, repo, 11, """
+        mkdir -p docs/a-rather-long-directory && echo x > docs/a-rather-long-directory/conftest.py
+        echo y > short.txt
+    """)
+    monkeypatch.setattr(workspace, "MAX_PATH_CHARS", 20)
+    changes, _ = repos.git.changes(str(worktree), base, head)
+    by_path = {f["path"]: f for f in changes["files"]}
+    assert by_path["docs/a-rather-long-directory/conftest.py"[:20]].get("cut")
+    assert not by_path["short.txt"].get("cut")
+    assert changes["files_truncated"]

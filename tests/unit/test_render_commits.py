@@ -7,22 +7,27 @@ from minipipe_svc.render import commit_lines, diff_after_commits
 MERGE = {"sha": "m" * 40, "parents": ["a" * 40, "b" * 40], "author": "ann <ann@x>",
          "author_date": "2026-01-01T00:00:00+00:00", "committer": "cid <cid@x>",
          "committer_date": "2026-01-02T00:00:00+00:00", "subject": "merge side",
-         "message": "merge side\n\nRelease-As: 9.0.0", "message_cut": False}
+         "headers": ["encoding UTF-7", "x-note one\n two"],
+         "message": "merge side\n\nRelease-As: 9.0.0", "cut": []}
 
 
 def test_each_commit_whole_as_git_log_fuller_shows_it() -> None:
+    """Only `commit <id>` starts at the left edge: no header or message line can
+    start a patch for `git apply` of the piped diff."""
     assert commit_lines({"commits": [MERGE], "commit_count": 1}) == [
         f"commit {'m' * 40}", f"Merge:      {'a' * 12} {'b' * 12}",
         "Author:     ann <ann@x>   2026-01-01T00:00:00+00:00",
-        "Commit:     cid <cid@x>   2026-01-02T00:00:00+00:00", "",
+        "Commit:     cid <cid@x>   2026-01-02T00:00:00+00:00",
+        "Header:     encoding UTF-7", "Header:     x-note one", "             two", "",
         "    merge side", "    ", "    Release-As: 9.0.0", ""]
 
 
 def test_what_was_not_recorded_is_said() -> None:
-    cut = {**MERGE, "parents": ["a" * 40], "message": "x" * 10, "message_cut": True}
+    cut = {**MERGE, "parents": ["a" * 40], "message": "x" * 10, "cut": ["author", "message"]}
     lines = commit_lines({"commits": [cut], "commit_count": 3})
     assert "Merge:" not in "\n".join(lines)
-    assert "    (the message goes on: minipipe recorded its first 10 characters)" in lines
+    assert any(line.startswith("    (more of this commit's author and message lands than")
+               for line in lines)
     assert lines[-2] == "(and 2 older commits minipipe did not record)"
 
 

@@ -118,11 +118,11 @@ class DiffView(ScrollView, can_focus=True):
         y = None if self.top_line <= line < self.top_line + height else max(0, line - height // 3)
         x = None
         if self.search is not None:
-            columns = self.search.columns(self.document.lines[line])
-            if columns:
+            spans = self.search.spans(line)
+            if spans:
                 text = self.document.lines[line]
-                start = cell_len(text[:columns[0]])
-                end = start + cell_len(self.search.needle)
+                start = cell_len(text[:spans[0][0]])
+                end = cell_len(text[:spans[0][1]])
                 width = max(1, self.scrollable_content_region.width)
                 if not (self.scroll_x <= start and end <= self.scroll_x + width):
                     x = max(0, start - width // 3)
@@ -173,7 +173,6 @@ class DiffView(ScrollView, can_focus=True):
             current = index == self.current
             if current:
                 text.stylize(CURRENT_LINE)
-            for column in self.search.columns(line):
-                text.stylize(CURRENT_MATCH if current else MATCH, column,
-                             column + len(self.search.needle))
+            for start, end in self.search.spans(index):
+                text.stylize(CURRENT_MATCH if current else MATCH, start, end)
         return Strip(text.render(self.app.console), cell_len(line))
