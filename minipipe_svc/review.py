@@ -225,6 +225,7 @@ class RunWorkspace:
 
         def vet(place: str, work_tree: str | None) -> None:
             entries = lander.config_listing(place)
+            lander.pin_config_files({origin for origin, _, _ in entries})
             adds = lander.top_level_names(place, merge_base, head)
             tracked = lander.tracked_directories(work_tree, head) if work_tree else None
             facts = resolved_as(lander, listing_paths(entries, place, home))

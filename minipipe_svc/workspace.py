@@ -223,6 +223,9 @@ class Git:
         # GIT_OBJECT_DIRECTORY and alternates while a landing's objects wait in
         # quarantine (quarantine.py); empty otherwise.
         self.object_store: dict[str, str] = {}
+        # GIT_CONFIG_GLOBAL/SYSTEM once `pin_config_files` ran: the config files read
+        # then, and no other.
+        self.config_files: dict[str, str] | None = None
 
     def user_options(self) -> dict[str, Any]:
         """Popen options that make a child the user (nothing unless this is root)."""
@@ -247,8 +250,27 @@ class Git:
         else:
             env["HOME"] = os.environ.get("HOME", "/")
         env.update(self.object_store)
+        env.update(self.config_files or {})
         env.update(extra or {})
         return env
+
+    def pin_config_files(self, origins: set[str]) -> None:
+        """From now on, git reads the global and system config files it read when
+        `origins` were listed (and vetted), and no other. git reads each of its
+        default files only if it exists: one that did not when the landing was
+        vetted may appear later, where a link on its way leads somewhere the
+        submitter writes (the lander's ~/.config, a dangling ~/.gitconfig)."""
+        if self.config_files is not None:
+            return
+        home = (self.identity.home if self.identity is not None
+                else os.environ.get("HOME", "/"))
+        read = [path for path in (f"{home}/.config/git/config", f"{home}/.gitconfig")
+                if f"file:{path}" in origins]
+        self.config_files = {}
+        if len(read) < 2:  # (both read: neither can appear any more)
+            self.config_files["GIT_CONFIG_GLOBAL"] = read[0] if read else os.devnull
+        if "file:/etc/gitconfig" not in origins:
+            self.config_files["GIT_CONFIG_SYSTEM"] = os.devnull
 
     def run(self, *args: str, timeout: float = CHECK_TIMEOUT_SECONDS, check: bool = True,
             env: dict[str, str] | None = None,
@@ -666,8 +688,10 @@ class Git:
         if dirty:
             raise LandRefused(f"{target} is checked out in {checked_out} with uncommitted "
                               "changes; commit or stash them there, then approve again")
-        merge = self.run("-C", checked_out, "merge", "--ff-only", "--quiet", new, check=False,
-                         timeout=WORK_TIMEOUT_SECONDS)
+        # --no-overwrite-ignore: an untracked file of the checkout's owner is never
+        # replaced, whatever ignore rules (their own global ones too) say of it.
+        merge = self.run("-C", checked_out, "merge", "--ff-only", "--no-overwrite-ignore",
+                         "--quiet", new, check=False, timeout=WORK_TIMEOUT_SECONDS)
         if merge.returncode != 0:
             raise LandRefused(f"{target} is checked out in {checked_out} and could not be "
                               f"updated there ({_said(merge)}); nothing was changed")

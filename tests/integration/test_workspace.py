@@ -618,3 +618,25 @@ def test_a_path_too_long_to_keep_is_marked_never_shown_cut(
     assert by_path["docs/a-rather-long-directory/conftest.py"[:20]].get("cut")
     assert not by_path["short.txt"].get("cut")
     assert changes["files_truncated"]
+
+
+def test_a_config_file_that_appears_after_the_vet_is_never_read(repos: Repos) -> None:
+    """A lander's git reads, from then on, only the global and system config files it
+    read when the landing was vetted: one created later (where a link on its way
+    leads somewhere a submitter writes) is not read."""
+    repo = repos.make()
+    lander = Git(repos.identity, hostname="test", lander=True)
+    entries = lander.config_listing(str(repo))
+    defaults = {f"file:{repos.root}/.gitconfig", f"file:{repos.root}/.config/git/config"}
+    assert not defaults & {origin for origin, _, _ in entries}
+    lander.pin_config_files({origin for origin, _, _ in entries})
+    repos.sh("""
+        mkdir -p .config/git
+        printf '[filter "lfs"]\\n\\tsmudge = /srv/team/evil\\n' > .config/git/config
+        cp .config/git/config .gitconfig
+    """)
+    keys = {key for _, key, _ in lander.config_listing(str(repo))}
+    assert "filter.lfs.smudge" not in keys
+    # Without the pin, git reads them: the test would see it.
+    fresh = Git(repos.identity, hostname="test", lander=True)
+    assert "filter.lfs.smudge" in {key for _, key, _ in fresh.config_listing(str(repo))}
