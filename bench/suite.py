@@ -1012,7 +1012,39 @@ def checkout(quick: bool) -> Figure:
                 f"directories, one commit, `git gc` ({pack / 1e6:.1f} MB pack), git "
                 f"{version}; built in {built:.0f} s; repository and checkouts in {root} "
                 f"({filesystem}); {reps} turns of each, alternating which goes first")
+    submit_check(figure, repo, 10 if quick else 40)
     return figure
+
+
+def submit_check(figure: Figure, repo: Path, n: int) -> None:
+    """What a [workspace] plan's submit adds: the daemon checks the repository as the
+    submitter (their git reads it, gate.py looks at what it may write), in a helper
+    scope of its own (minipipe-check-<pid>.scope, started and stopped per submit)."""
+    reset()
+    sh("minipipe pause")
+    entry = operator()
+    as_alice = ["setpriv", f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}",
+                "--init-groups", "--"]
+    plan = Path(entry.pw_dir) / "bench-workspace.toml"
+    plan.write_text(f'name = "ws"\n[workspace]\nrepo = "{repo}"\nref = "HEAD"\n'
+                    + TRIVIAL_PLAN)
+    os.chown(plan, entry.pw_uid, entry.pw_gid)
+    times = walls({"plain": [*as_alice, "minipipe", "submit", operator_plan()],
+                   "workspace": [*as_alice, "minipipe", "submit", str(plan)],
+                   "scope": ["systemd-run", "--scope", "--quiet", f"--uid={entry.pw_uid}",
+                             "git", "-c", "safe.directory=*", "-C", str(repo),
+                             "rev-parse", "HEAD"]}, n, cwd=entry.pw_dir)
+    floor = times["plain"] + times["scope"]
+    figure.add("submit of a [workspace] plan (p50)", ms(times["workspace"]),
+               f"{ms(times['plain'])} a plain plan", ratio(times["workspace"], times["plain"]))
+    figure.add("  against: a plain submit + one scoped git as alice", ms(times["workspace"]),
+               f"{ms(floor)} floor", ratio(times["workspace"], floor))
+    figure.note("submit of a [workspace] plan: the daemon's check of the repository as the "
+                "submitter (their git in a helper scope, minipipe-check-<pid>.scope, started "
+                "and stopped per submit, and gate.py's look at what they may write); floor: "
+                f"a plain plan's submit ({ms(times['plain'])}) + `systemd-run --scope --uid` "
+                f"of one `git rev-parse` ({ms(times['scope'])}); {n} turns, each as alice "
+                "(`setpriv`, from root: systemd-run needs root)")
 
 
 def checkout_repo(repo: Path, files: int) -> str:
