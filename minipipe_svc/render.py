@@ -308,11 +308,18 @@ def diffstat(changes: dict[str, Any], width: int = 80) -> list[str]:
     return lines
 
 
+# Before each line of a commit's message or headers: `git apply` reads no indented
+# line as a patch, but GNU patch reads one indented by blanks alone ("Patch is
+# indented 4 spaces"): a message holding a patch would be applied with the change.
+GUTTER = "| "
+
+
 def commit_lines(changes: dict[str, Any]) -> list[str]:
     """Every recorded commit whole, as `git log --format=fuller` shows it (newest
     first; merges name their parents), with every other header its object holds
     (`encoding`, `gpgsig`, anything else) as it holds it, then what was not recorded.
-    Only the `commit <id>` lines start at the left edge.
+    Only the `commit <id>` lines start at the left edge, and what commits carry
+    follows a GUTTER.
     A reviewer reads these before approving: identities, headers and trailers land
     with the code. Raw text: callers escape it for a terminal."""
     commits = changes.get("commits") or []
@@ -328,12 +335,12 @@ def commit_lines(changes: dict[str, Any]) -> list[str]:
                          f"{commit.get('committer_date', '')}")
         else:  # recorded by an older minipipe: the author's name and the subject
             lines.append(f"Author:     {commit.get('author', '')}")
-        for header in commit.get("headers") or []:  # indented too: a header named
-            first, *more = str(header).split("\n")  # `diff` must not start a patch
-            lines += [f"Header:     {first}", *(f"            {line}" for line in more)]
+        for header in commit.get("headers") or []:
+            first, *more = str(header).split("\n")
+            lines += [f"Header:     {first}", *(f"{GUTTER:>13}{line}" for line in more)]
         lines.append("")
         message = str(commit.get("message", commit.get("subject", "")))
-        lines += [f"    {line}" for line in message.split("\n")]
+        lines += [f"    {GUTTER}{line}" for line in message.split("\n")]
         cut = commit.get("cut") or []
         if cut:
             lines.append(f"    (more of this commit's {' and '.join(map(str, cut))} lands "

@@ -517,7 +517,7 @@ class Git:
             "insertions": sum(added for added, _ in counts),
             "deletions": sum(deleted for _, deleted in counts),
             "files": files[:MAX_FILES_LISTED],
-            "files_truncated": read["name_status"].cut or len(files) < len(counts)
+            "files_truncated": read["name_status"].cut or len(files) != len(counts)
                                or len(files) > MAX_FILES_LISTED
                                or any(entry.get("cut") for entry in files),
             "commits": commits[:MAX_COMMITS_LISTED], "commit_count": count,
@@ -956,16 +956,20 @@ def _commits(log: bytes, cut: bool) -> list[dict[str, Any]]:
             else:
                 fields.append(line)
         commit: dict[str, Any] = {"sha": object_id(lines[0].removeprefix("commit ")),
-                                  "parents": [], "headers": [], "cut": []}
-        for field in fields:
-            name, _, value = field.partition(" ")
-            if name == "parent":
-                commit["parents"].append(object_id(value))
-            elif name in ("author", "committer") and name not in commit:
-                who, commit[f"{name}_date"] = _identity(value)
+                                  "parents": [], "author": "", "committer": "",
+                                  "headers": [], "cut": []}
+        # Where git's own fields are (fsck's order: tree, parents, author, committer);
+        # anything else, a second `tree` or a late `parent` too, is a header shown.
+        at = 1 if fields and fields[0].startswith("tree ") else 0
+        while at < len(fields) and fields[at].startswith("parent "):
+            commit["parents"].append(object_id(fields[at].removeprefix("parent ")))
+            at += 1
+        for name in ("author", "committer"):
+            if at < len(fields) and fields[at].startswith(f"{name} "):
+                who, commit[f"{name}_date"] = _identity(fields[at].removeprefix(f"{name} "))
                 commit[name] = _kept(commit, name, who, MAX_TEXT_CHARS)
-            elif name != "tree":
-                commit["headers"].append(field)
+                at += 1
+        commit["headers"] = fields[at:]
         headers = "\n".join(commit["headers"])
         if len(headers) > MAX_MESSAGE_CHARS:
             commit["headers"] = _kept(commit, "headers", headers,
@@ -1113,6 +1117,8 @@ class _Digest:
         self.diff = diff
         self.counts: list[list[int]] = []
         self.header = b""       # the last `diff --git` line
+        self.in_deletion = False  # that patch deletes its file
+        self.deleted = False    # the patch before deleted a file under this same header
         self.in_hunk = False
         self.pending = b""      # the start of a line not ended yet
         self.inside = False     # in a long line already hashed and counted
@@ -1140,13 +1146,22 @@ class _Digest:
 
     def _count(self, line: bytes) -> None:
         if line.startswith(b"diff --git "):
-            # A type change (file to link) is two patches under one header line, and
-            # one file to name-status: counted as one, so the files after it keep
-            # their own counts.
-            if line != self.header or not self.counts:
-                self.counts.append([0, 0])
-            self.header = line
+            self.counts.append([0, 0])
+            self.deleted = self.header == line and self.in_deletion  # (see below)
+            self.header, self.in_deletion = line, False
             self.in_hunk = False
+        elif not self.in_hunk and line.startswith((b"deleted file mode ",
+                                                   b"new file mode ")):
+            # A type change (file to link) is one file to name-status, and two patches
+            # to the diff: a deletion, then a creation under the same header line (the
+            # same path: "a/P b/P" names one P). Counted as one file, so the files
+            # after it keep their own counts. (Only that pair: two files' patches can
+            # share a header line, "a/x b/y b/x b/y" being two ways to read one.)
+            if line.startswith(b"deleted"):
+                self.in_deletion = True
+            elif self.deleted and len(self.counts) > 1:
+                self.counts.pop()  # its lines go to the deletion's count
+                self.deleted = False
         elif line.startswith(b"@@ "):
             self.in_hunk = True
         elif self.in_hunk and self.counts and line[:1] in (b"+", b"-"):

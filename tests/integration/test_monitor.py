@@ -536,7 +536,7 @@ def test_d_shows_the_stat_and_the_diff_coloured_like_git(tmp_path: Path) -> None
         assert lines[at:at + 8] == [
             f"commit {'c' * 40}", "Author:     bob <bob@example.org>   2026-11-02T10:00:00+01:00",
             "Commit:     carol <carol@example.org>   2026-11-02T11:00:00+01:00", "",
-            "    greet the world", "    ", "    Release-As: 2.0.0", ""]
+            "    | greet the world", "    | ", "    | Release-As: 2.0.0", ""]
         assert lines[-len(DIFF.splitlines()):] == DIFF.decode().splitlines()
         assert status(screen).startswith(f"{len(lines)} lines")
 

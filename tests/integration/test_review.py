@@ -503,14 +503,16 @@ def test_the_reviewer_reads_each_commit_whole(reviewing: Instance) -> None:
     assert header.splitlines()[:6] == [
         f"commit {head}", f"Author:     dave <dave@example.org>   "
         f"{run['workspace']['changes']['commits'][0]['author_date']}",
-        header.splitlines()[2], "", "    bump VERSION", "    "]
+        header.splitlines()[2], "", "    | bump VERSION", "    | "]
     assert header.splitlines()[2].startswith("Commit:     dave <dave@example.org>   ")
-    assert "    Release-As: 9.0.0" in header and "    diff --git a/x b/x" in header
+    assert "    | Release-As: 9.0.0" in header and "    | diff --git a/x b/x" in header
     assert shown.count(f"commit {head}") == 1
-    # Piped, it is still a patch: the messages' lines are indented.
+    # Piped, it is still a patch, of the change alone: the message's lines follow a
+    # gutter, so neither git apply nor GNU patch reads its `diff --git` as one.
     base = run["workspace"]["base_commit"]
     sh(instance, f"git worktree add -q --detach ../check {base}", cwd=repo)
-    sh(instance, f"cat > ../patch <<'END'\n{shown}END\ngit apply --check ../patch",
+    sh(instance, f"cat > ../patch <<'END'\n{shown}END\ngit apply --check ../patch\n"
+       "patch -p1 --dry-run < ../patch | grep -vx 'checking file VERSION' && exit 1 || true",
        cwd=repo.parent / "check")
     assert f"{head[:12]} bump VERSION (dave <dave@example.org>)" in instance.cli(
         "show", str(run_id)).stdout

@@ -12,14 +12,15 @@ MERGE = {"sha": "m" * 40, "parents": ["a" * 40, "b" * 40], "author": "ann <ann@x
 
 
 def test_each_commit_whole_as_git_log_fuller_shows_it() -> None:
-    """Only `commit <id>` starts at the left edge: no header or message line can
-    start a patch for `git apply` of the piped diff."""
+    """Only `commit <id>` starts at the left edge, and what the commit carries
+    follows a gutter: no header or message line can start a patch for `git apply`
+    or GNU patch of the piped diff."""
     assert commit_lines({"commits": [MERGE], "commit_count": 1}) == [
         f"commit {'m' * 40}", f"Merge:      {'a' * 12} {'b' * 12}",
         "Author:     ann <ann@x>   2026-01-01T00:00:00+00:00",
         "Commit:     cid <cid@x>   2026-01-02T00:00:00+00:00",
-        "Header:     encoding UTF-7", "Header:     x-note one", "             two", "",
-        "    merge side", "    ", "    Release-As: 9.0.0", ""]
+        "Header:     encoding UTF-7", "Header:     x-note one", "           |  two", "",
+        "    | merge side", "    | ", "    | Release-As: 9.0.0", ""]
 
 
 def test_what_was_not_recorded_is_said() -> None:
@@ -34,7 +35,7 @@ def test_what_was_not_recorded_is_said() -> None:
 def test_a_commit_recorded_by_an_older_minipipe() -> None:
     old = {"sha": "c" * 40, "author": "bob", "subject": "greet"}
     assert commit_lines({"commits": [old], "commit_count": 1}) == [
-        f"commit {'c' * 40}", "Author:     bob", "", "    greet", ""]
+        f"commit {'c' * 40}", "Author:     bob", "", "    | greet", ""]
 
 
 def test_the_diff_drops_its_commit_line_only_after_that_commit() -> None:
