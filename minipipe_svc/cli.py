@@ -476,9 +476,13 @@ def review(ctx: Context, as_json: bool) -> None:
 @cli.command()
 @click.argument("run_id", type=RUN_ID)
 @click.option("--stat", is_flag=True, help="Per-file counts, like `git diff --stat`.")
-@click.option("--name-only", is_flag=True, help="Only the changed files' names.")
+@click.option("--name-only", is_flag=True,
+              help="Only the changed files' names, one per line; a name with a control "
+                   "character, a double quote or a backslash is quoted as git quotes it.")
+@click.option("-z", "nul", is_flag=True,
+              help="With --name-only: each name as it is, ended by NUL (for xargs -0).")
 @pass_ctx
-def diff(ctx: Context, run_id: int, stat: bool, name_only: bool) -> None:
+def diff(ctx: Context, run_id: int, stat: bool, name_only: bool, nul: bool) -> None:
     """Print what a run changed in its workspace, from the merge-base with its base.
 
     The commits first, whole (author, committer, the full message: they land too),
@@ -490,7 +494,9 @@ def diff(ctx: Context, run_id: int, stat: bool, name_only: bool) -> None:
 
     if stat and name_only:
         raise UserError("use either --stat or --name-only")
-    ctx.read(reads.diff, run_id, stat=stat, name_only=name_only)
+    if nul and not name_only:
+        raise UserError("-z goes with --name-only")
+    ctx.read(reads.diff, run_id, stat=stat, name_only=name_only, nul=nul)
 
 
 @cli.command()

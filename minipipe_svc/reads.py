@@ -108,6 +108,18 @@ class Printer:
 SHOWN_COMMITS = 10  # by `show`, one line each; `diff` shows them whole
 
 
+def quoted_path(path: str) -> str:
+    """A path as `git diff --name-only` writes one (with core.quotePath off): in
+    double quotes with C escapes when it holds a control character, a double quote
+    or a backslash, so one name is always one line."""
+    if not any(ch < " " or ch in '"\\\x7f' for ch in path):
+        return path
+    escapes = {"\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v",
+               "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
+    return '"' + "".join(escapes.get(ch) or (f"\\{ord(ch):03o}" if ch < " " or ch == "\x7f"
+                                             else ch) for ch in path) + '"'
+
+
 class Reading:
     """The DB opened read-only for one command; store errors become ReadErrors."""
 
@@ -322,7 +334,7 @@ def review_list(config: Config, out: Printer, *, as_json: bool = False) -> None:
 
 
 def diff(config: Config, out: Printer, run_id: int, *, stat: bool = False,
-         name_only: bool = False) -> None:
+         name_only: bool = False, nul: bool = False) -> None:
     """`minipipe diff RUN`: the change the run recorded (never git run by the reader:
     the run's repository is its user's, and its config could run code)."""
     from .render import commit_lines, diff_after_commits, diffstat
@@ -341,8 +353,13 @@ def diff(config: Config, out: Printer, run_id: int, *, stat: bool = False,
         if sys.stdout.isatty():
             out.echo(f"commit {shown(row.head_commit or '-')}")
         for entry in row.changes["files"]:
-            if not entry.get("cut"):
-                out.echo(shown(entry["path"]))
+            if entry.get("cut"):
+                continue
+            if nul:
+                sys.stdout.buffer.write(os.fsencode(entry["path"]) + b"\0")
+            else:
+                out.echo(shown(quoted_path(entry["path"])))
+        sys.stdout.flush()
         if row.changes.get("files_truncated"):  # a script must not take it for all
             raise ReadError(f"run {run_id}'s file list was cut (over 2,000 files, or "
                             "names too long to keep): the names above are not all of them")

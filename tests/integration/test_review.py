@@ -527,3 +527,32 @@ def test_the_reviewer_reads_each_commit_whole(reviewing: Instance) -> None:
     assert refused.returncode != 0 and "its commits" in refused.stderr
     instance.approve(long_id, "--unread-ok")
     assert instance.wait_state(long_id, "SUCCEEDED", "AWAITING_REVIEW")["state"] == "SUCCEEDED"
+
+
+ODD_NAMES = """
+name = "odd"
+review = true
+[workspace]
+repo = "{repo}"
+ref = "main"
+[[steps]]
+id = "names"
+run = "printf x > \\"$(printf 'two\\\\nlines')\\" && printf y > 'say \\"hi\\"' && printf z > plain"
+"""
+
+
+def test_name_only_gives_one_line_per_name_and_z_gives_them_as_they_are(
+        reviewing: Instance) -> None:
+    """A name with a newline is one name to a script: quoted as git quotes it, or
+    with -z, as it is, ended by NUL."""
+    instance = reviewing
+    repo = make_repo(instance)
+    run_id = instance.submit(ODD_NAMES.format(repo=repo), name="odd")
+    run = instance.wait_state(run_id, "AWAITING_REVIEW", "FAILED")
+    assert run["state"] == "AWAITING_REVIEW", (run["reason"], run["steps"])
+    assert instance.cli("diff", str(run_id), "--name-only").stdout.splitlines() == [
+        "plain", '"say \\"hi\\""', '"two\\nlines"']
+    assert instance.cli("diff", str(run_id), "--name-only", "-z").stdout.split("\0") == [
+        "plain", 'say "hi"', "two\nlines", ""]
+    refused = instance.cli("diff", str(run_id), "-z", check=False)
+    assert refused.returncode == 2 and "-z goes with --name-only" in refused.stderr
