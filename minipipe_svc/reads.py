@@ -362,7 +362,7 @@ def diff(config: Config, out: Printer, run_id: int, *, stat: bool = False,
         sys.stdout.flush()
         if row.changes.get("files_truncated"):  # a script must not take it for all
             raise ReadError(f"run {run_id}'s file list was cut (over 2,000 files, or "
-                            "names too long to keep): the names above are not all of them")
+                            "names not kept exactly): the names above are not all of them")
         return
     if stat:
         out.echo(f"commit {shown(row.head_commit or '-')}")

@@ -286,7 +286,7 @@ def diffstat(changes: dict[str, Any], width: int = 80) -> list[str]:
     if not files:
         return [" 0 files changed"]
     names = [(f"{f['old_path']} => {f['path']}" if f.get("old_path") else f["path"])
-             + (" ... [name cut]" if f.get("cut") else "") for f in files]
+             + (" ... [name not exact: see the diff]" if f.get("cut") else "") for f in files]
     counts = [None if f["binary"] else f["insertions"] + f["deletions"] for f in files]
     name_width = min(max(len(n) for n in names), max(20, width // 2))
     largest = max([c for c in counts if c] or [1])

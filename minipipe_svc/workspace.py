@@ -915,7 +915,8 @@ def _files(status: bytes, counts: list[list[int]]) -> list[dict[str, Any]]:
     kinds = {"A": "added", "M": "modified", "D": "deleted", "R": "renamed", "C": "copied",
              "T": "type-changed"}
     files: list[dict[str, Any]] = []
-    fields = [_text(f) for f in status.split(b"\0")][:-1]  # the last: "" or a cut field
+    raw = status.split(b"\0")[:-1]  # the last: "" or a cut field
+    fields = [_text(f) for f in raw]
     i = 0
     while i < len(fields) and fields[i]:
         code = fields[i][:1]
@@ -928,8 +929,12 @@ def _files(status: bytes, counts: list[list[int]]) -> list[dict[str, Any]]:
                       "old_path": paths[0][:MAX_PATH_CHARS] if width == 3 else None,
                       "status": kinds.get(code, "modified"), "insertions": added,
                       "deletions": deleted, "binary": False})
-        if any(len(path) > MAX_PATH_CHARS for path in paths):
-            files[-1]["cut"] = True  # never a name to act on: `diff --name-only` skips it
+        # A name too long to keep, or not UTF-8 (its bytes shown as the text "\xNN",
+        # which another file may have for its name): never a name to act on.
+        # `diff --name-only` skips it; the diff names it exactly (core.quotePath).
+        if any(len(path) > MAX_PATH_CHARS for path in paths) or any(
+                not _is_utf8(name) for name in raw[i + 1:i + width]):
+            files[-1]["cut"] = True
         i += width
     return files
 
@@ -1082,6 +1087,14 @@ class _Tail:
 
     def text(self) -> str:
         return self.data.decode("utf-8", "replace")
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _text(data: bytes) -> str:

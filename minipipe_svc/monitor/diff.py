@@ -25,12 +25,14 @@ from .data import WorkspaceFacts
 PLAIN, FILE, ADDED, REMOVED, HUNK, STAT, COMMIT, NOTE = range(8)
 
 MAX_LINE_CHARS = 4096  # a minified file's one line: beyond this nobody reads it here
-BLANK_RUN_CHARS = 80
+BLANK_RUN_CELLS = 80  # collapsed from this wide: no more screen than that is blank
+BLANK_RUN_CHARS = 40  # (no character is wider than two cells)
 
 
 @cache
 def blank_run() -> re.Pattern[str]:
-    """A run of BLANK_RUN_CHARS or more characters that show nothing, in any mix:
+    """A run of BLANK_RUN_CHARS or more characters that show nothing, in any mix
+    (collapsed when it is BLANK_RUN_CELLS wide: wide blanks such as U+3000 count two):
     blanks, Unicode's too (U+3000, U+00A0, the braille blank U+2800), and marks drawn
     as nothing (combining marks such as U+034F or the variation selectors, format
     characters). Built on first use, from this Python's Unicode tables (~0.2 s)."""
@@ -77,17 +79,24 @@ class DiffDocument:
         original = line
         if len(line) >= BLANK_RUN_CHARS and blank_run().search(line):  # what it would
             # push off-screen
-            line = blank_run().sub(lambda run: f" [{len(run.group())} blanks] ", line)
+            line = blank_run().sub(_collapsed, line)
         if len(line) > MAX_LINE_CHARS:  # cut, and said so where the reader looks
             line = (f"{line[:MAX_LINE_CHARS]} … [{len(line) - MAX_LINE_CHARS} more "
                     "characters: `minipipe diff` shows the whole line]")
-        if line is not original:
+        if line != original:
             self.whole[len(self.lines)] = original
         self.lines.append(line)
         self.kinds.append(kind)
         cells = len(line) if line.isascii() else cell_len(line)
         if cells > self.width:
             self.width = cells
+
+
+def _collapsed(run: re.Match[str]) -> str:
+    blanks = run.group()
+    if cell_len(blanks) < BLANK_RUN_CELLS:
+        return blanks
+    return f" [{len(blanks)} blanks] "
 
 
 def message(text: str) -> DiffDocument:
