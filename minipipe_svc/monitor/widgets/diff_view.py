@@ -9,6 +9,7 @@ its kind like git's colours, with the search's matches highlighted.
 from __future__ import annotations
 
 from rich.cells import cell_len
+from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
@@ -37,6 +38,13 @@ STYLES = {
 }
 HUNK_STYLE = Style(color="cyan")
 SHA_STYLE = Style(color="yellow")
+MORE, MORE_STYLE = "»", Style(color="black", bgcolor="magenta", bold=True)
+
+
+def goes_on_past(cells: int, scroll_x: int, width: int) -> bool:
+    """Whether a line of `cells` goes on past a view `width` wide scrolled to
+    `scroll_x`: then its last visible cell is MORE."""
+    return width > 1 and cells > scroll_x + width
 MATCH = Style(color="black", bgcolor="yellow")
 CURRENT_MATCH = Style(color="black", bgcolor="bright_yellow", bold=True, underline=True)
 CURRENT_LINE = Style(bgcolor="grey23")
@@ -151,6 +159,11 @@ class DiffView(ScrollView, can_focus=True):
             if len(self.cache) >= MAX_CACHED:
                 self.cache.clear()
             strip = self.cache[index] = self._line(index, base)
+        if goes_on_past(strip.cell_length, scroll_x, width):
+            # More to the right: said at the edge, as less does, whatever blanks or
+            # blank-looking characters fill the screen before it.
+            return Strip.join([strip.crop_extend(scroll_x, scroll_x + width - 1, base),
+                               Strip([Segment(MORE, base + MORE_STYLE)], 1)])
         return strip.crop_extend(scroll_x, scroll_x + width, base)
 
     def _line(self, index: int, base: Style) -> Strip:
