@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
+from typing import Any
 
 from .conftest import Box
 from .test_review_attacks import (  # noqa: F401  (gate is a fixture)
@@ -89,6 +90,25 @@ def test_the_reviewer_is_shown_the_whole_identity_that_lands(gate: Box) -> None:
         f"main's tip authored by {landed}")
 
 
+def hand_made_and_approved(box: Box, rest: str) -> tuple[str, Any, dict[str, Any], str]:
+    """alice's step commits VERSION `v2` by hand (`git hash-object -t commit`): tree
+    and parent as `git commit` writes them, then what the shell lines `rest` print
+    (`$now` is the time); dave reads `show` and `diff` and approves. Returns what he
+    was shown, the approval, the run after it and main's tip (`git cat-file`)."""
+    script = ("printf 'v2\\n' > VERSION\ngit add VERSION\nnow=$(date +%s)\n"
+              """{ printf 'tree %s\\nparent %s\\n' "$(git write-tree)" "$(git rev-parse HEAD)"\n"""
+              + rest.strip("\n") + "; } > commit.raw\n"
+              'commit=$(git hash-object -t commit -w commit.raw)\nrm commit.raw\n'
+              'git update-ref HEAD "$commit"\n')
+    run_id = awaiting(box, plan(script))
+    shown = "\n".join(box.minipipe(command, user="dave").stdout for command in
+                      (f"show {run_id}", f"diff {run_id}"))
+    approved = box.approve(run_id, check=False)
+    run = box.wait_state(run_id, "SUCCEEDED", "FAILED", "AWAITING_REVIEW", timeout=90)
+    landed = box.sh(f"git -C {REPO} cat-file commit main", user="dave").stdout
+    return shown, approved, run, landed
+
+
 def test_the_reviewer_is_shown_every_header_of_a_commit_that_lands(gate: Box) -> None:
     """FOUND, FIXED (low: what lands in the repository's history under the reviewer's
     approval is more than they were shown; any amount of it, up to the 4 GiB pack
@@ -111,26 +131,12 @@ def test_the_reviewer_is_shown_every_header_of_a_commit_that_lands(gate: Box) ->
     refuse at recording a commit with headers other than those four, `encoding`
     and `gpgsig` (and show those two).
     """
-    box = gate
-    script = r"""printf 'v2\n' > VERSION
-git add VERSION
-now=$(date +%s)
-{ printf 'tree %s\nparent %s\n' "$(git write-tree)" "$(git rev-parse HEAD)"
+    shown, approved, run, landed = hand_made_and_approved(gate, r"""
   printf 'author alice <alice@example.org> %s +0000\n' "$now"
   printf 'committer alice <alice@example.org> %s +0000\n' "$now"
   printf 'x-payload Release-As: 9.9.9\n'
   head -c 225000 /dev/urandom | base64 -w 76 | sed 's/^/ /'
-  printf '\nbump VERSION\n'; } > commit.raw
-commit=$(git hash-object -t commit -w commit.raw)
-rm commit.raw
-git update-ref HEAD "$commit"
-"""
-    run_id = awaiting(box, plan(script))
-    shown = "\n".join(box.minipipe(command, user="dave").stdout for command in
-                      (f"show {run_id}", f"diff {run_id}"))
-    approved = box.approve(run_id, check=False)
-    run = box.wait_state(run_id, "SUCCEEDED", "FAILED", "AWAITING_REVIEW", timeout=90)
-    landed = box.sh(f"git -C {REPO} cat-file commit main", user="dave").stdout
+  printf '\nbump VERSION\n'""")
     assert "x-payload" in shown or "x-payload" not in landed, (
         f"shown:\n{shown[:1500]}\napproval: {approved.returncode} "
         f"{approved.stderr.strip()}; the run then: {run['state']}; main's tip holds "
@@ -159,24 +165,10 @@ def test_the_identity_shown_is_the_one_in_the_commit_that_lands(gate: Box) -> No
     `--unread-ok` for) any encoding but UTF-8; better, record the raw header
     lines (`git cat-file --batch`, hashed) and show those, escaped.
     """
-    box = gate
-    script = r"""printf 'v2\n' > VERSION
-git add VERSION
-now=$(date +%s)
-who='alice +ADw-alice+AEA-example.org+AD4- <ceo@example.org>'
-{ printf 'tree %s\nparent %s\n' "$(git write-tree)" "$(git rev-parse HEAD)"
+    shown, approved, run, landed = hand_made_and_approved(gate, r"""
+  who='alice +ADw-alice+AEA-example.org+AD4- <ceo@example.org>'
   printf 'author %s %s -0000\ncommitter %s %s -0000\n' "$who" "$now" "$who" "$now"
-  printf 'encoding UTF-7\n\nbump VERSION\n'; } > commit.raw
-commit=$(git hash-object -t commit -w commit.raw)
-rm commit.raw
-git update-ref HEAD "$commit"
-"""
-    run_id = awaiting(box, plan(script))
-    shown = "\n".join(box.minipipe(command, user="dave").stdout for command in
-                      (f"show {run_id}", f"diff {run_id}"))
-    approved = box.approve(run_id, check=False)
-    run = box.wait_state(run_id, "SUCCEEDED", "FAILED", "AWAITING_REVIEW", timeout=90)
-    landed = box.sh(f"git -C {REPO} cat-file commit main", user="dave").stdout
+  printf 'encoding UTF-7\n\nbump VERSION\n'""")
     assert "ceo@example.org" in shown or "ceo@example.org" not in landed, (
         "shown: " + " | ".join(line.strip() for line in shown.splitlines()
                                if "@example.org" in line)
