@@ -50,6 +50,9 @@ def blank_run() -> re.Pattern[str]:
     members = "".join(re.escape(chr(low)) + (f"-{re.escape(chr(high))}" if high > low else "")
                       for low, high in ranges)
     return re.compile(f"[{members}]{{{BLANK_RUN_CHARS},}}")
+
+
+# What DiffDocument.add puts where it hid part of a line.
 HIDDEN_MARKER = re.compile(r" \[\d+ blanks\] | … \[\d+ more characters: [^\]]*\]$")
 STAT_WIDTH = 100
 
@@ -77,8 +80,7 @@ class DiffDocument:
         if "\t" in line:
             line = line.expandtabs(8)
         original = line
-        if len(line) >= BLANK_RUN_CHARS and blank_run().search(line):  # what it would
-            # push off-screen
+        if len(line) >= BLANK_RUN_CHARS:  # blanks that would push the rest off-screen
             line = blank_run().sub(_collapsed, line)
         if len(line) > MAX_LINE_CHARS:  # cut, and said so where the reader looks
             line = (f"{line[:MAX_LINE_CHARS]} … [{len(line) - MAX_LINE_CHARS} more "

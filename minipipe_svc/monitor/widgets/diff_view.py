@@ -39,16 +39,16 @@ STYLES = {
 HUNK_STYLE = Style(color="cyan")
 SHA_STYLE = Style(color="yellow")
 MORE, MORE_STYLE = "»", Style(color="black", bgcolor="magenta", bold=True)
+MATCH = Style(color="black", bgcolor="yellow")
+CURRENT_MATCH = Style(color="black", bgcolor="bright_yellow", bold=True, underline=True)
+CURRENT_LINE = Style(bgcolor="grey23")
+MAX_CACHED = 512
 
 
 def goes_on_past(cells: int, scroll_x: int, width: int) -> bool:
     """Whether a line of `cells` goes on past a view `width` wide scrolled to
     `scroll_x`: then its last visible cell is MORE."""
     return width > 1 and cells > scroll_x + width
-MATCH = Style(color="black", bgcolor="yellow")
-CURRENT_MATCH = Style(color="black", bgcolor="bright_yellow", bold=True, underline=True)
-CURRENT_LINE = Style(bgcolor="grey23")
-MAX_CACHED = 512
 
 
 class DiffView(ScrollView, can_focus=True):
