@@ -114,7 +114,7 @@ def parse_moment(text: str, now: datetime | None = None) -> datetime:
     "2026-12-01 03:00" (or ISO 8601, with or without an offset), "03:00" (today,
     or tomorrow once it has passed), "today 03:00", "tomorrow 03:00".
     """
-    from datetime import datetime, timedelta
+    from datetime import datetime, time, timedelta
 
     now = now or datetime.now().astimezone()
     words = text.strip().lower().split()
@@ -123,11 +123,15 @@ def parse_moment(text: str, now: datetime | None = None) -> datetime:
         clock = words[-1]
         try:
             hour, minute = (int(part) for part in clock.split(":"))
-            moment = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+            at = time(hour, minute)
         except ValueError:
             raise ValueError(f"expected {MOMENT_HELP}, got {text!r}") from None
+        # The wall clock of that day, in the local zone's offset *on that day*: a
+        # naive time's astimezone() asks the zone's rules (a DST change in between).
+        day = now.astimezone().date()
+        moment = datetime.combine(day, at).astimezone()
         if day_word == "tomorrow" or (day_word is None and moment <= now):
-            moment += timedelta(days=1)
+            moment = datetime.combine(day + timedelta(days=1), at).astimezone()
         return moment
     try:
         moment = datetime.fromisoformat(text.strip())

@@ -67,3 +67,26 @@ def test_moments_as_people_write_them() -> None:
     for bad in ("soon", "25:00", "tomorrow", "2026-13-01 03:00", ""):
         with pytest.raises(ValueError, match="tomorrow 03:00"):
             parse_moment(bad, now)
+
+
+def test_a_clock_time_across_a_dst_change_keeps_its_wall_clock(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """"tomorrow 03:00" is 03:00 on tomorrow's clock, in tomorrow's offset (a POSIX
+    TZ rule, so no tzdata is needed: CET/CEST, back to winter time on 25 Oct 2026)."""
+    import time
+    from datetime import datetime, timedelta
+
+    from minipipe_svc.quantities import parse_moment
+
+    monkeypatch.setenv("TZ", "CET-1CEST,M3.5.0,M10.5.0/3")
+    time.tzset()
+    try:
+        now = datetime(2026, 10, 24, 12, 0).astimezone()  # summer time, +02:00
+        assert now.utcoffset() == timedelta(hours=2)
+        for text in ("tomorrow 03:00", "03:00"):
+            moment = parse_moment(text, now)
+            assert (moment.hour, moment.minute, moment.day) == (3, 0, 25)
+            assert moment.utcoffset() == timedelta(hours=1), text  # winter time by then
+    finally:
+        monkeypatch.undo()
+        time.tzset()
