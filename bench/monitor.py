@@ -167,7 +167,7 @@ def main() -> None:
     # 50 PENDING runs, nothing running
     idle_quiet = idle_cpu(db, args.idle_seconds, args.monitor_command)
     with Store.open(str(db)) as store:
-        for run in store.pending_runs(ACTIVE):
+        for run in list(store.pending_runs(ACTIVE)):
             store.start_run(run.id)
         events = store.last_event_id()
         total = len(store.list_runs(limit=None))

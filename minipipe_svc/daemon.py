@@ -620,27 +620,33 @@ class Daemon:
         # A run whose old worktree is being removed (rejected, then retried at once)
         # starts once that is done: the removal would take the new attempt's with it.
         removing = set(self.worktree_tasks.values())
-        # Runs in a full pool wait, and those behind them go first: look further.
-        peek = 256 if self.config.pools or self.store.has_pending_group_limits() else 0
-        runs = self.store.pending_runs(free + len(removing) + peek, hold_review=held)
+        # Runs in a full pool or group wait, and those behind them go first: the
+        # store leaves out the full ones; those that fill up in this pass are skipped.
         use = self.store.pool_use() if self.config.pools else {}
         groups = self.store.group_use()
+        full_pools = {pool for pool, size in self.config.pools.items()
+                      if use.get(pool, 0) >= size}
+        runs = self.store.pending_runs(hold_review=held, skip_pools=full_pools,
+                                       skip_groups=self.store.full_groups())
         chosen: list[RunRow] = []
-        for run in runs:
-            if run.id in removing:
-                continue
-            if run.group_max is not None and groups.get(run.group_id, 0) >= run.group_max:
-                continue
-            size = self.config.pools.get(run.pool) if run.pool else None
-            if size is not None:  # (a pool no longer configured: prepare() fails it)
-                if use.get(run.pool, 0) >= size:
+        try:
+            for run in runs:
+                if run.id in removing:
                     continue
-                use[run.pool] = use.get(run.pool, 0) + 1
-            if run.group_id is not None:
-                groups[run.group_id] = groups.get(run.group_id, 0) + 1
-            chosen.append(run)
-            if len(chosen) == free:
-                break
+                if run.group_max is not None and groups.get(run.group_id, 0) >= run.group_max:
+                    continue
+                size = self.config.pools.get(run.pool) if run.pool else None
+                if size is not None:  # (a pool no longer configured: prepare() fails it)
+                    if use.get(run.pool, 0) >= size:
+                        continue
+                    use[run.pool] = use.get(run.pool, 0) + 1
+                if run.group_id is not None:
+                    groups[run.group_id] = groups.get(run.group_id, 0) + 1
+                chosen.append(run)
+                if len(chosen) == free:
+                    break
+        finally:
+            runs.close()
         return chosen
 
     def launch(self, ready: list[tuple[RunRow, RunnerArgs, Limits]]) -> None:

@@ -25,7 +25,7 @@ from .model import (
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # annotations only: `typing` is not loaded by the read commands
-    from collections.abc import Iterator
+    from collections.abc import Collection, Generator, Iterator
     from typing import Any
 
 BUSY_TIMEOUT_MS = 10_000
@@ -788,20 +788,34 @@ class Store:
             counts[state] = count
         return counts
 
-    def pending_runs(self, limit: int, *, hold_review: bool = False) -> list[RunRow]:
-        """The next runs to start: highest priority first, then oldest; not those due
-        later, nor those waiting for other runs. `hold_review` leaves out runs that
-        would need review (not yet approved ones)."""
+    def pending_runs(self, limit: int = -1, *, hold_review: bool = False,
+                     skip_pools: Collection[str] = (), skip_groups: Collection[int] = ()
+                     ) -> Generator[RunRow, None, None]:
+        """The runs that may start next, lazily: highest priority first, then oldest;
+        not those due later, nor those waiting for other runs, nor those in
+        `skip_pools` or `skip_groups` (full ones). `hold_review` leaves out runs that
+        would need review (not yet approved ones). The caller stops reading when it
+        has enough: thousands of runs that cannot start yet (a full pool, a matrix
+        limited to one at a time) neither cost a pass nor hide the runs behind them."""
         held = (" AND NOT EXISTS (SELECT 1 FROM workspaces w WHERE w.run_id = r.id AND "
                 "w.review = 1 AND w.approved_by IS NULL)") if hold_review else ""
-        rows = self.conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.state = 'PENDING'{held} "
+        pools = ",".join("?" * len(skip_pools))
+        groups = ",".join("?" * len(skip_groups))
+        full = (f" AND (r.pool IS NULL OR r.pool NOT IN ({pools}))" if pools else "") + (
+            f" AND (r.group_id IS NULL OR r.group_id NOT IN ({groups}))" if groups else "")
+        cursor = self.conn.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.state = 'PENDING'{held}{full} "
             "AND (r.not_before IS NULL OR r.not_before <= ?) "
             "AND NOT EXISTS (SELECT 1 FROM run_dependencies d JOIN runs p ON p.id = d.after_id "
             f"WHERE d.run_id = r.id AND (p.state NOT IN ({_TERMINAL_SQL}) "
             "OR (d.any_result = 0 AND p.state != 'SUCCEEDED'))) "
-            "ORDER BY r.priority DESC, r.id LIMIT ?", (utc_now(), limit))
-        return [_run_row(row) for row in rows]
+            "ORDER BY r.priority DESC, r.id LIMIT ?",
+            (*skip_pools, *skip_groups, utc_now(), limit))
+        try:
+            for row in cursor:
+                yield _run_row(row)
+        finally:
+            cursor.close()
 
     def next_due(self) -> str | None:
         """When the earliest run waiting for its time may start (None: none waits)."""
@@ -942,9 +956,11 @@ class Store:
             "SELECT group_id, count(*) FROM runs WHERE state = 'RUNNING' AND group_id IS NOT "
             "NULL GROUP BY group_id").fetchall())
 
-    def has_pending_group_limits(self) -> bool:
-        return self.conn.execute("SELECT 1 FROM runs WHERE state = 'PENDING' AND group_max "
-                                 "IS NOT NULL LIMIT 1").fetchone() is not None
+    def full_groups(self) -> set[int]:
+        """Groups (a matrix with --max-parallel) with as many runs running as they may."""
+        return {row[0] for row in self.conn.execute(
+            "SELECT group_id FROM runs WHERE state = 'RUNNING' AND group_max IS NOT NULL "
+            "GROUP BY group_id HAVING count(*) >= min(group_max)")}
 
     def group_runs(self, group_id: int) -> list[int]:
         return [row[0] for row in self.conn.execute(

@@ -60,3 +60,20 @@ def test_wait_for_a_group_fails_when_one_combination_fails(running: Instance) ->
     bad = instance.plan("bad", '[matrix]\nx = []\n[[steps]]\nid = "a"\nrun = "true"\n')
     result = instance.cli("submit", bad, check=False)
     assert result.returncode == 2 and f"{bad}:2:" in result.stderr
+
+
+def test_runs_that_cannot_start_yet_do_not_hide_the_runs_behind_them(running: Instance
+                                                                       ) -> None:
+    """Two matrices of 256, one run at a time each: 510 runs wait, ahead of a plain run
+    in queue order. The plain run starts at once (the queue is not read 256 deep)."""
+    instance = running
+    values = ", ".join(f'"{n}"' for n in range(16))
+    matrix = instance.plan("wide", f"[matrix]\nx = [{values}]\ny = [{values}]\n"
+                           f'[[steps]]\nid = "hold"\nrun = "{instance.gated()}"\n')
+    for _ in range(2):
+        instance.cli("submit", matrix, "--max-parallel", "1")
+    plain = instance.submit('[[steps]]\nid = "a"\nrun = "true"\n', name="plain")
+    assert instance.wait_state(plain, "SUCCEEDED", "FAILED", timeout=30)["state"] == \
+        "SUCCEEDED"
+    running_now = json.loads(instance.cli("ls", "--json", "--state", "RUNNING").stdout)
+    assert len(running_now) == 2, running_now  # one of each matrix, still held
