@@ -359,8 +359,10 @@ def cancel(ctx: Context, run_ids: tuple[int, ...], cancel_all: bool) -> None:
 
     A pending run ends at once. A running run's current step (its whole process
     group) gets SIGTERM, then SIGKILL after kill_grace_seconds; the run ends
-    CANCELLED. You may cancel your own runs; root and members of the admin group
-    (config admin_group) anyone's. `--all` cancels every run you may cancel.
+    CANCELLED once its [[finally]] steps ran (cancel again to stop those too,
+    else they get finally_grace_seconds). You may cancel your own runs; root
+    and members of the admin group (config admin_group) anyone's. `--all`
+    cancels every run you may cancel.
     """
     if not run_ids and not cancel_all:
         raise UserError("name the run(s) to cancel, or use --all")

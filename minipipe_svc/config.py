@@ -50,6 +50,8 @@ KEYS: dict[str, tuple[object, str]] = {
     "minipipe_command": (None, "argv that executes one run, e.g. to wrap the runner in a "
                                "profiler (null: the daemon forks runners, much faster)"),
     "kill_grace_seconds": (10.0, "SIGTERM to SIGKILL grace when a step times out or is cancelled"),
+    "finally_grace_seconds": (300.0, "how long a run's [[finally]] steps may take in all once "
+                                     "a cancel or runtime_max stopped its other steps"),
     "worktree_dir": (None, "where runs with a [workspace] get their git worktrees, one "
                            "directory per user (null: <db dir>/worktrees)"),
     "review": (False, "whether runs with a [workspace] wait for review when their plan "
@@ -86,7 +88,8 @@ _FIELDS = {
     "on_finish_timeout_seconds": 60.0, "poll_interval_seconds": 30.0,
     "auto_cleanup_completed_runs": False, "completed_run_retention_days": 7.0,
     "log_dir": "", "socket_path": "", "minipipe_command": (), "kill_grace_seconds": 10.0,
-    "worktree_dir": "", "review": False, "reviewer_group": None, "review_by_other": False,
+    "finally_grace_seconds": 300.0, "worktree_dir": "", "review": False,
+    "reviewer_group": None, "review_by_other": False,
     "review_gate": "enforced", "max_awaiting_review": 0, "worktree_keep_days": 0.0,
     "trusted_filter_programs": ("git-lfs", "git-crypt"), "source": None,
 }
@@ -121,6 +124,7 @@ class Config(Record):
     socket_path: str
     minipipe_command: tuple[str, ...]
     kill_grace_seconds: float
+    finally_grace_seconds: float
     worktree_dir: str
     review: bool
     reviewer_group: str | None
@@ -265,6 +269,7 @@ def build_config(document: dict[str, object], *, source: str | None) -> Config:
     for key, low, high in (("poll_interval_seconds", 0.05, 3600.0),
                            ("completed_run_retention_days", 0.0, 36500.0),
                            ("kill_grace_seconds", 0.0, 3600.0),
+                           ("finally_grace_seconds", 0.0, 86400.0),
                            ("on_finish_timeout_seconds", 0.1, 86400.0),
                            ("worktree_keep_days", 0.0, 36500.0)):
         value = values[key]
@@ -319,6 +324,7 @@ def build_config(document: dict[str, object], *, source: str | None) -> Config:
                                                                                "minipipe.sock"),
         minipipe_command=argv,
         kill_grace_seconds=numbers["kill_grace_seconds"],
+        finally_grace_seconds=numbers["finally_grace_seconds"],
         worktree_dir=path_value("worktree_dir") or os.path.join(db_dir, "worktrees"),
         review=values["review"],
         reviewer_group=values["reviewer_group"] or admin_group,

@@ -140,7 +140,7 @@ class Daemon:
         # Wake often enough to ping the watchdog well within its interval.
         self.max_sleep = watchdog_seconds / 3 if watchdog_seconds else None
         self.watches: dict[int, Watch] = {}
-        self.cancels_sent: set[int] = set()
+        self.cancels_sent: dict[int, int] = {}  # run id -> cancel requests delivered
         self.stop_requested = False
         self.reload_requested = False
         self.next_cleanup = 0.0
@@ -528,7 +528,7 @@ class Daemon:
                 self.selector.unregister(watch.pidfd)
             os.close(watch.pidfd)
             del self.watches[watch.run_id]
-            self.cancels_sent.discard(watch.run_id)
+            self.cancels_sent.pop(watch.run_id, None)
 
     def runner_ended(self, run_id: int, status: int | None) -> None:
         run = self.store.get_run(run_id)
@@ -571,15 +571,17 @@ class Daemon:
                 self.interrupt(run, "the daemon stopped before the runner was started")
 
     def deliver_cancels(self) -> None:
-        for run in self.store.cancel_requests():
-            if run.id in self.cancels_sent or run.id not in self.watches:
+        """A SIGTERM to the runner per new cancel request (a second one stops the
+        run's [[finally]] steps)."""
+        for run_id, count in self.store.cancel_requests().items():
+            if self.cancels_sent.get(run_id, 0) >= count or run_id not in self.watches:
                 continue
             # Through the pidfd this daemon holds: it can only reach that very process.
             with contextlib.suppress(ProcessLookupError):
-                signal.pidfd_send_signal(self.watches[run.id].pidfd, signal.SIGTERM)
-                log.info("run %d: cancel requested, sent SIGTERM to runner %d", run.id,
-                         self.watches[run.id].pid)
-            self.cancels_sent.add(run.id)
+                signal.pidfd_send_signal(self.watches[run_id].pidfd, signal.SIGTERM)
+                log.info("run %d: cancel requested, sent SIGTERM to runner %d", run_id,
+                         self.watches[run_id].pid)
+            self.cancels_sent[run_id] = count
 
     def start_pending(self) -> None:
         if self.store.is_paused() or time.monotonic() < self.hold_starts_until:
@@ -718,6 +720,7 @@ class Daemon:
         return run, RunnerArgs(
             self.config.db_path, self.config.log_dir, run.id,
             kill_grace=self.config.kill_grace_seconds, runtime_max=limits.runtime_max,
+            finally_grace=self.config.finally_grace_seconds,
             journal=self.journal, identity=identity, umask=umask,
             worktree_dir=self.config.worktree_dir,
             trusted_filters=self.config.trusted_filter_programs), limits

@@ -93,22 +93,28 @@ class Runner:
                  kill_grace: float, runtime_max: float | None = None,
                  identity: RunIdentity | None = None, umask: int | None = None, *,
                  worktree_dir: str = "", log_dir: str = "",
-                 trusted_filters: tuple[str, ...] = ()) -> None:
+                 trusted_filters: tuple[str, ...] = (), finally_grace: float = 300.0) -> None:
         self.store, self.run_id, self.kill_grace = store, run_id, kill_grace
+        self.finally_grace = finally_grace
         self.worktree_dir, self.log_dir = worktree_dir, log_dir
         self.trusted_filters = trusted_filters
         self.workspace: RunWorkspace | None = None
         self.deadline: float | None = None
-        self.effective_runtime_max: float | None = None
         self.runtime_max = runtime_max  # the daemon's merge of plan and config limits
         self.identity = identity  # None: steps run as the runner's own user
         self.umask = umask  # the submitter's, as Slurm does
         self.sink = TeeSink(*sinks)
         self.stop_signal: int | None = None
+        self.signals = 0  # stop signals received
         self.pool: tuple[str, int] | None = None  # (pool, slot) of a run in a pool
-        # While [[finally]] steps run: how the run would end without them (a cancel or
-        # the run's deadline no longer stops steps then; their own timeouts do).
+        # While [[finally]] steps run: how the run would end without them. The cancel
+        # or deadline that stopped the other steps does not stop them; a further
+        # cancel request does, and so does finally_deadline (finally_grace after that
+        # stop), besides their own timeouts.
         self.finally_for: RunState | None = None
+        self.finally_deadline: float | None = None
+        self.finally_cancels = 0  # cancel requests recorded as the finally steps began
+        self.finally_signals = 0  # signals looked into since
         self.matrix_values: tuple[tuple[str, str], ...] = ()  # a matrix run's combination
         self.step_rusage: resource.struct_rusage | None = None  # the last step's wait4
         self.step_usages: list[dict[str, Any]] = []  # this attempt's steps, for the run
@@ -118,6 +124,7 @@ class Runner:
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         self.stop_signal = signum
+        self.signals += 1
 
     def install_signal_handlers(self) -> None:
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
@@ -156,7 +163,7 @@ class Runner:
         self.matrix_values = plan.matrix_values
         runtime_max = self.runtime_max or plan.limits.runtime_max
         self.deadline = time.monotonic() + runtime_max if runtime_max else None
-        self.effective_runtime_max = runtime_max
+        self.deadline_why = f"run exceeded runtime_max ({format_duration(runtime_max or 0)})"
         try:
             if plan.workspace is None:
                 self.finish(*self.run_finally(plan, self.run_stage(plan, ("setup", "main"))))
@@ -248,13 +255,25 @@ class Runner:
         for idx, step in enumerate(plan.steps):
             if step.stage not in stages:
                 continue
-            if self.stop_signal is not None and self.finally_for is None:
+            if self.stop_signal is not None and (self.finally_for is None
+                                                 or self.cancelled_again()):
                 state, reason = self.stop_cause()
-                return state, None, reason
+                if self.finally_for is None:
+                    return state, None, reason
+                if outcome[0] is RunState.SUCCEEDED:
+                    outcome = (state, None, f"{reason}, while its finally steps ran")
+                return outcome
+            if (self.finally_for is not None and self.finally_deadline is not None
+                    and time.monotonic() >= self.finally_deadline):
+                return outcome  # out of grace: the rest are SKIPPED
             if self.workspace is not None:
                 step = step._replace(cwd=self.workspace.step_cwd(step))
-            deadline = self.deadline if self.finally_for is None else None
-            result = self.run_step(idx, step, deadline, self.effective_runtime_max)
+            if self.finally_for is None:
+                result = self.run_step(idx, step, self.deadline, self.deadline_why)
+            else:
+                result = self.run_step(idx, step, self.finally_deadline, (
+                    f"finally steps ran over finally_grace_seconds "
+                    f"({format_duration(self.finally_grace)}) after the run was stopped"))
             if result.state is not StepState.SUCCEEDED:
                 state = RUN_STATE_FOR_STEP_FAILURE[result.state]
                 if result.state is StepState.CANCELLED:
@@ -273,6 +292,13 @@ class Runner:
         if not any(step.stage == "finally" for step in plan.steps):
             return outcome
         self.finally_for = outcome[0]
+        self.finally_signals = self.signals
+        self.finally_cancels = self.cancel_count()
+        now = time.monotonic()
+        if self.stop_signal is not None or self.finally_cancels:
+            self.finally_deadline = now + self.finally_grace
+        elif self.deadline is not None:  # runtime_max, should it pass meanwhile
+            self.finally_deadline = max(self.deadline, now) + self.finally_grace
         try:
             result = self.run_stage(plan, ("finally",))
         finally:
@@ -294,14 +320,29 @@ class Runner:
         self.store.finish_run(self.run_id, state, exit_code=exit_code, reason=reason,
                               output_lines=self.sink.lines_written)
 
+    def cancel_count(self) -> int:
+        try:
+            return self.store.cancel_count(self.run_id)
+        except StoreError:
+            return 0
+
+    def cancelled_again(self) -> bool:
+        """While finally steps run: was a cancel requested since they began? Asked
+        when a signal came: a daemon that restarted sends the old request again."""
+        if self.signals != self.finally_signals:
+            self.finally_signals = self.signals
+            if self.cancel_count() > self.finally_cancels:
+                self.finally_cancels = -1  # once stopped, the rest stop too
+        return self.finally_cancels < 0
+
     def run_step(self, idx: int, step: Step, run_deadline: float | None,
-                 runtime_max: float | None) -> StepResult:
+                 deadline_why: str) -> StepResult:
         while True:
             attempt = self.store.start_step(self.run_id, idx, step.phase)
             self.sink.write(step.id, attempt, "minipipe", f"step {step.id} started (attempt "
                             f"{attempt}): {step.command}")
             self.step_rusage = None
-            result = self.execute(idx, step, attempt, run_deadline, runtime_max)
+            result = self.execute(idx, step, attempt, run_deadline, deadline_why)
             usage = step_usage(self.step_rusage) if self.step_rusage is not None else None
             self.step_usages.append(usage or {})
             self.store.finish_step(self.run_id, idx, result.state, exit_code=result.exit_code,
@@ -357,7 +398,7 @@ class Runner:
         return options
 
     def execute(self, idx: int, step: Step, attempt: int, run_deadline: float | None,
-                runtime_max: float | None) -> StepResult:
+                deadline_why: str) -> StepResult:
         user = self.identity.user if self.identity else procs.user_name()
         # Asked as the step's user: root here cannot look inside a 0700 home.
         answer = probe_directories(self.identity, [step.cwd])[0]
@@ -397,7 +438,7 @@ class Runner:
                 f"timed out after {format_duration(step.timeout)}")
         if run_deadline is not None and (deadline is None or run_deadline < deadline):
             deadline = run_deadline
-            why = f"run exceeded runtime_max ({format_duration(runtime_max or 0)})"
+            why = deadline_why
         stopped_for = self.supervise(proc, step, attempt, deadline)
         if stopped_for == "cancel":
             why = self.stop_cause()[1]
@@ -426,7 +467,7 @@ class Runner:
             while True:
                 now = time.monotonic()
                 if (stopped_for is None and self.stop_signal is not None
-                        and self.finally_for is None):
+                        and (self.finally_for is None or self.cancelled_again())):
                     stopped_for = "cancel"
                 elif stopped_for is None and deadline is not None and now >= deadline:
                     stopped_for = "timeout"
@@ -527,6 +568,7 @@ class RunnerArgs:
     log_dir: str
     run_id: int
     kill_grace: float = 10.0
+    finally_grace: float = 300.0  # config finally_grace_seconds
     runtime_max: float | None = None  # seconds the whole run may take (plan or config)
     journal: bool = False  # also send every output line to journald
     identity: RunIdentity | None = None  # whom the steps execute as (None: as the runner)
@@ -548,7 +590,8 @@ class RunnerArgs:
         for name in self.trusted_filters:
             extra += ["--trusted-filter", name]
         return ["--db-path", self.db_path, "--log-dir", self.log_dir,
-                "--kill-grace", f"{self.kill_grace:g}", *extra, str(self.run_id)]
+                "--kill-grace", f"{self.kill_grace:g}",
+                "--finally-grace", f"{self.finally_grace:g}", *extra, str(self.run_id)]
 
 
 def parse_args(argv: list[str] | None = None) -> RunnerArgs:
@@ -558,6 +601,8 @@ def parse_args(argv: list[str] | None = None) -> RunnerArgs:
     parser.add_argument("--db-path", required=True)
     parser.add_argument("--log-dir", required=True)
     parser.add_argument("--kill-grace", type=float, default=10.0)
+    parser.add_argument("--finally-grace", type=float, default=300.0,
+                        help="seconds the finally steps may take once the run was stopped")
     parser.add_argument("--runtime-max", type=float, default=None,
                         help="seconds the whole run may take (plan or config default)")
     parser.add_argument("--journal", action="store_true",
@@ -580,7 +625,7 @@ def parse_args(argv: list[str] | None = None) -> RunnerArgs:
         except KeyError:
             parser.error(f"there is no user {args.run_as!r}")
     return RunnerArgs(args.db_path, args.log_dir, args.run_id, args.kill_grace,
-                      args.runtime_max, args.journal, identity, args.umask,
+                      args.finally_grace, args.runtime_max, args.journal, identity, args.umask,
                       args.worktree_dir, tuple(args.trusted_filter))
 
 
@@ -595,7 +640,8 @@ def execute(args: RunnerArgs, sinks: list[LogSink]) -> int:
         return 1
     runner = Runner(store, args.run_id, sinks, args.kill_grace, args.runtime_max,
                     args.identity, args.umask, worktree_dir=args.worktree_dir,
-                    log_dir=args.log_dir, trusted_filters=args.trusted_filters)
+                    log_dir=args.log_dir, trusted_filters=args.trusted_filters,
+                    finally_grace=args.finally_grace)
     try:
         return runner.run()
     except Exception as exc:  # the run must still end in the DB, with the reason

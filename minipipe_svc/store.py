@@ -1152,18 +1152,25 @@ class Store:
                                  reason="cancelled while awaiting review"
                                  + (f" by {by}" if by else ""))
             elif state is RunState.RUNNING:
-                conn.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?", (run_id,))
+                # A count: the runner stops its [[finally]] steps at a second request.
+                conn.execute("UPDATE runs SET cancel_requested = cancel_requested + 1 "
+                             "WHERE id = ?", (run_id,))
                 self._event(conn, run_id, "run_cancel_requested", by=by)
             else:
                 raise ConflictError(f"run {run_id} already ended ({state.value}); "
                                     "nothing to cancel")
             return state
 
-    def cancel_requests(self) -> list[RunRow]:
-        rows = self.conn.execute(
-            f"SELECT {_RUN_COLUMNS} FROM runs r WHERE r.state = 'RUNNING' "
-            "AND r.cancel_requested = 1")
-        return [_run_row(row) for row in rows]
+    def cancel_requests(self) -> dict[int, int]:
+        """Running runs asked to cancel: run id -> how many times."""
+        return dict(self.conn.execute(
+            "SELECT id, cancel_requested FROM runs WHERE state = 'RUNNING' "
+            "AND cancel_requested > 0").fetchall())
+
+    def cancel_count(self, run_id: int) -> int:
+        row = self.conn.execute("SELECT cancel_requested FROM runs WHERE id = ?",
+                                (run_id,)).fetchone()
+        return row[0] if row else 0
 
     def retry(self, run_id: int, *, by: str | None = None) -> int:
         """A run that did not succeed goes back to PENDING as a new attempt.

@@ -92,7 +92,9 @@ def test_cancel_and_retry_rules(store: Store) -> None:
     assert store.start_run(run_id)
     assert store.request_cancel(run_id) is RunState.RUNNING
     assert store.get_run(run_id).cancel_requested
-    assert [r.id for r in store.cancel_requests()] == [run_id]
+    assert store.cancel_requests() == {run_id: 1}
+    store.request_cancel(run_id)  # again: counted (a second one stops finally steps)
+    assert store.cancel_requests() == {run_id: 2} and store.cancel_count(run_id) == 2
     with pytest.raises(NoSuchRun):
         store.request_cancel(999)
 

@@ -105,12 +105,14 @@ def test_auto_isolation_follows_how_the_daemon_was_started(
 
 
 def test_runner_args_as_a_command_line() -> None:
-    args = RunnerArgs("/db", "/logs", 5, kill_grace=2, runtime_max=90.0, journal=True)
+    args = RunnerArgs("/db", "/logs", 5, kill_grace=2, finally_grace=30, runtime_max=90.0,
+                      journal=True)
     assert args.argv() == ["--db-path", "/db", "--log-dir", "/logs", "--kill-grace", "2",
-                           "--journal", "--runtime-max", "90", "5"]
+                           "--finally-grace", "30", "--journal", "--runtime-max", "90", "5"]
     assert parse_args(args.argv()) == args
     plain = RunnerArgs("/db", "/logs", 6)
-    assert plain.argv() == ["--db-path", "/db", "--log-dir", "/logs", "--kill-grace", "10", "6"]
+    assert plain.argv() == ["--db-path", "/db", "--log-dir", "/logs", "--kill-grace", "10",
+                            "--finally-grace", "300", "6"]
     assert parse_args(plain.argv()) == plain
 
 
