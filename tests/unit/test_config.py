@@ -138,3 +138,14 @@ def test_trusted_filter_programs_reach_the_runner() -> None:
     args = RunnerArgs("/db", "/logs", 7, trusted_filters=("git-lfs", "tidy"))
     assert args.argv()[-5:] == ["--trusted-filter", "git-lfs", "--trusted-filter", "tidy", "7"]
     assert parse_args(args.argv()) == args
+
+
+def test_every_config_key_is_documented_in_the_readme_and_the_man_page() -> None:
+    from minipipe_svc.config import KEYS
+
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    man = (root / "packaging/man/minipipe.conf.5").read_text().replace("\\-", "-")
+    missing_readme = [key for key in KEYS if f"| `{key}` |" not in readme]
+    missing_man = [key for key in KEYS if f".B {key}\n" not in man]
+    assert (missing_readme, missing_man) == ([], [])
