@@ -450,10 +450,10 @@ class Daemon:
             self.notifier.watchdog()
             self.watchdog_sent_at = now
 
-    @staticmethod
-    def _hooks(config: Config) -> FinishHooks:
+    def _hooks(self, config: Config) -> FinishHooks:
         return FinishHooks(config.on_finish, config.on_finish_user,
-                           config.on_finish_timeout_seconds, config.log_dir)
+                           config.on_finish_timeout_seconds, config.log_dir,
+                           confine=self.launcher.confine, release=self.launcher.release)
 
     def cancel_blocked(self) -> None:
         """Runs that wait for a run that did not succeed can never start: they end

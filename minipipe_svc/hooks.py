@@ -2,9 +2,11 @@
 
 Each time a run ends (an event `run_finished`), the daemon starts the hook's argv
 as `on_finish_user` (never root), with the run's facts in its environment, in a
-session of its own, and goes on: it reaps the hook on a later pass and kills it
-(the whole session) at `on_finish_timeout_seconds`. A failing or hanging hook is
-logged and never blocks the scheduler; at most MAX_HOOKS run at once, the others
+session of its own (under systemd also a scope of its own,
+`minipipe-hook-<pid>.scope`), and goes on: it reaps the hook on a later pass, or
+kills it at `on_finish_timeout_seconds`. Either way what it left running (a
+`curl &`) goes with it: its session, and its scope, are killed. A failing or
+hanging hook is logged and never blocks the scheduler; at most MAX_HOOKS run at once, the others
 wait their turn. Which runs' ends were handed to a hook is the last event id done,
 kept in the DB (`settings`), so a restart neither skips nor repeats one.
 """
@@ -18,6 +20,7 @@ import pwd
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .logs import log_path
@@ -39,8 +42,13 @@ class RunningHook:
 
 
 class FinishHooks:
-    def __init__(self, argv: tuple[str, ...], user: str, timeout: float, log_dir: str) -> None:
+    def __init__(self, argv: tuple[str, ...], user: str, timeout: float, log_dir: str, *,
+                 confine: Callable[[str, float], Callable[[], None] | None] | None = None,
+                 release: Callable[[str, int], None] | None = None) -> None:
+        """`confine` and `release`: the launcher's, to put each hook in a scope of its
+        own (as root, in the child, before it becomes on_finish_user) and stop it."""
         self.argv, self.user, self.timeout, self.log_dir = argv, user, timeout, log_dir
+        self.confine, self.release = confine, release
         self.running: list[RunningHook] = []
 
     def pass_(self, store: Store) -> None:
@@ -62,12 +70,24 @@ class FinishHooks:
                **hook_environment(run, ended, self.tail(run.id))}
         try:
             entry = pwd.getpwnam(self.user)
-            options = ({"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-                       if os.geteuid() == 0 else {})
-            if os.geteuid() == 0 and entry.pw_uid == 0:
+            root = os.geteuid() == 0
+            if root and entry.pw_uid == 0:
                 raise ValueError("on_finish_user must not be root")
+            join = self.confine("hook", self.timeout) if self.confine else None
+
+            def become_the_hook() -> None:
+                """In the child, as root, just before exec: its scope, then its user.
+                (Popen's own user switch would come first: no scope as nobody.)"""
+                if join is not None:
+                    join()
+                if root:
+                    os.setgroups([])
+                    os.setgid(entry.pw_gid)
+                    os.setuid(entry.pw_uid)
+
             proc = subprocess.Popen(list(self.argv), env=env, cwd="/", stdin=subprocess.DEVNULL,
-                                    start_new_session=True, close_fds=True, **options)
+                                    start_new_session=True, close_fds=True,
+                                    preexec_fn=become_the_hook)
         except (KeyError, OSError, ValueError, subprocess.SubprocessError) as exc:
             log.error("on_finish for run %d could not start: %s", run.id, exc)
             return
@@ -77,15 +97,22 @@ class FinishHooks:
     def reap(self) -> None:
         now = time.monotonic()
         for hook in list(self.running):
-            status = hook.proc.poll()
-            if status is None and now >= hook.deadline:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(hook.proc.pid, signal.SIGKILL)
-                hook.proc.wait()
+            pid = hook.proc.pid
+            try:  # ended? (not reaped yet: its session id stays its own meanwhile)
+                ended = os.waitid(os.P_PID, pid,
+                                  os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+            except ChildProcessError:
+                ended = True
+            if not ended and now < hook.deadline:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)  # the hook, or what it left in its session
+            status = hook.proc.wait()
+            if self.release is not None:
+                self.release("hook", pid)  # and what left its session: the scope goes
+            if not ended:
                 log.warning("on_finish for run %d did not finish within %gs: killed",
                             hook.run_id, self.timeout)
-            elif status is None:
-                continue
             elif status != 0:
                 log.warning("on_finish for run %d exited with status %d", hook.run_id, status)
             self.running.remove(hook)

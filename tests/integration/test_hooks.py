@@ -102,3 +102,15 @@ def test_the_example_hook_posts_each_end_to_a_webhook(instance: Instance) -> Non
     assert first.startswith(f"!! run {run_id} (nightly, by ")
     assert first.endswith(": step boom: exited with status 4") and " FAILED after " in first
     assert rest == ["boom | oops"]
+
+
+def test_what_a_hook_leaves_running_goes_with_it(instance: Instance) -> None:
+    """A hook that exits leaving a background process: its session is killed (under
+    systemd its scope too: tests/system/test_waits_system.py)."""
+    instance.write_config(on_finish=["/bin/sh", "-c", f"{instance.sleeper(300)} & "
+                                     f"touch {instance.root}/hooked"])
+    instance.start_daemon()
+    run_id = instance.submit('[[steps]]\nid = "a"\nrun = "true"\n')
+    instance.wait_state(run_id, "SUCCEEDED")
+    wait_for((instance.root / "hooked").exists, 30, "the hook")
+    wait_for(lambda: not instance.tagged_pids(), 30, "the hook's leftover to be killed")

@@ -73,8 +73,13 @@ def test_an_on_finish_hook_runs_unprivileged_and_knows_the_run(service: Box) -> 
     box.sh("rm -rf /srv/hookdrop && mkdir -p /srv/hookdrop && chmod 1777 /srv/hookdrop")
     config = json.loads(box.sh("cat /etc/minipipe/config.json").stdout)
     box.c.write("/etc/minipipe/config.json", json.dumps({
-        **config, "on_finish": ["/bin/sh", "-c", 'echo "$(id -un) $MINIPIPE_RUN_STATE '
-                                "$MINIPIPE_RUN_OWNER\" > /srv/hookdrop/$MINIPIPE_RUN_ID"]}))
+        **config, "on_finish": [
+            "/bin/sh", "-c", 'grep -o "minipipe-[a-z]*-[0-9]*.scope" /proc/self/cgroup | '
+            'head -1 > /srv/hookdrop/$MINIPIPE_RUN_ID.cg; '
+            # What a careless hook leaves running, out of its session too:
+            'setsid sleep 600 > /dev/null 2>&1 & '
+            'echo "$(id -un) $MINIPIPE_RUN_STATE $MINIPIPE_RUN_OWNER" > '
+            '/srv/hookdrop/$MINIPIPE_RUN_ID']}))
     box.sh("systemctl reload minipipe")
     run_id = box.submit('[[steps]]\nid = "a"\nrun = "exit 1"\n')
     box.wait_state(run_id, "FAILED")
@@ -82,3 +87,9 @@ def test_an_on_finish_hook_runs_unprivileged_and_knows_the_run(service: Box) -> 
              30, "the hook")
     assert box.sh(f"cat /srv/hookdrop/{run_id}").stdout.split() == ["nobody", "FAILED",
                                                                    "alice"]
+    # It ran in a scope of its own, and nothing it started outlives it.
+    scope = box.sh(f"cat /srv/hookdrop/{run_id}.cg").stdout.strip()
+    assert scope.startswith("minipipe-hook-"), scope
+    wait_for(lambda: box.sh("pgrep -u nobody -x sleep", check=False).returncode == 1, 30,
+             "the hook's leftover sleep to be stopped with its scope")
+    assert box.sh(f"systemctl is-active {scope}", check=False).stdout.strip() != "active"
