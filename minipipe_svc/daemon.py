@@ -308,6 +308,7 @@ class Daemon:
         self.watches.clear()
         self.api.shutdown()
         self.actions.probes.close()
+        self.hooks.stop_all()
         with contextlib.suppress(OSError):
             os.unlink(self.config.pid_path)
         os.close(self.lock)

@@ -94,6 +94,13 @@ class FinishHooks:
         self.running.append(RunningHook(run.id, proc,
                                         time.monotonic() + self.timeout))
 
+    def stop_all(self) -> None:
+        """As the daemon stops: no hook outlives it (nobody would time it out)."""
+        for hook in self.running:
+            hook.deadline = 0.0
+            log.warning("on_finish for run %d stopped with the daemon", hook.run_id)
+        self.reap()
+
     def reap(self) -> None:
         now = time.monotonic()
         for hook in list(self.running):
@@ -110,7 +117,7 @@ class FinishHooks:
             status = hook.proc.wait()
             if self.release is not None:
                 self.release("hook", pid)  # and what left its session: the scope goes
-            if not ended:
+            if not ended and hook.deadline:
                 log.warning("on_finish for run %d did not finish within %gs: killed",
                             hook.run_id, self.timeout)
             elif status != 0:
