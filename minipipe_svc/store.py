@@ -1186,6 +1186,18 @@ class Store:
                           if state is RunState.SUCCEEDED else "it has not ended yet")
                 raise ConflictError(f"run {run_id} is {state.value}: {detail}")
             check_run_transition(state, RunState.PENDING)
+            # Retried, it would only end CANCELLED again at once: say why instead.
+            blocked = conn.execute(
+                "SELECT d.after_id, p.state FROM run_dependencies d LEFT JOIN runs p ON "
+                "p.id = d.after_id WHERE d.run_id = ? AND d.any_result = 0 AND (p.state IS "
+                f"NULL OR (p.state IN ({_TERMINAL_SQL}) AND p.state != 'SUCCEEDED')) "
+                "ORDER BY d.after_id LIMIT 1", (run_id,)).fetchone()
+            if blocked:
+                after_id, after_state = blocked
+                raise ConflictError(
+                    f"run {run_id} waits for run {after_id} to succeed, and run {after_id} "
+                    + (f"ended {after_state}: retry {after_id} first" if after_state
+                       else "is gone: submit the plan again without it"))
             now = utc_now()
             landed = conn.execute("SELECT landed_at FROM workspaces WHERE run_id = ? AND "
                                   "landed_at IS NOT NULL", (run_id,)).fetchone()

@@ -77,6 +77,14 @@ def test_a_failed_dependency_cancels_the_chain_and_after_any_still_runs(
                         .stdout)["events"]
     assert any(e["kind"] == "dependency_failed" and e["detail"]["run"] == first
                for e in events)
+    # A retry that would only be cancelled again is refused, saying what to retry.
+    refused = instance.cli("retry", str(second), check=False)
+    assert refused.returncode != 0
+    assert (f"run {second} waits for run {first} to succeed, and run {first} ended FAILED: "
+            f"retry {first} first") in refused.stderr
+    instance.cli("pause")  # so that the retried run 1 cannot fail again meanwhile
+    instance.cli("retry", str(first))
+    assert instance.cli("retry", str(second)).returncode == 0
 
 
 def test_a_dependency_that_fails_while_the_daemon_is_down(waiting: Instance) -> None:
