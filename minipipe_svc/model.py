@@ -81,6 +81,12 @@ class RunState(_State):
         return self in RUN_TERMINAL
 
 
+# Where a step stands in its plan: a [workspace]'s setup command, the steps, the
+# on_approve steps (after an approval, or at once without review), and the
+# [[finally]] steps, after the others whatever their result.
+STAGES = ("setup", "main", "on_approve", "finally")
+
+
 class StepState(_State):
     PENDING = "PENDING"
     RUNNING = "RUNNING"

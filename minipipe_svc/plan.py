@@ -33,10 +33,6 @@ MAX_MATRIX_RUNS = 256
 DEFAULT_KEYS = ("timeout", "retries", "cwd", "env")
 STEP_KEYS = ("id", "phase", "run", "cwd", "env", "timeout", "retries")
 WORKSPACE_KEYS = ("repo", "ref", "setup", "land", "target")
-# Steps of a plan with a workspace run in stages: the workspace's setup command, the
-# steps, and after an approval (or at once without review) the on_approve steps.
-# [[finally]] steps run after the others (setup and main), whatever their result.
-STAGES = ("setup", "main", "on_approve", "finally")
 SETUP_STEP_ID = "workspace-setup"
 
 STEP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -59,7 +55,7 @@ class Step(NamedTuple):
     timeout: float | None = None
     retries: int = 0
     shell: bool = False
-    stage: str = "main"  # STAGES
+    stage: str = "main"  # model.STAGES
 
     @property
     def command(self) -> str:

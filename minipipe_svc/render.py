@@ -105,7 +105,8 @@ def run_json(run: RunRow) -> dict[str, Any]:
 
 def step_json(step: StepRow) -> dict[str, Any]:
     return {
-        "step_id": step.step_id, "phase": step.phase, "state": step.state.value,
+        "step_id": step.step_id, "phase": step.phase, "stage": step.stage,
+        "state": step.state.value,
         "exit_code": step.exit_code, "attempt": step.attempt, "started_at": step.started_at,
         "finished_at": step.finished_at, "reason": step.reason, "command": step.command,
         "usage": step.usage,
@@ -176,12 +177,20 @@ def runs_table(runs: list[RunRow], now: datetime | None = None, *,
     return lines, [r.state.value for r in runs]
 
 
+def phase_text(step: StepRow) -> str:
+    """A step's phase, and its stage where that is not the plan's main steps
+    (`report (finally)`): [[finally]] and on_approve steps stand apart."""
+    stage = getattr(step, "stage", "main")
+    return step.phase if stage in ("main", step.phase) else f"{step.phase} ({stage})"
+
+
 def steps_table(steps: list[StepRow], now: datetime | None = None, *,
                 shown: Callable[[str], str] = keep) -> list[str]:
     """The `show` steps table; `shown` is applied to the user's text (`printable`).
     A script's lines are joined by blanks there (a cell of a row is one line, piped
     too); `show --json` has it whole."""
-    rows = [[str(s.idx + 1), shown(s.step_id), shown(s.phase), s.state.value, str(s.attempt),
+    rows = [[str(s.idx + 1), shown(s.step_id), shown(phase_text(s)), s.state.value,
+             str(s.attempt),
              "-" if s.exit_code is None else str(s.exit_code),
              elapsed(s.started_at, s.finished_at, now),
              _clip(shown(" ".join(s.command.strip().split("\n"))), 60)]

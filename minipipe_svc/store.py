@@ -16,6 +16,7 @@ from . import jsonline
 from .model import (
     RUN_RETRYABLE,
     RUN_TERMINAL,
+    STAGES,
     IllegalTransition,
     RunState,
     StepState,
@@ -404,7 +405,8 @@ RunRow = namedtuple("RunRow", [
     "group_max", "usage"], defaults=(None,) * 6)  # the fields added since v7
 StepRow = namedtuple("StepRow", [
     "run_id", "idx", "step_id", "phase", "command", "state", "attempt", "started_at",
-    "finished_at", "exit_code", "reason", "pid", "pid_start", "usage"], defaults=(None,))
+    "finished_at", "exit_code", "reason", "pid", "pid_start", "usage", "stage"],
+    defaults=(None, "main"))  # stage: model.STAGES, from the run's plan
 EventRow = namedtuple("EventRow", ["id", "ts", "run_id", "step_id", "kind", "detail"])
 #   WorkspaceRow: run_id int, review bool, path/branch/base_commit/head_commit str|None,
 #     changes dict|None (workspace.Git.changes), disk_bytes int|None, awaiting_since,
@@ -449,6 +451,8 @@ def _step_row(row: sqlite3.Row) -> StepRow:
     values = dict(row)
     values["state"] = StepState(values["state"])
     values["usage"] = _loads(values["usage"]) if values.get("usage") else None
+    if values.get("stage") not in STAGES:  # (a damaged plan row: read as hostile)
+        values["stage"] = "main"
     return StepRow(**values)
 
 
@@ -779,7 +783,11 @@ class Store:
         return self.conn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
 
     def get_steps(self, run_id: int) -> list[StepRow]:
-        rows = self.conn.execute("SELECT * FROM steps WHERE run_id = ? ORDER BY idx", (run_id,))
+        """A run's steps, each with its stage from the run's plan."""
+        rows = self.conn.execute(
+            "SELECT s.*, CASE WHEN json_valid(r.plan) THEN json_extract(r.plan, '$.steps[' "
+            "|| s.idx || '].stage') END AS stage FROM steps s JOIN runs r ON r.id = s.run_id "
+            "WHERE s.run_id = ? ORDER BY s.idx", (run_id,))
         return [_step_row(row) for row in rows]
 
     def counts(self) -> dict[str, int]:

@@ -19,6 +19,7 @@ id = "clean"
 run = "echo $MINIPIPE_RUN_STATE > {root}/state-$MINIPIPE_RUN_ID; {clean}"
 [[finally]]
 id = "notify"
+phase = "report"
 run = "touch {root}/notified-$MINIPIPE_RUN_ID"
 """
 
@@ -37,6 +38,12 @@ def test_finally_steps_run_after_a_failure_and_keep_its_reason(running: Instance
     assert (steps["clean"]["state"], steps["clean"]["phase"]) == ("SUCCEEDED", "finally")
     assert steps["notify"]["state"] == "SUCCEEDED"
     assert (instance.root / f"state-{run_id}").read_text() == "FAILED\n"
+    # Shown apart, also where a finally step names its own phase.
+    assert [(s["phase"], s["stage"]) for s in run["steps"]] == [
+        ("main", "main"), ("main", "main"), ("finally", "finally"),
+        ("report", "finally")]
+    shown = instance.cli("show", str(run_id)).stdout
+    assert "notify  report (finally)  SUCCEEDED" in shown
 
 
 def test_finally_steps_run_after_a_cancel(running: Instance) -> None:

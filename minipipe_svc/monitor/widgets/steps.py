@@ -11,7 +11,7 @@ from textual.containers import Vertical
 from textual.widgets import Static
 
 from ...model import StepState
-from ...render import elapsed, printable
+from ...render import elapsed, phase_text, printable
 from ...store import RunRow, StepRow
 from .style import literal, state_badge
 from .table import PaneTable
@@ -61,7 +61,7 @@ class StepsPanel(Vertical):
         text = Text()
         # User text goes in through Text.append (never markup) and printable.
         text.append(printable(step.step_id), style="bold")
-        text.append(f" [{printable(step.phase)}] ")
+        text.append(f" [{printable(phase_text(step))}] ")
         text.append_text(state_badge(step.state.value))
         text.append(f" try {step.attempt} exit "
                     f"{'-' if step.exit_code is None else step.exit_code}\n")
@@ -85,7 +85,7 @@ class StepsTable(PaneTable):
         cursor = self.cursor_row
         self.clear()
         for step in steps:
-            self.add_row(str(step.idx + 1), step.step_id, step.phase,
+            self.add_row(str(step.idx + 1), step.step_id, phase_text(step),
                          state_badge(step.state.value), str(step.attempt),
                          "-" if step.exit_code is None else str(step.exit_code),
                          elapsed(step.started_at, step.finished_at, now))
