@@ -77,3 +77,7 @@ def test_runs_that_cannot_start_yet_do_not_hide_the_runs_behind_them(running: In
         "SUCCEEDED"
     running_now = json.loads(instance.cli("ls", "--json", "--state", "RUNNING").stdout)
     assert len(running_now) == 2, running_now  # one of each matrix, still held
+    instance.stop_daemon()  # (runners outlive it: let these two end, start no more)
+    instance.open_gate()
+    for run in running_now:
+        instance.wait_state(run["id"], "SUCCEEDED")
