@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import resource
+from collections.abc import Sequence
 from typing import Any
 
 FIGURES = ("cpu_seconds", "memory_peak_bytes", "io_read_bytes", "io_write_bytes",
@@ -31,11 +32,16 @@ FIGURES = ("cpu_seconds", "memory_peak_bytes", "io_read_bytes", "io_write_bytes"
 CGROUP_ROOT = "/sys/fs/cgroup"
 
 
-def step_usage(usage: resource.struct_rusage) -> dict[str, Any]:
-    """A step's figures from its wait4 rusage (Linux: ru_maxrss in KiB)."""
-    return {"cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
-            "memory_peak_bytes": usage.ru_maxrss * 1024,
-            "io_read_bytes": usage.ru_inblock * 512, "io_write_bytes": usage.ru_oublock * 512,
+def step_usage(usage: resource.struct_rusage,
+               orphans: Sequence[resource.struct_rusage] = ()) -> dict[str, Any]:
+    """A step's figures from its wait4 rusage (Linux: ru_maxrss in KiB), with the
+    rusage of `orphans`: processes that left the step's tree (a double fork made
+    them the runner's children; it reaped them) count as the step's too."""
+    every = (usage, *orphans)
+    return {"cpu_seconds": round(sum(u.ru_utime + u.ru_stime for u in every), 3),
+            "memory_peak_bytes": max(u.ru_maxrss for u in every) * 1024,
+            "io_read_bytes": sum(u.ru_inblock for u in every) * 512,
+            "io_write_bytes": sum(u.ru_oublock for u in every) * 512,
             "tasks_peak": None, "source": "rusage", "unavailable": ["tasks_peak"]}
 
 

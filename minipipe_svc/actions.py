@@ -38,6 +38,9 @@ Reply = dict[str, Any]
 WRITE_OPERATIONS = ("submit", "cancel", "retry", "pause", "resume", "approve", "reject")
 
 MAX_STORED_PLAN_BYTES = 4 * 1024 * 1024
+# All the runs of one submit (a [matrix] stores its plan once per combination): one
+# small request must not write gigabytes, nor hold the daemon's loop for seconds.
+MAX_STORED_SUBMIT_BYTES = 16 * 1024 * 1024
 MAX_DELAY_DAYS = 366  # --at and --delay: a year ahead at most
 # A plan's repository is asked about as its user; git must answer within this.
 GIT_CHECK_SECONDS = 10.0
@@ -286,9 +289,17 @@ class Actions:
             raise PlanError(label, f"expands to {size / 1e6:.1f} MB once [defaults] are "
                             f"applied to each step; at most {MAX_STORED_PLAN_BYTES // 2**20} "
                             "MiB", hint="keep large values in files the steps read")
+        combinations = plan.combinations()
+        if size * len(combinations) > MAX_STORED_SUBMIT_BYTES:
+            raise PlanError(label, f"{len(combinations)} combinations of a plan that is "
+                            f"stored as {size / 1e6:.1f} MB each make "
+                            f"{size * len(combinations) / 1e6:.0f} MB; at most "
+                            f"{MAX_STORED_SUBMIT_BYTES // 2**20} MiB in all", where="[matrix]",
+                            hint="fewer combinations, or a smaller plan (large values "
+                            "belong in files the steps read)")
         # A [matrix]: one run per combination, one group, all or none.
         plans = [{**normalized, "name": each.name, "matrix_values": dict(each.matrix_values)}
-                 for each in plan.combinations()]
+                 for each in combinations]
         ids = self.store.submit_group(plans, source=path or None, submitted_by=peer.name,
                                       submitted_uid=peer.uid, priority=priority, umask=umask,
                                       not_before=not_before, max_parallel=max_parallel)
@@ -500,16 +511,17 @@ def _waits(request: dict[str, Any]) -> dict[str, Any]:
 
         try:
             moment = datetime.fromisoformat(when) if isinstance(when, str) else None
-        except ValueError:
-            moment = None
-        if moment is None or moment.tzinfo is None:
+            # (year 1 or 9999 with an offset: out of datetime's range in UTC)
+            utc = moment.astimezone(UTC) if moment and moment.tzinfo else None
+        except (ValueError, OverflowError):
+            utc = None
+        if utc is None:
             raise Refused("bad_request", "'not_before' must be an ISO 8601 time with its "
-                          "UTC offset")
-        if moment > datetime.now(UTC) + timedelta(days=MAX_DELAY_DAYS):
+                          "UTC offset, from year 1 to 9999")
+        if utc > datetime.now(UTC) + timedelta(days=MAX_DELAY_DAYS):
             raise Refused("bad_request", f"a run may be delayed at most {MAX_DELAY_DAYS} "
                           "days")
-        waits["not_before"] = moment.astimezone(UTC).isoformat(
-            timespec="milliseconds").replace("+00:00", "Z")
+        waits["not_before"] = utc.isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return waits
 
 

@@ -50,7 +50,7 @@ from .plan import Limits, Plan, merge_limits
 from .review import diff_path, remove_worktree
 from .runner import RunnerArgs
 from .server import ApiServer, listening_socket
-from .store import RunRow, Store, StoreError, parse_time, unsafe_directory
+from .store import RunRow, Store, StoreError, parse_time, unsafe_directory, utc_now
 
 log = logging.getLogger("minipipe.daemon")
 
@@ -145,6 +145,7 @@ class Daemon:
         self.reload_requested = False
         self.next_cleanup = 0.0
         self.hold_starts_until = 0.0
+        self.pass_started_at = ""  # UTC, as the DB writes times: runs due by then were seen
         self.last_status = ""
         self.status_sent_at = 0.0
         self.status_pending = False
@@ -425,6 +426,7 @@ class Daemon:
     # ------------------------------------------------------------ the loop
 
     def iterate(self) -> None:
+        self.pass_started_at = utc_now()
         if self.reload_requested:
             self.reload()
         self.store.ensure_open()  # (a reopen after fork() may have failed: StoreError)
@@ -463,14 +465,16 @@ class Daemon:
             log.info("run %d CANCELLED: %s", run_id, reason)
 
     def due_wait(self) -> float:
-        """Seconds until the earliest run waiting for its time is due: the loop sleeps
-        until then (and wakes for anything else meanwhile), never polls for it."""
+        """Seconds until the earliest run waiting for its time is due, or a hold on
+        starts ends: the loop sleeps until then (and wakes for anything else
+        meanwhile), never polls for it."""
         if not self.store.is_open:  # the failed pass's back-off decides
             return 3600.0
-        due = parse_time(self.store.next_due())
-        if due is None:
-            return 3600.0
-        return max(0.0, (due - datetime.now(UTC)).total_seconds() + 0.001)
+        due = parse_time(self.store.next_due(after=self.pass_started_at))
+        waits = [max(0.0, self.hold_starts_until - time.monotonic()) or 3600.0]
+        if due is not None:
+            waits.append(max(0.0, (due - datetime.now(UTC)).total_seconds() + 0.001))
+        return min(waits)
 
     def status_wait(self) -> float:
         """How long the loop may sleep before a held-back status line is due."""

@@ -50,11 +50,19 @@ class FinishHooks:
         self.argv, self.user, self.timeout, self.log_dir = argv, user, timeout, log_dir
         self.confine, self.release = confine, release
         self.running: list[RunningHook] = []
+        self.cursor_forgotten = False  # (without a hook: once per daemon and reload)
 
     def pass_(self, store: Store) -> None:
         """Reap and time out running hooks, then start hooks for runs that ended."""
         self.reap()
-        if not self.argv or len(self.running) >= MAX_HOOKS:
+        if not self.argv:
+            # No hook now: one configured later starts with the next run that ends,
+            # not with every run that ended meanwhile.
+            if not self.cursor_forgotten:
+                store.forget_setting(CURSOR_KEY)
+                self.cursor_forgotten = True
+            return
+        if len(self.running) >= MAX_HOOKS:
             return
         cursor = store.setting(CURSOR_KEY)
         if cursor is None:  # hooks just configured: from now on, not for the past
@@ -139,11 +147,16 @@ class FinishHooks:
             return ""
         with os.fdopen(fd, "rb") as handle:
             size = os.fstat(handle.fileno()).st_size
-            handle.seek(max(0, size - 4 * TAIL_BYTES))
-            data = handle.read().decode("utf-8", "replace")
+            start = max(0, size - 4 * TAIL_BYTES)
+            handle.seek(start)
+            data = handle.read()
+        # Records end in "\n" only (a step's text may hold \r, \x1e, U+2028, ...:
+        # splitlines() would make a line of another step of them); the first one
+        # after a seek is a record's end.
+        records = data.split(b"\n")[1 if start else 0:-1]
         lines = []
-        for line in data.splitlines():
-            fields = line.split("\t", 4)
+        for record in records:
+            fields = record.decode("utf-8", "replace").split("\t", 4)
             if len(fields) == 5 and fields[3] in ("stdout", "stderr"):
                 lines.append(f"{fields[1]} | {fields[4]}")
         return "\n".join(lines[-TAIL_LINES:])[-TAIL_BYTES:].replace("\0", "")

@@ -364,9 +364,11 @@ class _Validator:
                 raise self.fail(("matrix", key), "[matrix]", f"{key!r} must be a non-empty "
                                 "list of strings or numbers", f'like {key} = ["a", "b"]')
             shown = tuple(dict.fromkeys(str(v) for v in values))
-            if any("\0" in v or len(v) > 200 for v in shown):
+            if any(len(v) > 200 or not v.isprintable() for v in shown):
+                # (each is part of the run's name: a terminal, a chat message)
                 raise self.fail(("matrix", key), "[matrix]", f"a value of {key!r} is too long "
-                                "or holds a NUL")
+                                "or holds a control character", "printable text, at most "
+                                "200 characters")
             count *= len(shown)
             matrix.append((key, shown))
         if count > MAX_MATRIX_RUNS:

@@ -135,6 +135,6 @@ def parse_moment(text: str, now: datetime | None = None) -> datetime:
         return moment
     try:
         moment = datetime.fromisoformat(text.strip())
-    except ValueError:
+        return moment if moment.tzinfo else moment.astimezone()  # naive: local time
+    except (ValueError, OverflowError):  # (overflow: year 1 or 9999 in local time)
         raise ValueError(f"expected {MOMENT_HELP}, got {text!r}") from None
-    return moment if moment.tzinfo else moment.astimezone()  # naive: local time

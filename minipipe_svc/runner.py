@@ -117,6 +117,7 @@ class Runner:
         self.finally_signals = 0  # signals looked into since
         self.matrix_values: tuple[tuple[str, str], ...] = ()  # a matrix run's combination
         self.step_rusage: resource.struct_rusage | None = None  # the last step's wait4
+        self.orphan_rusage: list[resource.struct_rusage] = []  # and its reaped orphans'
         self.step_usages: list[dict[str, Any]] = []  # this attempt's steps, for the run
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -293,7 +294,9 @@ class Runner:
             return outcome
         self.finally_for = outcome[0]
         self.finally_signals = self.signals
-        self.finally_cancels = self.cancel_count()
+        cancels = self.cancel_count()
+        # One cancel stopped the other steps; a second one, already there, stops these.
+        self.finally_cancels = -1 if cancels > 1 else cancels
         now = time.monotonic()
         if self.stop_signal is not None or self.finally_cancels:
             self.finally_deadline = now + self.finally_grace
@@ -341,9 +344,10 @@ class Runner:
             attempt = self.store.start_step(self.run_id, idx, step.phase)
             self.sink.write(step.id, attempt, "minipipe", f"step {step.id} started (attempt "
                             f"{attempt}): {step.command}")
-            self.step_rusage = None
+            self.step_rusage, self.orphan_rusage = None, []
             result = self.execute(idx, step, attempt, run_deadline, deadline_why)
-            usage = step_usage(self.step_rusage) if self.step_rusage is not None else None
+            usage = (step_usage(self.step_rusage, self.orphan_rusage)
+                     if self.step_rusage is not None else None)
             self.step_usages.append(usage or {})
             self.store.finish_step(self.run_id, idx, result.state, exit_code=result.exit_code,
                                    reason=result.reason, usage=usage)
@@ -519,7 +523,7 @@ class Runner:
                 proc.kill()
                 proc.wait()
             # Daemons the step started outside its process group end with it too.
-            escaped = procs.kill_descendants()
+            escaped = procs.kill_descendants(self.orphan_rusage)
             if escaped:
                 self.sink.write(step.id, attempt, "minipipe", f"killed {escaped} process(es) "
                                 "the step left running outside its process group")

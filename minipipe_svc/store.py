@@ -827,10 +827,13 @@ class Store:
         finally:
             cursor.close()
 
-    def next_due(self) -> str | None:
-        """When the earliest run waiting for its time may start (None: none waits)."""
+    def next_due(self, after: str) -> str | None:
+        """When the earliest run waiting for its time may start, of those due after
+        `after` (None: none). Runs due already are not waited for: if one could
+        not start (its pool is full, it waits for a run), a run's end or a request
+        wakes the loop for it, and a due time in the past would make it spin."""
         row = self.conn.execute("SELECT min(not_before) FROM runs WHERE state = 'PENDING' "
-                                "AND not_before IS NOT NULL").fetchone()
+                                "AND not_before > ?", (after,)).fetchone()
         return row[0] if row else None
 
     def dependencies(self, run_id: int) -> list[tuple[int, bool, str | None]]:
@@ -1404,6 +1407,10 @@ class Store:
         with self._write() as conn:
             conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)",
                          (key, value))
+
+    def forget_setting(self, key: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM settings WHERE key = ?", (key,))
 
     def runs_ended_after(self, event_id: int, limit: int
                          ) -> list[tuple[int, RunRow, dict[str, Any]]]:

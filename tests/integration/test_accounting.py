@@ -6,6 +6,7 @@ tests/system/test_accounting_system.py)."""
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 from .conftest import Instance
@@ -41,3 +42,15 @@ def test_steps_and_the_run_account_cpu_and_memory(running: Instance) -> None:
     assert "usage:" in shown and "tasks peak n/a" in shown and "memory peak 2" in shown
     listed = json.loads(instance.cli("ls", "--json").stdout)[0]
     assert listed["usage"]["cpu_seconds"] == usage["cpu_seconds"]
+
+
+def test_what_a_step_double_forked_counts_as_the_steps(running: Instance) -> None:
+    """A burner that left the step's tree (its parent exited: the runner, a
+    subreaper, inherits it) still counts: the runner reaps it with wait4."""
+    instance = running
+    burner = shlex.join([sys.executable, "-c", BURN])
+    script = json.dumps(f"( {burner} & ); sleep 2")
+    run_id = instance.submit(f'[[steps]]\nid = "hide"\nrun = {script}\n', name="hidden")
+    run = instance.wait_state(run_id, "SUCCEEDED", "FAILED", timeout=60)
+    assert run["state"] == "SUCCEEDED", run["reason"]
+    assert 1.0 <= run["steps"][0]["usage"]["cpu_seconds"] <= 1.1

@@ -475,3 +475,16 @@ def test_worktrees_are_removed_before_their_runs_are_deleted(store: Store) -> No
     assert store.worktree_disk_bytes() == (1, 4096)
     assert store.delete_finished_before(far) == [landed]
     assert store.get_run(waiting).state is RunState.AWAITING_REVIEW
+
+
+def test_next_due_names_only_runs_not_due_yet(store: Store) -> None:
+    """A run due already but unable to start (its pool full, its dependency running)
+    is no reason to wake: the daemon would spin on a due time in the past."""
+    past = store.submit(PLAN, source=None, submitted_by=None,
+                        not_before="2026-01-01T00:00:00.000Z")
+    future = store.submit(PLAN, source=None, submitted_by=None,
+                          not_before="2999-01-01T00:00:00.000Z")
+    assert past and future
+    assert store.next_due(after="2026-06-01T00:00:00.000Z") == "2999-01-01T00:00:00.000Z"
+    assert store.next_due(after="2025-06-01T00:00:00.000Z") == "2026-01-01T00:00:00.000Z"
+    assert store.next_due(after="2999-06-01T00:00:00.000Z") is None

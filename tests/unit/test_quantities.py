@@ -64,7 +64,7 @@ def test_moments_as_people_write_them() -> None:
     assert parse_moment("today 09:00", now) == now.replace(hour=9)  # may be past: now
     aware = parse_moment("2026-12-01T03:00+01:00", now)
     assert aware.utcoffset() == timedelta(hours=1)
-    for bad in ("soon", "25:00", "tomorrow", "2026-13-01 03:00", ""):
+    for bad in ("soon", "25:00", "tomorrow", "2026-13-01 03:00", "", "0001-01-01 00:00"):
         with pytest.raises(ValueError, match="tomorrow 03:00"):
             parse_moment(bad, now)
 
