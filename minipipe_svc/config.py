@@ -265,6 +265,13 @@ def build_config(document: dict[str, object], *, source: str | None) -> Config:
     if hook_user in ("root", "0"):
         raise ConfigError(f"{label}: 'on_finish_user' must not be root: hooks never run as "
                           "root")
+    run_users = [user for user in (run_user, None if run_as == "submitter" else run_as)
+                 if user is not None]
+    if on_finish and any(_same_user(hook_user, user) for user in run_users):
+        raise ConfigError(f"{label}: 'on_finish_user' {hook_user!r} is a user runs execute as "
+                          "(run_user or run_as): their steps could read the hook's "
+                          "environment, other users' output; pick a user no run executes "
+                          "as (the default is nobody)")
     numbers = {}
     for key, low, high in (("poll_interval_seconds", 0.05, 3600.0),
                            ("completed_run_retention_days", 0.0, 36500.0),
@@ -359,3 +366,18 @@ def _limits(value: object, label: str) -> Limits:
         except ValueError as exc:
             raise ConfigError(f"{label}: default_limits.{key}: {exc}") from None
     return Limits(**parsed)
+
+
+def _same_user(a: str, b: str) -> bool:
+    """Two user names (or numeric ids) naming one user, as far as the system knows."""
+    if a == b:
+        return True
+    import pwd
+
+    def uid(name: str) -> int | None:
+        try:
+            return pwd.getpwnam(name).pw_uid
+        except KeyError:
+            return int(name) if name.isdigit() else None
+
+    return uid(a) is not None and uid(a) == uid(b)

@@ -638,7 +638,8 @@ class Daemon:
         chosen: list[RunRow] = []
         try:
             for run in runs:
-                if run.id in removing:
+                # (a run retried just before its old runner exited is still watched)
+                if run.id in removing or run.id in self.watches:
                     continue
                 if run.group_max is not None and groups.get(run.group_id, 0) >= run.group_max:
                     continue

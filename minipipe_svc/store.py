@@ -1201,14 +1201,16 @@ class Store:
             check_run_transition(state, RunState.PENDING)
             # Retried, it would only end CANCELLED again at once: say why instead.
             blocked = conn.execute(
-                "SELECT d.after_id, p.state FROM run_dependencies d LEFT JOIN runs p ON "
-                "p.id = d.after_id WHERE d.run_id = ? AND d.any_result = 0 AND (p.state IS "
-                f"NULL OR (p.state IN ({_TERMINAL_SQL}) AND p.state != 'SUCCEEDED')) "
+                "SELECT d.after_id, p.state, d.any_result FROM run_dependencies d LEFT JOIN "
+                "runs p ON p.id = d.after_id WHERE d.run_id = ? AND (p.state IS NULL OR "
+                f"(d.any_result = 0 AND p.state IN ({_TERMINAL_SQL}) AND p.state != "
+                "'SUCCEEDED')) "
                 "ORDER BY d.after_id LIMIT 1", (run_id,)).fetchone()
             if blocked:
-                after_id, after_state = blocked
+                after_id, after_state, any_result = blocked
                 raise ConflictError(
-                    f"run {run_id} waits for run {after_id} to succeed, and run {after_id} "
+                    f"run {run_id} waits for run {after_id}"
+                    + ("" if any_result else " to succeed") + f", and run {after_id} "
                     + (f"ended {after_state}: retry {after_id} first" if after_state
                        else "is gone: submit the plan again without it"))
             now = utc_now()

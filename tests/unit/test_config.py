@@ -149,3 +149,16 @@ def test_every_config_key_is_documented_in_the_readme_and_the_man_page() -> None
     missing_readme = [key for key in KEYS if f"| `{key}` |" not in readme]
     missing_man = [key for key in KEYS if f".B {key}\n" not in man]
     assert (missing_readme, missing_man) == ([], [])
+
+
+def test_the_hook_never_runs_as_a_user_runs_execute_as() -> None:
+    """Its environment holds other users' output: a step running as the same user
+    could read /proc/PID/environ (tests/system/test_issue13_attacks2.py)."""
+    hook = {"on_finish": ["/bin/true"]}
+    for config in ({**hook, "run_user": "nobody"}, {**hook, "run_as": "nobody"},
+                   {**hook, "run_user": "65534", "on_finish_user": "nobody"},
+                   {**hook, "run_user": "minipipe", "on_finish_user": "minipipe"}):
+        with pytest.raises(ConfigError, match="is a user runs execute as"):
+            build_config(config, source="c.json")
+    assert build_config(hook, source=None).on_finish_user == "nobody"
+    assert build_config({"run_user": "nobody"}, source=None).run_user == "nobody"  # no hook
