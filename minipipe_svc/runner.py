@@ -100,6 +100,7 @@ class Runner:
         self.trusted_filters = trusted_filters
         self.workspace: RunWorkspace | None = None
         self.deadline: float | None = None
+        self.deadline_why = ""  # the reason a step stopped at `deadline` gets
         self.runtime_max = runtime_max  # the daemon's merge of plan and config limits
         self.identity = identity  # None: steps run as the runner's own user
         self.umask = umask  # the submitter's, as Slurm does
@@ -115,6 +116,7 @@ class Runner:
         self.finally_deadline: float | None = None
         self.finally_cancels = 0  # cancel requests recorded as the finally steps began
         self.finally_signals = 0  # signals looked into since
+        self.finally_stopped = False  # by a cancel requested while they ran
         self.matrix_values: tuple[tuple[str, str], ...] = ()  # a matrix run's combination
         self.step_rusage: resource.struct_rusage | None = None  # the last step's wait4
         self.orphan_rusage: list[resource.struct_rusage] = []  # and its reaped orphans'
@@ -294,9 +296,9 @@ class Runner:
             return outcome
         self.finally_for = outcome[0]
         self.finally_signals = self.signals
-        cancels = self.cancel_count()
+        self.finally_cancels = self.cancel_count()
         # One cancel stopped the other steps; a second one, already there, stops these.
-        self.finally_cancels = -1 if cancels > 1 else cancels
+        self.finally_stopped = self.finally_cancels > 1
         now = time.monotonic()
         if self.stop_signal is not None or self.finally_cancels:
             self.finally_deadline = now + self.finally_grace
@@ -335,8 +337,8 @@ class Runner:
         if self.signals != self.finally_signals:
             self.finally_signals = self.signals
             if self.cancel_count() > self.finally_cancels:
-                self.finally_cancels = -1  # once stopped, the rest stop too
-        return self.finally_cancels < 0
+                self.finally_stopped = True  # and the rest with it
+        return self.finally_stopped
 
     def run_step(self, idx: int, step: Step, run_deadline: float | None,
                  deadline_why: str) -> StepResult:
