@@ -500,7 +500,8 @@ def _waits(request: dict[str, Any]) -> dict[str, Any]:
     for name in ("after", "after_any"):
         ids = request.get(name) or []
         if not isinstance(ids, list) or len(ids) > MAX_DEPENDENCIES or not all(
-                isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in ids):
+                isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**63
+                for i in ids):
             raise Refused("bad_request", f"{name!r} must be a list of at most "
                           f"{MAX_DEPENDENCIES} run ids")
         waits[name] = ids

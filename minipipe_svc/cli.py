@@ -233,7 +233,8 @@ def _waits(after: tuple[str, ...], after_any: tuple[str, ...], at: str | None,
             part = part.strip()
             if not part:
                 continue
-            if not part.isdigit() or int(part) < 1:
+            # (ASCII: int() refuses "²", which isdigit() takes; 18 digits fit SQLite)
+            if not (part.isascii() and part.isdigit() and len(part) <= 18) or int(part) < 1:
                 raise click.BadParameter(f"{part!r} is not a run id", param_hint=option)
             found.append(int(part))
         return found
@@ -405,7 +406,8 @@ def retry(ctx: Context, run_id: int) -> None:
 @cli.command()
 @click.argument("run_ids", metavar="RUN...", type=RUN_ID, nargs=-1, required=True)
 @click.option("--group", "as_group", is_flag=True,
-              help="RUN names a matrix group (its first run's id): wait for all its runs.")
+              help="Wait for every run of each RUN's matrix group (RUN: any of its runs; "
+                   "a run in no group is waited for alone).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Give up after this long (exit status 124).")
 @pass_ctx
@@ -424,7 +426,10 @@ def wait(ctx: Context, run_ids: tuple[int, ...], as_group: bool,
     with ctx.store() as store:
         waiting = list(run_ids)
         if as_group:
-            waiting = [r for group in run_ids for r in store.group_runs(group)] or waiting
+            groups = [store.get_run(run_id).group_id for run_id in run_ids]
+            waiting = list(dict.fromkeys(
+                member for run_id, group in zip(run_ids, groups, strict=True)
+                for member in (store.group_runs(group) if group is not None else [run_id])))
         for run_id in waiting:
             while True:
                 run = store.get_run(run_id)

@@ -159,7 +159,8 @@ class FinishHooks:
             fields = record.decode("utf-8", "replace").split("\t", 4)
             if len(fields) == 5 and fields[3] in ("stdout", "stderr"):
                 lines.append(f"{fields[1]} | {fields[4]}")
-        return "\n".join(lines[-TAIL_LINES:])[-TAIL_BYTES:].replace("\0", "")
+        tail = "\n".join(lines[-TAIL_LINES:]).replace("\0", "").encode()[-TAIL_BYTES:]
+        return tail.decode("utf-8", "ignore")  # (a character cut in two goes)
 
 
 def hook_environment(run: RunRow, ended: dict[str, object], tail: str) -> dict[str, str]:

@@ -130,9 +130,15 @@ class Plan(NamedTuple):
 
         keys = [key for key, _ in self.matrix]
         plans = []
-        for values in itertools.product(*(values for _, values in self.matrix)):
+        limit = MAX_NAME_CHARS * 2
+        for number, values in enumerate(
+                itertools.product(*(values for _, values in self.matrix)), 1):
             label = ",".join(f"{k}={v}" for k, v in zip(keys, values, strict=True))
-            plans.append(self._replace(name=f"{self.name}[{label}]"[:MAX_NAME_CHARS * 2],
+            name = f"{self.name}[{label}]"
+            if len(name) > limit:  # cut: the combination's number keeps names apart
+                mark = f"…#{number}"
+                name = name[:limit - len(mark)] + mark
+            plans.append(self._replace(name=name,
                                        matrix_values=tuple(zip(keys, values, strict=True))))
         return plans
 
@@ -354,10 +360,16 @@ class _Validator:
         """[matrix]: keys (letters, digits, _) to non-empty lists of scalar values."""
         table = self.table(doc, "matrix", (), None)
         matrix, count = [], 1
+        variables: dict[str, str] = {}
         for key, values in table.items():
             if not (key.isascii() and key.replace("_", "a").isalnum() and len(key) <= 64):
                 raise self.fail(("matrix", key), "[matrix]", f"invalid key {key!r}",
                                 "letters, digits and _ (it becomes MINIPIPE_MATRIX_<KEY>)")
+            if key.upper() in variables:
+                raise self.fail(("matrix", key), "[matrix]", f"keys {variables[key.upper()]!r} "
+                                f"and {key!r} would both be MINIPIPE_MATRIX_{key.upper()}",
+                                "keys that differ in more than case")
+            variables[key.upper()] = key
             if not isinstance(values, list) or not values or not all(
                     isinstance(v, str | int | float) and not isinstance(v, bool)
                     for v in values):
@@ -380,7 +392,8 @@ class _Validator:
         """`after = [12, 13]`: run ids, positive, each once, in order."""
         value = doc.get(key, [])
         if not isinstance(value, list) or not all(
-                isinstance(i, int) and not isinstance(i, bool) and i > 0 for i in value):
+                isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**63
+                for i in value):
             raise self.fail((key,), None, f"'{key}' must be a list of run ids (positive "
                             f"integers), like {key} = [12, 13]",
                             "the runs this one waits for" if key == "after" else

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION_PART = r"(\d+(?:\.\d+)?)(ms|s|m|h|d)"
+_DURATION_PART = r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)"
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _SIZE = r"(\d+)([KMGT]?)"
 _PERCENT = r"(\d+(?:\.\d+)?)%"
@@ -42,6 +42,8 @@ def parse_duration(value: object, *, maximum: float = 366 * 86400.0) -> float:
         pos, seconds = 0, 0.0
         if not text:
             raise ValueError(f"expected {DURATION_HELP}, got an empty string")
+        if _re(r"[0-9]+(?:\.[0-9]+)?").fullmatch(text):  # "90": seconds, as the help says
+            pos, seconds = len(text), float(text)
         while pos < len(text):
             match = _re(_DURATION_PART).match(text, pos)
             if not match:

@@ -859,8 +859,9 @@ class Store:
 
     def cancel_blocked(self) -> list[tuple[int, str]]:
         """PENDING runs that can never start: a run they need to have SUCCEEDED ended
-        otherwise (or is gone), or one they wait for was cancelled for that reason in
-        turn. They end CANCELLED with the reason (event dependency_failed); returns
+        otherwise (or is gone, which cleanup does not do to a run still waited for),
+        or one they wait for was cancelled for that reason in turn. They end
+        CANCELLED with the reason (event dependency_failed); returns
         (run id, reason) for each, chains included."""
         ended: list[tuple[int, str]] = []
         with self._write() as conn:
@@ -870,8 +871,8 @@ class Store:
                     "JOIN runs r ON r.id = d.run_id AND r.state = 'PENDING' "
                     "LEFT JOIN runs p ON p.id = d.after_id "
                     "WHERE d.any_result = 0 AND (p.id IS NULL OR (p.state != 'SUCCEEDED' "
-                    f"AND p.state IN ({_TERMINAL_SQL}))) "
-                    "OR (d.any_result = 1 AND p.id IS NULL) ORDER BY d.run_id").fetchall()
+                    f"AND p.state IN ({_TERMINAL_SQL}))) ORDER BY d.run_id").fetchall()
+                # (a run waited for with --after-any that is gone had ended: met)
                 if not blocked:
                     return ended
                 done = set()
@@ -1202,8 +1203,8 @@ class Store:
             # Retried, it would only end CANCELLED again at once: say why instead.
             blocked = conn.execute(
                 "SELECT d.after_id, p.state, d.any_result FROM run_dependencies d LEFT JOIN "
-                "runs p ON p.id = d.after_id WHERE d.run_id = ? AND (p.state IS NULL OR "
-                f"(d.any_result = 0 AND p.state IN ({_TERMINAL_SQL}) AND p.state != "
+                "runs p ON p.id = d.after_id WHERE d.run_id = ? AND d.any_result = 0 AND "
+                f"(p.state IS NULL OR (p.state IN ({_TERMINAL_SQL}) AND p.state != "
                 "'SUCCEEDED')) "
                 "ORDER BY d.after_id LIMIT 1", (run_id,)).fetchone()
             if blocked:
@@ -1449,12 +1450,15 @@ class Store:
     def delete_finished_before(self, cutoff: str) -> list[int]:
         """Delete finished runs (with their steps and events) that ended before `cutoff`."""
         with self._write() as conn:
-            # A run whose worktree is still on disk stays until the daemon removed it.
+            # A run whose worktree is still on disk stays until the daemon removed it;
+            # one a pending run waits for stays until that run started or ended.
             ids = [row[0] for row in conn.execute(
                 "SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ? "
                 "AND state NOT IN ('PENDING', 'RUNNING', 'AWAITING_REVIEW') AND NOT EXISTS "
                 "(SELECT 1 FROM workspaces w WHERE w.run_id = runs.id AND w.path IS NOT NULL "
-                "AND w.removed_at IS NULL)", (cutoff,))]
+                "AND w.removed_at IS NULL) AND NOT EXISTS (SELECT 1 FROM run_dependencies d "
+                "JOIN runs w ON w.id = d.run_id AND w.state = 'PENDING' "
+                "WHERE d.after_id = runs.id)", (cutoff,))]
             conn.executemany("DELETE FROM runs WHERE id = ?", [(i,) for i in ids])
             if ids:
                 # The runs' own events go with them; this one tells followers (the

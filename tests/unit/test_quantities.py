@@ -10,14 +10,14 @@ from minipipe_svc.quantities import (
 
 @pytest.mark.parametrize(("text", "seconds"), [
     ("90s", 90.0), ("10m", 600.0), ("1h30m", 5400.0), ("500ms", 0.5), ("2d", 172800.0),
-    ("1.5s", 1.5), (" 1h 5m ", 3900.0), (30, 30.0), (0.25, 0.25),
+    ("1.5s", 1.5), (" 1h 5m ", 3900.0), (30, 30.0), (0.25, 0.25), ("10", 10.0), ("2.5", 2.5),
 ])
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("bad", ["", "10", "ten minutes", "5x", "-5s", "1m-", 0, -3, True,
-                                 None, [1], "9999d"])
+@pytest.mark.parametrize("bad", ["", "\u0663", "\u0663s", "1e5", "ten minutes", "5x", "-5s",
+                                 "1m-", 0, -3, True, None, [1], "9999d"])
 def test_bad_durations(bad: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(bad)
