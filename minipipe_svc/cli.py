@@ -425,11 +425,12 @@ def wait(ctx: Context, run_ids: tuple[int, ...], as_group: bool,
     ended = []
     with ctx.store() as store:
         waiting = list(run_ids)
-        if as_group:
-            groups = [store.get_run(run_id).group_id for run_id in run_ids]
-            waiting = list(dict.fromkeys(
-                member for run_id, group in zip(run_ids, groups, strict=True)
-                for member in (store.group_runs(group) if group is not None else [run_id])))
+        if as_group:  # each RUN's whole group (a run in none: itself)
+            waiting = []
+            for run_id in run_ids:
+                group = store.get_run(run_id).group_id
+                waiting += store.group_runs(group) if group is not None else [run_id]
+            waiting = list(dict.fromkeys(waiting))
         for run_id in waiting:
             while True:
                 run = store.get_run(run_id)

@@ -380,4 +380,5 @@ def _same_user(a: str, b: str) -> bool:
         except KeyError:
             return int(name) if name.isdigit() else None
 
-    return uid(a) is not None and uid(a) == uid(b)
+    first = uid(a)
+    return first is not None and first == uid(b)

@@ -630,13 +630,15 @@ class Daemon:
         # Runs in a full pool or group wait, and those behind them go first: the
         # store leaves out the full ones; those that fill up in this pass are skipped.
         use = self.store.pool_use() if self.config.pools else {}
-        groups = self.store.group_use()
+        group_use = self.store.group_use()
+        groups = {group: running for group, (running, _) in group_use.items()}
         full_pools = {pool for pool, size in self.config.pools.items()
                       if use.get(pool, 0) >= size}
-        runs = self.store.pending_runs(hold_review=held, skip_pools=full_pools,
-                                       skip_groups=self.store.full_groups())
+        full_groups = {group for group, (running, most) in group_use.items()
+                       if most is not None and running >= most}
         chosen: list[RunRow] = []
-        try:
+        with contextlib.closing(self.store.pending_runs(
+                hold_review=held, skip_pools=full_pools, skip_groups=full_groups)) as runs:
             for run in runs:
                 # (a run retried just before its old runner exited is still watched)
                 if run.id in removing or run.id in self.watches:
@@ -653,8 +655,6 @@ class Daemon:
                 chosen.append(run)
                 if len(chosen) == free:
                     break
-        finally:
-            runs.close()
         return chosen
 
     def launch(self, ready: list[tuple[RunRow, RunnerArgs, Limits]]) -> None:

@@ -7,8 +7,9 @@ session of its own (under systemd also a scope of its own,
 kills it at `on_finish_timeout_seconds`. Either way what it left running (a
 `curl &`) goes with it: its session, and its scope, are killed. A failing or
 hanging hook is logged and never blocks the scheduler; at most MAX_HOOKS run at
-once, the others wait their turn. Which runs' ends were handed to a hook is the last event id done,
-kept in the DB (`settings`), so a restart neither skips nor repeats one.
+once, the others wait their turn. Which runs' ends were handed to a hook is the
+last event id done, kept in the DB (`settings`), so a restart neither skips nor
+repeats one.
 """
 
 from __future__ import annotations

@@ -225,6 +225,11 @@ class ConflictError(StoreError):
 
 
 _TERMINAL_SQL = ", ".join(f"'{state.value}'" for state in sorted(RUN_TERMINAL))
+# A dependency `d` (run_dependencies) on run `p` (LEFT JOINed) that can never be met:
+# it had to succeed and ended otherwise, or is gone. (A gone --after-any one had
+# ended: cleanup deletes only ended runs, and none a pending run waits for.)
+_DEPENDENCY_FAILED_SQL = ("d.any_result = 0 AND (p.id IS NULL OR (p.state != 'SUCCEEDED' "
+                          f"AND p.state IN ({_TERMINAL_SQL})))")
 
 
 def utc_now() -> str:
@@ -870,9 +875,7 @@ class Store:
                     "SELECT d.run_id, d.after_id, p.state FROM run_dependencies d "
                     "JOIN runs r ON r.id = d.run_id AND r.state = 'PENDING' "
                     "LEFT JOIN runs p ON p.id = d.after_id "
-                    "WHERE d.any_result = 0 AND (p.id IS NULL OR (p.state != 'SUCCEEDED' "
-                    f"AND p.state IN ({_TERMINAL_SQL}))) ORDER BY d.run_id").fetchall()
-                # (a run waited for with --after-any that is gone had ended: met)
+                    f"WHERE {_DEPENDENCY_FAILED_SQL} ORDER BY d.run_id").fetchall()
                 if not blocked:
                     return ended
                 done = set()
@@ -964,17 +967,11 @@ class Store:
                     source=source, by=submitted_by)
         return run_id
 
-    def group_use(self) -> dict[int, int]:
-        """Running runs per group."""
-        return dict(self.conn.execute(
-            "SELECT group_id, count(*) FROM runs WHERE state = 'RUNNING' AND group_id IS NOT "
-            "NULL GROUP BY group_id").fetchall())
-
-    def full_groups(self) -> set[int]:
-        """Groups (a matrix with --max-parallel) with as many runs running as they may."""
-        return {row[0] for row in self.conn.execute(
-            "SELECT group_id FROM runs WHERE state = 'RUNNING' AND group_max IS NOT NULL "
-            "GROUP BY group_id HAVING count(*) >= min(group_max)")}
+    def group_use(self) -> dict[int, tuple[int, int | None]]:
+        """Per group with runs running: how many, and how many may (--max-parallel)."""
+        return {group: (running, most) for group, running, most in self.conn.execute(
+            "SELECT group_id, count(*), min(group_max) FROM runs WHERE state = 'RUNNING' "
+            "AND group_id IS NOT NULL GROUP BY group_id")}
 
     def group_runs(self, group_id: int) -> list[int]:
         return [row[0] for row in self.conn.execute(
@@ -1202,16 +1199,13 @@ class Store:
             check_run_transition(state, RunState.PENDING)
             # Retried, it would only end CANCELLED again at once: say why instead.
             blocked = conn.execute(
-                "SELECT d.after_id, p.state, d.any_result FROM run_dependencies d LEFT JOIN "
-                "runs p ON p.id = d.after_id WHERE d.run_id = ? AND d.any_result = 0 AND "
-                f"(p.state IS NULL OR (p.state IN ({_TERMINAL_SQL}) AND p.state != "
-                "'SUCCEEDED')) "
+                "SELECT d.after_id, p.state FROM run_dependencies d LEFT JOIN runs p ON "
+                f"p.id = d.after_id WHERE d.run_id = ? AND {_DEPENDENCY_FAILED_SQL} "
                 "ORDER BY d.after_id LIMIT 1", (run_id,)).fetchone()
             if blocked:
-                after_id, after_state, any_result = blocked
+                after_id, after_state = blocked
                 raise ConflictError(
-                    f"run {run_id} waits for run {after_id}"
-                    + ("" if any_result else " to succeed") + f", and run {after_id} "
+                    f"run {run_id} waits for run {after_id} to succeed, and run {after_id} "
                     + (f"ended {after_state}: retry {after_id} first" if after_state
                        else "is gone: submit the plan again without it"))
             now = utc_now()
