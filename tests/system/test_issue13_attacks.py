@@ -45,9 +45,9 @@ def configure(box: Box, **changes: Any) -> None:
     assert box.sh("systemctl is-active minipipe", check=False).stdout.strip() == "active"
 
 
-def with_hook(box: Box, **changes: Any) -> None:
+def with_hook(box: Box, hook: str = HOOK, **changes: Any) -> None:
     box.sh(f"mkdir -p {HOOKDROP} && chmod 1777 {HOOKDROP}")
-    box.c.write("/usr/local/lib/hook13.py", HOOK)
+    box.c.write("/usr/local/lib/hook13.py", hook)
     configure(box, on_finish=["/usr/bin/python3", "/usr/local/lib/hook13.py"], **changes)
 
 
@@ -58,7 +58,7 @@ def hook_env(box: Box, run_id: int, timeout: float = 40.0) -> dict[str, str]:
     return json.loads(box.sh(f"cat {path}").stdout)
 
 
-def submit(box: Box, plan: str, args: str = "", *, user: str = OPERATOR) -> list[int]:
+def submit(box: Box, plan: str, args: str = "", *, user: str | None = OPERATOR) -> list[int]:
     out = box.minipipe(f"submit {args} -", user=user, input=plan).stdout
     return [int(line) for line in out.split()]
 

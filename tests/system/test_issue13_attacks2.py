@@ -11,72 +11,25 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 
 from tests.integration.conftest import wait_for
 
-from .conftest import OPERATOR, Box
-
-VICTIM = "carol"
-ADMIN = "dave"
-HOOKDROP = "/srv/hookdrop13b"
-HOOK = ("import json, os, time\n"
-        "run = os.environ['MINIPIPE_RUN_ID']\n"
-        f"path = '{HOOKDROP}/' + run + '.json'\n"
-        "with open(path + '.tmp', 'w') as out:\n"
-        "    json.dump(dict(os.environ), out)\n"
-        "os.rename(path + '.tmp', path)\n"
-        "if os.environ.get('MINIPIPE_RUN_NAME', '').startswith('slowhook'):\n"
-        "    time.sleep(8)\n")
-
+from .conftest import Box
+from .test_issue13_attacks import (
+    ADMIN,
+    HOOK,
+    HOOKDROP,
+    SLEEPER,
+    cancel,
+    configure,
+    daemon_cpu_seconds,
+    hook_env,
+    seconds,
+    submit,
+    with_hook,
+)
 
 # ------------------------------------------------------------------ helpers
-
-def configure(box: Box, **changes: Any) -> None:
-    """The stock config with `changes`, in force (reload) before this returns."""
-    config = json.loads(box.sh("cat /etc/minipipe/config.json").stdout)
-    config.update(changes)
-    config = {k: v for k, v in config.items() if v is not None}
-    box.c.write("/etc/minipipe/config.json", json.dumps(config))
-    box.sh("chown root:root /etc/minipipe/config.json && systemctl reload minipipe")
-    time.sleep(1.5)  # SIGHUP: the daemon reads it on its next pass
-    assert box.sh("systemctl is-active minipipe", check=False).stdout.strip() == "active"
-
-
-def with_hook(box: Box, hook: str = HOOK, **changes: Any) -> None:
-    box.sh(f"mkdir -p {HOOKDROP} && chmod 1777 {HOOKDROP}")
-    box.c.write("/usr/local/lib/hook13b.py", hook)
-    configure(box, on_finish=["/usr/bin/python3", "/usr/local/lib/hook13b.py"], **changes)
-
-
-def hook_env(box: Box, run_id: int, timeout: float = 40.0) -> dict[str, str]:
-    path = f"{HOOKDROP}/{run_id}.json"
-    wait_for(lambda: box.sh(f"test -s {path}", check=False).returncode == 0, timeout,
-             f"the on_finish hook of run {run_id}", interval=0.3)
-    return json.loads(box.sh(f"cat {path}").stdout)
-
-
-def submit(box: Box, plan: str, args: str = "", *, user: str | None = OPERATOR) -> list[int]:
-    out = box.minipipe(f"submit {args} -", user=user, input=plan).stdout
-    return [int(line) for line in out.split()]
-
-
-def cancel(box: Box, run_id: int, user: str = OPERATOR) -> None:
-    box.minipipe(f"cancel {run_id}", user=user, check=False)
-
-
-def daemon_cpu_seconds(box: Box) -> float:
-    pid = box.main_pid()
-    fields = box.sh(f"cat /proc/{pid}/stat").stdout.rsplit(")", 1)[1].split()
-    ticks = int(box.sh("getconf CLK_TCK").stdout)
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
-
-
-def seconds(text: str | None) -> float:
-    from datetime import datetime
-    assert text
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
 
 def step_states(box: Box, run_id: int) -> dict[str, str]:
     return {s["step_id"]: s["state"] for s in box.run(run_id)["steps"]}
@@ -88,7 +41,11 @@ def wait_step(box: Box, run_id: int, step: str, state: str = "RUNNING",
              f"step {step} of run {run_id} to be {state}", interval=0.2)
 
 
-SLEEPER = '[[steps]]\nid = "hold"\nrun = "sleep 600"\n'
+def cancel_into_finally(box: Box, run_id: int) -> None:
+    """The first cancel, once step `main` runs; back when finally step `cleanup` runs."""
+    wait_step(box, run_id, "main")
+    cancel(box, run_id)
+    wait_step(box, run_id, "cleanup")
 
 
 # ------------------------------------------------------------------ [[finally]]
@@ -104,9 +61,7 @@ def test_a_daemon_restart_does_not_stop_finally_steps_but_a_new_cancel_does(
     run_id = submit(box, '[[steps]]\nid = "main"\nrun = "sleep 600"\n'
                     '[[finally]]\nid = "cleanup"\n'
                     'run = "trap \'\' TERM; echo cleaning; sleep 600"\n')[0]
-    wait_step(box, run_id, "main")
-    cancel(box, run_id)
-    wait_step(box, run_id, "cleanup")
+    cancel_into_finally(box, run_id)
     box.sh("systemctl restart minipipe")
     time.sleep(4)
     run = box.run(run_id)
@@ -172,9 +127,7 @@ def test_a_finally_step_that_forks_away_leaves_nothing_running(service: Box) -> 
         '[[finally]]\nid = "cleanup"\n'
         "run = '''(setsid sh -c 'trap \"\" TERM HUP; exec sleep 6543' "
         "</dev/null >/dev/null 2>&1 &); trap '' TERM; sleep 600'''\n"))[0]
-    wait_step(box, run_id, "main")
-    cancel(box, run_id)
-    wait_step(box, run_id, "cleanup")
+    cancel_into_finally(box, run_id)
     wait_for(lambda: box.sh("pgrep -u alice -f 'sleep 6543'", check=False).returncode == 0,
              15, "the escaped process")
     cancel(box, run_id)
@@ -196,9 +149,7 @@ def test_retry_after_a_cancel_in_finally_runs_them_again_unhindered(service: Box
         'run = "test -e $HOME/retry13b-$MINIPIPE_RUN_ID || { touch '
         '$HOME/retry13b-$MINIPIPE_RUN_ID; sleep 600; }"\n'
         '[[finally]]\nid = "cleanup"\nrun = "sleep 3; echo finally-done-$MINIPIPE_RUN_STATE"\n'))[0]
-    wait_step(box, run_id, "main")
-    cancel(box, run_id)
-    wait_step(box, run_id, "cleanup")
+    cancel_into_finally(box, run_id)
     cancel(box, run_id)
     box.wait_state(run_id, "CANCELLED", timeout=30)
     box.minipipe(f"retry {run_id}", user=ADMIN)
