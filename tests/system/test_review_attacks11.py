@@ -78,11 +78,7 @@ def test_the_reviewer_is_shown_the_whole_identity_that_lands(gate: Box) -> None:
     script = ("printf 'v2\\n' > VERSION\ngit add VERSION\n"
               "GIT_AUTHOR_NAME=\"alice ﹤alice@example.org﹥$(printf '%600s' '')~\" "
               "GIT_AUTHOR_EMAIL=dave@example.org git commit -q -m 'bump VERSION'")
-    run_id = awaiting(box, plan(script))
-    shown = "\n".join(box.minipipe(command, user="dave").stdout for command in
-                      (f"show {run_id}", f"diff {run_id}"))
-    approved = box.approve(run_id, check=False)
-    run = box.wait_state(run_id, "SUCCEEDED", "FAILED", "AWAITING_REVIEW", timeout=90)
+    shown, approved, run = shown_and_approved(box, script)
     landed = box.sh(f"git -C {REPO} log -1 --format=%ae main", user="dave").stdout.strip()
     assert "dave@example.org" in shown or landed != "dave@example.org", (
         f"shown (no dave@example.org in it):\n{shown[:2000]}\napproval: "
@@ -100,13 +96,20 @@ def hand_made_and_approved(box: Box, rest: str) -> tuple[str, Any, dict[str, Any
               + rest.strip("\n") + "; } > commit.raw\n"
               'commit=$(git hash-object -t commit -w commit.raw)\nrm commit.raw\n'
               'git update-ref HEAD "$commit"\n')
+    shown, approved, run = shown_and_approved(box, script)
+    landed = box.sh(f"git -C {REPO} cat-file commit main", user="dave").stdout
+    return shown, approved, run, landed
+
+
+def shown_and_approved(box: Box, script: str) -> tuple[str, Any, dict[str, Any]]:
+    """alice's run of `script` awaits review; dave reads `show` and `diff`, then
+    approves. Returns what he was shown, the approval and the run after it."""
     run_id = awaiting(box, plan(script))
     shown = "\n".join(box.minipipe(command, user="dave").stdout for command in
                       (f"show {run_id}", f"diff {run_id}"))
     approved = box.approve(run_id, check=False)
-    run = box.wait_state(run_id, "SUCCEEDED", "FAILED", "AWAITING_REVIEW", timeout=90)
-    landed = box.sh(f"git -C {REPO} cat-file commit main", user="dave").stdout
-    return shown, approved, run, landed
+    return shown, approved, box.wait_state(run_id, "SUCCEEDED", "FAILED", "AWAITING_REVIEW",
+                                           timeout=90)
 
 
 def test_the_reviewer_is_shown_every_header_of_a_commit_that_lands(gate: Box) -> None:
